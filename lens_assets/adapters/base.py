@@ -1,0 +1,182 @@
+"""The generic path: any image-text-to-text model transformers supports natively.
+
+A family gets its own adapter only where it truly differs: where its image tokens are, how its
+vision outputs are split per image, how its prompt is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+from transformers import AutoProcessor, BatchFeature
+
+from lens_assets.pooling import TokenRole
+
+VISION_TOWERS = frozenset({"vision_tower", "visual", "vision_model", "vision_encoder"})
+VISION_SEGMENTS = VISION_TOWERS | frozenset(
+    {"multi_modal_projector", "visual_projection", "connector", "aligner"}
+)
+CLS_PARAMETERS = ("class_embedding", "cls_token")
+
+
+class ActivationShapeError(ValueError):
+    """A captured output whose shape cannot be mapped back to the samples of the batch."""
+
+
+@dataclass
+class ModelLayout:
+    """Facts about a loaded model that tell where each hooked output belongs."""
+
+    cls_towers: tuple[str, ...] = ()  # vision towers whose sequences start with a class token
+    image_token_id: int | None = None
+
+
+@dataclass
+class Sequences:
+    """A hooked output mapped back to the batch: per-sample positions, or one vector each."""
+
+    hidden: torch.Tensor  # (batch, positions, dim), or (batch, dim) when there is no position axis
+    roles: torch.Tensor | None = None  # (batch, positions) TokenRole values; None for vectors
+
+
+@dataclass
+class Adapter:
+    """How to load, prompt and read back one family; the defaults are the generic path."""
+
+    model_class: str = "AutoModelForImageTextToText"
+    vision_segments: frozenset[str] = field(default=VISION_SEGMENTS)
+
+    # -- loading ---------------------------------------------------------------------------
+    def load(self, path: str, kwargs: dict[str, Any], trust_remote_code: bool) -> tuple[Any, Any]:
+        import transformers
+
+        auto = getattr(transformers, self.model_class)
+        model = auto.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = getattr(processor, "tokenizer", None)
+        if tokenizer is not None:
+            # Right padding keeps every real token's position and context as in batch size 1.
+            tokenizer.padding_side = "right"
+        return model.eval(), processor
+
+    def layout(self, model: nn.Module) -> ModelLayout:
+        names = dict(model.named_parameters())
+        towers = sorted(
+            {
+                tower
+                for name in names
+                if name.endswith(CLS_PARAMETERS)
+                if (tower := self._tower_of(name)) is not None
+            }
+        )
+        config = getattr(model, "config", None)
+        token = getattr(config, "image_token_id", None)
+        if token is None:
+            token = getattr(config, "image_token_index", None)
+        return ModelLayout(cls_towers=tuple(towers), image_token_id=token)
+
+    def _tower_of(self, name: str) -> str | None:
+        parts = name.split(".")
+        for i, part in enumerate(parts):
+            if part in VISION_TOWERS:
+                return ".".join(parts[: i + 1])
+        return None
+
+    # -- inputs ----------------------------------------------------------------------------
+    def prompt_text(self, processor: Any, prompt: str) -> str:
+        """The prompt as the model sees it: its chat template around one image and the text."""
+        if getattr(processor, "chat_template", None):
+            messages = [
+                {
+                    "role": "user",
+                    "content": [{"type": "image"}, {"type": "text", "text": prompt}],
+                }
+            ]
+            return processor.apply_chat_template(messages, add_generation_prompt=True)
+        image_token = getattr(processor, "image_token", None) or ""
+        return f"{image_token}{prompt}"
+
+    def prepare(
+        self, processor: Any, images: Sequence[Image.Image], prompts: Sequence[str]
+    ) -> BatchFeature:
+        texts = [self.prompt_text(processor, prompt) for prompt in prompts]
+        return processor(images=list(images), text=texts, padding=True, return_tensors="pt")
+
+    def forward(self, model: nn.Module, inputs: BatchFeature, extra: dict[str, Any]) -> Any:
+        return model(**inputs, **extra)
+
+    # -- reading outputs back --------------------------------------------------------------
+    def is_vision(self, module_name: str) -> bool:
+        return any(part in self.vision_segments for part in module_name.split("."))
+
+    def text_roles(self, inputs: BatchFeature, layout: ModelLayout) -> torch.Tensor:
+        ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask")
+        roles = torch.full_like(ids, TokenRole.TEXT)
+        if layout.image_token_id is not None:
+            roles[ids == layout.image_token_id] = TokenRole.IMAGE
+        if mask is not None:
+            roles[mask == 0] = TokenRole.PAD
+        return roles
+
+    def sequences(
+        self,
+        name: str,
+        output: torch.Tensor,
+        inputs: BatchFeature,
+        layout: ModelLayout,
+        batch_size: int,
+    ) -> Sequences:
+        if self.is_vision(name):
+            return self.vision_sequences(name, output, inputs, layout, batch_size)
+        return self.text_sequences(name, output, inputs, layout, batch_size)
+
+    def text_sequences(
+        self,
+        name: str,
+        output: torch.Tensor,
+        inputs: BatchFeature,
+        layout: ModelLayout,
+        batch_size: int,
+    ) -> Sequences:
+        if output.dim() == 2 and output.shape[0] == batch_size:
+            return Sequences(output)
+        roles = self.text_roles(inputs, layout)
+        if output.dim() != 3 or tuple(output.shape[:2]) != tuple(roles.shape):
+            raise ActivationShapeError(
+                f"module {name!r} produced shape {tuple(output.shape)}, which does not line up "
+                f"with the token sequence {tuple(roles.shape)}; hook a module that outputs "
+                "(batch, tokens, dim) or (batch, dim)"
+            )
+        return Sequences(output, roles)
+
+    def vision_sequences(
+        self,
+        name: str,
+        output: torch.Tensor,
+        inputs: BatchFeature,
+        layout: ModelLayout,
+        batch_size: int,
+    ) -> Sequences:
+        if output.dim() == 4:  # convolutional patch embeddings: (batch, channels, h, w)
+            output = output.flatten(2).transpose(1, 2)
+            has_cls = False
+        else:
+            has_cls = any(name == t or name.startswith(t + ".") for t in layout.cls_towers)
+        if output.shape[0] != batch_size:
+            raise ActivationShapeError(
+                f"vision module {name!r} produced {output.shape[0]} rows for {batch_size} "
+                "images; this family splits images into tiles or packs patches, which needs "
+                "an adapter that maps them back to images"
+            )
+        if output.dim() == 2:
+            return Sequences(output)
+        roles = torch.full(output.shape[:2], TokenRole.IMAGE, device=output.device)
+        if has_cls:
+            roles[:, 0] = TokenRole.CLS
+        return Sequences(output, roles)

@@ -1,0 +1,258 @@
+"""Hooked, batched extraction: images and prompts in, one Arrow row per pooled vector out.
+
+One forward pass per batch under `torch.inference_mode()`; the pooled vectors of every hooked
+module are gathered on the device and leave it together, once per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm import tqdm
+from transformers import BatchFeature
+
+from lens_assets.config import ModelConfig
+from lens_assets.hooks import capture
+from lens_assets.images import ImageReadError, LoadedImage, load_image
+from lens_assets.modules import select_modules
+from lens_assets.pooling import ROLE_NAMES, Pooled, pool
+from resources.runtime import LoadedModel, PeakMemory, load_model
+from resources.staging import ACTIVATION_ROWS, IMAGE_ROWS, ActivationStage
+from resources.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+
+VECTOR_POOLING = "none"  # a module output with no position axis: stored as it is
+
+
+class HookNotCalledError(RuntimeError):
+    """A selected module did not run in the forward pass, so it has nothing to record."""
+
+
+def to_device(inputs: BatchFeature, device: torch.device, dtype: torch.dtype) -> BatchFeature:
+    inputs = inputs.to(device)
+    for key, value in inputs.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            inputs[key] = value.to(dtype)
+    return inputs
+
+
+def capture_batch(
+    loaded: LoadedModel,
+    images: Sequence[Any],
+    prompts: Sequence[str],
+    modules: Sequence[str],
+    poolings: Sequence[str],
+    forward_kwargs: dict[str, Any] | None = None,
+) -> list[tuple[str, Pooled]]:
+    """Run one batch and return (module name, pooled vectors) pairs, still on the device."""
+    adapter = loaded.architecture.adapter
+    inputs = to_device(
+        adapter.prepare(loaded.processor, images, prompts), loaded.device, loaded.dtype
+    )
+    batch_size = len(images)
+    with capture(loaded.model, modules) as store, torch.inference_mode():
+        adapter.forward(loaded.model, inputs, forward_kwargs or {})
+        pieces: list[tuple[str, Pooled]] = []
+        for name in modules:
+            output = store.outputs.get(name)
+            if output is None:
+                raise HookNotCalledError(
+                    f"module {name!r} did not run in the forward pass (for a dual encoder, the "
+                    "text tower only runs when the config has a prompt); remove it from "
+                    "`modules` or give the model the input that runs it"
+                )
+            seq = adapter.sequences(name, output, inputs, loaded.layout, batch_size)
+            if seq.roles is None:
+                samples = torch.arange(batch_size, device=output.device)
+                pieces.append((name, Pooled(VECTOR_POOLING, samples, seq.hidden)))
+            else:
+                pieces.extend((name, p) for p in pool(seq.hidden, seq.roles, poolings))
+    return pieces
+
+
+def pieces_to_table(
+    pieces: Sequence[tuple[str, Pooled]], image_ids: Sequence[str], prompts: Sequence[str]
+) -> pa.Table:
+    """Move every vector off the device in one transfer and lay them out as Arrow rows."""
+    if not pieces:
+        return ACTIVATION_ROWS.empty_table()
+    values = torch.cat([p.vectors.float().reshape(-1) for _, p in pieces]).cpu().numpy()
+    meta = (
+        torch.cat(
+            [
+                torch.stack(
+                    [
+                        p.samples,
+                        p.token_index
+                        if p.token_index is not None
+                        else torch.full_like(p.samples, -1),
+                        p.token_role
+                        if p.token_role is not None
+                        else torch.full_like(p.samples, -1),
+                    ]
+                ).long()
+                for _, p in pieces
+            ],
+            dim=1,
+        )
+        .cpu()
+        .numpy()
+    )
+    samples, token_index, token_role = meta
+    dims = np.concatenate(
+        [np.full(len(p.samples), p.vectors.shape[-1], dtype=np.int32) for _, p in pieces]
+    )
+    offsets = np.zeros(len(dims) + 1, dtype=np.int32)
+    np.cumsum(dims, out=offsets[1:])
+    layers = [name for name, p in pieces for _ in range(len(p.samples))]
+    poolings = [p.pooling for _, p in pieces for _ in range(len(p.samples))]
+    has_token = token_index >= 0
+    ids = np.asarray(image_ids, dtype=object)
+    texts = np.asarray(prompts, dtype=object)
+    return pa.Table.from_arrays(
+        [
+            pa.array(ids[samples], pa.string()),
+            pa.array(texts[samples], pa.string()),
+            pa.array(layers, pa.string()),
+            pa.array(poolings, pa.string()),
+            pa.array(np.where(has_token, token_index, 0).astype(np.int32), mask=~has_token),
+            pa.array([ROLE_NAMES[int(r)] if r >= 0 else None for r in token_role], pa.string()),
+            pa.array(dims),
+            pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+        ],
+        schema=ACTIVATION_ROWS,
+    )
+
+
+def extract_batch(
+    loaded: LoadedModel,
+    images: Sequence[LoadedImage],
+    prompt: str,
+    modules: Sequence[str],
+    poolings: Sequence[str],
+    forward_kwargs: dict[str, Any] | None = None,
+) -> pa.Table:
+    prompts = [prompt] * len(images)
+    pieces = capture_batch(
+        loaded, [i.image for i in images], prompts, modules, poolings, forward_kwargs
+    )
+    return pieces_to_table(pieces, [i.image_id for i in images], prompts)
+
+
+@dataclass
+class ExtractionResult:
+    model: str
+    dataset: str
+    n_images: int
+    rows: int
+    seconds: float
+    peak_memory_bytes: int
+    modules: list[str]
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def per_image_seconds(self) -> float:
+        return self.seconds / self.n_images if self.n_images else 0.0
+
+
+def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _readable(paths: Iterable[Path], skipped: list[str]) -> list[LoadedImage]:
+    images = []
+    for path in paths:
+        try:
+            images.append(load_image(path))
+        except ImageReadError as error:
+            log.warning("%s; skipped", error)
+            skipped.append(str(error))
+    return images
+
+
+def extract_to_warehouse(
+    config: ModelConfig,
+    name: str,
+    warehouse: Warehouse,
+    image_paths: Sequence[Path],
+    dataset: str,
+    *,
+    batch_size: int | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    progress: bool = True,
+) -> ExtractionResult:
+    """Extract one model over a set of images and replace its (model, dataset) partition."""
+    if not image_paths:
+        raise ValueError(f"no images to extract for dataset {dataset!r}")
+    loaded = load_model(config, name, warehouse.location.models_dir, device, dtype)
+    modules = select_modules(loaded.module_names, config.modules)
+    size = batch_size or config.batch_size
+    skipped: list[str] = []
+    n_images = 0
+    with ActivationStage(warehouse.location.staging_dir) as stage:
+        started_at = datetime.now(UTC)
+        clock = time.perf_counter()
+        with PeakMemory(loaded.device) as peak:
+            batches = tqdm(
+                list(_chunks(image_paths, size)),
+                desc=f"{name} x {dataset}",
+                unit="batch",
+                disable=not progress,
+            )
+            for paths in batches:
+                images = _readable(paths, skipped)
+                if not images:
+                    continue
+                stage.add_activations(
+                    extract_batch(
+                        loaded, images, config.prompt, modules, config.pooling, config.forward
+                    )
+                )
+                stage.add_images(
+                    pa.Table.from_pylist(
+                        [
+                            {
+                                "image_id": i.image_id,
+                                "path": i.path,
+                                "width": i.width,
+                                "height": i.height,
+                            }
+                            for i in images
+                        ],
+                        schema=IMAGE_ROWS,
+                    )
+                )
+                n_images += len(images)
+        seconds = time.perf_counter() - clock
+        if n_images == 0:
+            raise ValueError(
+                f"none of the {len(image_paths)} images of {dataset!r} could be read: "
+                + "; ".join(skipped[:3])
+            )
+        stage.close()
+        run = {
+            "model": name,
+            "dataset": dataset,
+            "device": str(loaded.device),
+            "dtype": str(loaded.dtype).removeprefix("torch."),
+            "batch_size": size,
+            "n_images": n_images,
+            "seconds": seconds,
+            "per_image_seconds": seconds / n_images,
+            "peak_memory_bytes": peak.bytes,
+            "started_at": started_at,
+        }
+        rows = warehouse.replace_partition(stage.path, name, loaded.architecture.name, dataset, run)
+    return ExtractionResult(name, dataset, n_images, rows, seconds, peak.bytes, modules, skipped)

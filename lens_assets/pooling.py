@@ -1,0 +1,98 @@
+"""Token roles and poolings, computed on the device for a whole batch at once.
+
+Every position of a captured sequence has a role: `image` (an expanded image placeholder in
+the language model, a patch in the vision tower), `text`, `cls` (a vision tower's class
+token) or `pad` (batching filler). Pads never enter a pooling and are never stored, so a
+vector does not depend on the batch it was computed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+import torch
+
+
+class TokenRole(IntEnum):
+    PAD = 0
+    TEXT = 1
+    IMAGE = 2
+    CLS = 3
+
+
+ROLE_NAMES: dict[int, str] = {role.value: role.name.lower() for role in TokenRole}
+
+
+@dataclass
+class Pooled:
+    """One pooling over a batch: `vectors[i]` is sample `samples[i]`'s vector."""
+
+    pooling: str
+    samples: torch.Tensor  # (n,) long, index into the batch
+    vectors: torch.Tensor  # (n, dim)
+    token_index: torch.Tensor | None = None  # (n,) position among non-pad tokens (`tokens`)
+    token_role: torch.Tensor | None = None  # (n,) TokenRole values (`tokens`)
+
+
+def _masked_mean(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean over the selected positions; unselected ones are zeroed, not multiplied, so a
+    non-finite value in a pad cannot leak in."""
+    total = weights.sum(dim=1, keepdim=True).clamp_min(1).to(hidden.dtype)
+    return hidden.masked_fill(~weights.unsqueeze(-1), 0).sum(dim=1) / total
+
+
+def _last_real_position(roles: torch.Tensor) -> torch.Tensor:
+    positions = torch.arange(roles.shape[1], device=roles.device).expand_as(roles)
+    return torch.where(roles != TokenRole.PAD, positions, -1).amax(dim=1)
+
+
+def _cls_position(roles: torch.Tensor) -> torch.Tensor:
+    is_cls = roles == TokenRole.CLS
+    return torch.where(is_cls.any(dim=1), is_cls.long().argmax(dim=1), -1)
+
+
+MEAN_SELECTORS = {
+    "mean": lambda roles: roles != TokenRole.PAD,
+    "mean_image": lambda roles: roles == TokenRole.IMAGE,
+    "mean_text": lambda roles: roles == TokenRole.TEXT,
+}
+POSITION_SELECTORS = {"last": _last_real_position, "cls": _cls_position}
+
+
+def pool(hidden: torch.Tensor, roles: torch.Tensor, poolings: Sequence[str]) -> list[Pooled]:
+    """Apply each pooling to `hidden` (batch, positions, dim) given `roles` (batch, positions).
+
+    A pooling that has nothing to pool for a sample (no image tokens for `mean_image`, no class
+    token for `cls`) yields no vector for that sample rather than a made-up one.
+    """
+    if hidden.dim() != 3 or roles.shape != hidden.shape[:2]:
+        raise ValueError(
+            "expected (batch, positions, dim) with matching roles, got "
+            f"{tuple(hidden.shape)} and {tuple(roles.shape)}"
+        )
+    results: list[Pooled] = []
+    for pooling in poolings:
+        if pooling == "tokens":
+            real = roles != TokenRole.PAD
+            samples, positions = real.nonzero(as_tuple=True)
+            token_index = real.long().cumsum(dim=1)[samples, positions] - 1
+            vectors = hidden[samples, positions]
+            results.append(
+                Pooled(pooling, samples, vectors, token_index, roles[samples, positions])
+            )
+        elif pooling in POSITION_SELECTORS:
+            position = POSITION_SELECTORS[pooling](roles)
+            samples = (position >= 0).nonzero(as_tuple=True)[0]
+            if len(samples):
+                results.append(Pooled(pooling, samples, hidden[samples, position[samples]]))
+        elif pooling in MEAN_SELECTORS:
+            weights = MEAN_SELECTORS[pooling](roles)
+            samples = weights.any(dim=1).nonzero(as_tuple=True)[0]
+            if len(samples):
+                vectors = _masked_mean(hidden[samples], weights[samples])
+                results.append(Pooled(pooling, samples, vectors))
+        else:
+            raise ValueError(f"unknown pooling {pooling!r}")
+    return results

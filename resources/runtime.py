@@ -1,0 +1,144 @@
+"""The VLM runtime: device and dtype choice, model loading, peak-memory accounting.
+
+Plain Python so notebooks and the CLI use it directly; the Dagster resource wraps it.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lens_assets.adapters import Architecture, ModelLayout, get_architecture
+from lens_assets.config import ModelConfig
+
+TINY_SCHEME = "tiny:"
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+class RuntimeConfigError(ValueError):
+    """A device or dtype that cannot be used here; the message names the fix."""
+
+
+def resolve_device(name: str | None = "auto") -> torch.device:
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeConfigError(
+            f"device {name!r} was asked for but no CUDA GPU is visible; use --device cpu "
+            "or --device auto"
+        )
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise RuntimeConfigError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """`auto` is float32 on CPU (half precision is slow there) and bfloat16 on CUDA."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise RuntimeConfigError(f"unknown dtype {name!r}; use auto or one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def resolve_model_path(model_path: str, models_dir: Path) -> str:
+    """`tiny:<architecture>` names the tiny checkpoint built under the warehouse (built on first
+    use); anything else is a hub id or a folder, handed to `from_pretrained` as is."""
+    if not model_path.startswith(TINY_SCHEME):
+        return model_path
+    from lens_assets.tiny import build_tiny
+
+    architecture = model_path.removeprefix(TINY_SCHEME)
+    folder = models_dir / f"tiny-{architecture}"
+    if not (folder / "config.json").is_file():
+        build_tiny(architecture, folder)
+    return str(folder)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for hooked inference, with what the engine needs to read it back."""
+
+    name: str
+    architecture: Architecture
+    model: nn.Module
+    processor: Any
+    layout: ModelLayout
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def module_names(self) -> list[str]:
+        return [name for name, _ in self.model.named_modules() if name]
+
+
+def load_model(
+    config: ModelConfig,
+    name: str,
+    models_dir: Path,
+    device: str | None = "auto",
+    dtype: str | None = None,
+) -> LoadedModel:
+    """Load through the same `from_pretrained` path for a hub id, a folder or a tiny model."""
+    architecture = get_architecture(config.architecture)
+    target = resolve_device(device or config.device)
+    kwargs = config.model_kwargs
+    chosen = resolve_dtype(dtype or _dtype_name(kwargs.pop("dtype", None)), target)
+    path = resolve_model_path(config.model_path, models_dir)
+    model, processor = architecture.adapter.load(
+        path, {**kwargs, "dtype": chosen}, config.remote_code_requested
+    )
+    model.to(target)
+    return LoadedModel(
+        name=name,
+        architecture=architecture,
+        model=model,
+        processor=processor,
+        layout=architecture.adapter.layout(model),
+        device=target,
+        dtype=chosen,
+    )
+
+
+def _dtype_name(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return str(value).removeprefix("torch.")
+
+
+class PeakMemory:
+    """CUDA peak allocation on CUDA; the process's peak resident set size otherwise."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    @property
+    def bytes(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)

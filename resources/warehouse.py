@@ -1,0 +1,290 @@
+"""The activation warehouse: a DuckLake (SQL catalog + Parquet data files) opened by DuckDB.
+
+One code path serves every size; only the attach string differs. The embedded default keeps
+the catalog in SQLite (several local processes may write) and the data under the warehouse
+root; a lab points the catalog at PostgreSQL and the data at object storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+from duckdb_extensions import import_extension
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+DEFAULT_ROOT = Path("warehouse")
+LAKE = "lake"
+
+# Writers on a SQLite catalog can collide; these messages mean "try the transaction again".
+RETRYABLE = ("database is locked", "conflict", "could not serialize", "database busy")
+
+T = TypeVar("T")
+
+RUN_COLUMNS = (
+    "model",
+    "dataset",
+    "device",
+    "dtype",
+    "batch_size",
+    "n_images",
+    "seconds",
+    "per_image_seconds",
+    "peak_memory_bytes",
+    "started_at",
+)
+
+
+class WarehouseError(RuntimeError):
+    """The warehouse cannot be opened or used; the message names the cause and the fix."""
+
+
+class ReadOnlyError(WarehouseError):
+    """A statement tried to change the warehouse through a read-only connection."""
+
+
+def _is_retryable(error: Exception) -> bool:
+    text = str(error).lower()
+    return any(marker in text for marker in RETRYABLE)
+
+
+def retry_transaction(work: Callable[[], T], attempts: int = 30, base_delay: float = 0.05) -> T:
+    """Run `work` (which opens and commits its own transaction) until it commits.
+
+    After a failed COMMIT DuckLake has no active transaction, so the whole unit of work is
+    started again rather than resumed.
+    """
+    for attempt in range(attempts):
+        try:
+            return work()
+        except duckdb.Error as error:
+            if not _is_retryable(error) or attempt == attempts - 1:
+                raise
+            time.sleep(base_delay * (1.5**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class WarehouseLocation:
+    """Where the catalog and the data live."""
+
+    root: Path
+    catalog: str  # e.g. "sqlite:/abs/warehouse/catalog.sqlite" or "postgres:dbname=lens ..."
+    data_path: str  # e.g. "/abs/warehouse/data/" or "s3://bucket/lens/"
+
+    @classmethod
+    def resolve(cls, root: str | Path | None = None) -> WarehouseLocation:
+        """`--warehouse` beats `LENS_WAREHOUSE`, which beats `./warehouse`; `LENS_CATALOG` and
+        `LENS_DATA_PATH` move the catalog and the data elsewhere (scale-out)."""
+        chosen = Path(root or os.environ.get("LENS_WAREHOUSE") or DEFAULT_ROOT).resolve()
+        catalog = os.environ.get("LENS_CATALOG") or f"sqlite:{chosen / 'catalog.sqlite'}"
+        data_path = os.environ.get("LENS_DATA_PATH") or f"{chosen / 'data'}/"
+        return cls(chosen, catalog, data_path)
+
+    @property
+    def is_local(self) -> bool:
+        return self.catalog.startswith("sqlite:") and "://" not in self.data_path
+
+    @property
+    def extensions(self) -> list[str]:
+        needed = ["ducklake"]
+        if self.catalog.startswith("sqlite:"):
+            needed.append("sqlite_scanner")
+        elif self.catalog.startswith("postgres:"):
+            needed.append("postgres_scanner")
+        if "://" in self.data_path:
+            needed.append("httpfs")
+        return needed
+
+    @property
+    def models_dir(self) -> Path:
+        """Where tiny checkpoints are built (`model_path: tiny:<architecture>`)."""
+        return self.root / "models"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.root / "staging"
+
+
+class Warehouse:
+    """Opens DuckDB connections on the DuckLake, applying `sql/*.sql` on first write access."""
+
+    def __init__(self, location: WarehouseLocation | None = None) -> None:
+        self.location = location or WarehouseLocation.resolve()
+
+    @classmethod
+    def at(cls, root: str | Path | None = None) -> Warehouse:
+        return cls(WarehouseLocation.resolve(root))
+
+    @property
+    def root(self) -> Path:
+        return self.location.root
+
+    def _attach(self, con: duckdb.DuckDBPyConnection, read_only: bool) -> None:
+        for name in self.location.extensions:
+            import_extension(name, con=con)
+        options = [f"DATA_PATH '{self.location.data_path}'", "DATA_INLINING_ROW_LIMIT 0"]
+        if read_only:
+            options.append("READ_ONLY")
+        con.execute(f"ATTACH 'ducklake:{self.location.catalog}' AS {LAKE} ({', '.join(options)})")
+        con.execute(f"USE {LAKE}")
+
+    def exists(self) -> bool:
+        if self.location.catalog.startswith("sqlite:"):
+            return Path(self.location.catalog.removeprefix("sqlite:")).is_file()
+        return True
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection with the lake attached as the default database.
+
+        Read-only connections also lose access to any file outside the warehouse, so
+        `lens sql` can neither change the lake nor read the rest of the disk.
+        """
+        if read_only and not self.exists():
+            raise WarehouseError(
+                f"no warehouse at {self.root}: run `lens demo` or `lens extract CONFIG` first, "
+                "or point --warehouse / LENS_WAREHOUSE at an existing one"
+            )
+        if not read_only and self.location.is_local:
+            Path(self.location.data_path).mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect()
+        try:
+            retry_transaction(lambda: self._attach(con, read_only))
+            if read_only:
+                if self.location.is_local:
+                    con.execute(f"SET allowed_directories = ['{self.root}/']")
+                con.execute("SET enable_external_access = false")
+            else:
+                self._migrate(con)
+            yield con
+        finally:
+            con.close()
+
+    def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Apply each `sql/NNN_*.sql` not yet recorded, each in its own transaction."""
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS lens_migrations (name VARCHAR, applied_at TIMESTAMPTZ)"
+        )
+        for script in sorted(SQL_DIR.glob("*.sql")):
+
+            def apply(script: Path = script) -> None:
+                con.execute("BEGIN")
+                try:
+                    done = con.execute(
+                        "SELECT count(*) FROM lens_migrations WHERE name = ?", [script.name]
+                    ).fetchone()
+                    if done and done[0]:
+                        con.execute("ROLLBACK")
+                        return
+                    con.execute(script.read_text())
+                    con.execute("INSERT INTO lens_migrations VALUES (?, now())", [script.name])
+                    con.execute("COMMIT")
+                except duckdb.Error:
+                    _rollback_quietly(con)
+                    raise
+
+            retry_transaction(apply)
+
+    def fetch_arrow(self, sql: str, params: Sequence[Any] | None = None):
+        """Run a read-only query and return a pyarrow Table."""
+        with self.connect(read_only=True) as con:
+            try:
+                return con.execute(sql, params or []).arrow()
+            except duckdb.InvalidInputException as error:
+                if "read-only" in str(error) or "Cannot execute statement" in str(error):
+                    raise ReadOnlyError(
+                        f"the warehouse is opened read-only here, so this statement cannot run "
+                        f"({error}); `lens sql` only reads. Change data with `lens extract` or "
+                        "`lens maintain`"
+                    ) from None
+                raise
+
+    def replace_partition(
+        self,
+        stage: Path,
+        model: str,
+        architecture: str,
+        dataset: str,
+        run: dict[str, Any],
+    ) -> int:
+        """Replace the (model, dataset) rows with the staged ones and log the run, in one
+        transaction: readers see the old rows or the new rows, never a mix or a duplicate."""
+        with self.connect() as con:
+            con.execute(f"ATTACH '{stage}' AS staging (READ_ONLY)")
+            columns = ", ".join(RUN_COLUMNS)
+            placeholders = ", ".join("?" for _ in RUN_COLUMNS)
+
+            def commit() -> int:
+                con.execute("BEGIN")
+                try:
+                    con.execute(
+                        "DELETE FROM activations WHERE model = ? AND dataset = ?", [model, dataset]
+                    )
+                    con.execute(
+                        """
+                        INSERT INTO activations
+                        SELECT ?, ?, ?, image_id, prompt, layer, pooling, token_index,
+                               token_role, dim, vector
+                        FROM staging.activations ORDER BY layer, pooling, image_id, token_index
+                        """,
+                        [model, architecture, dataset],
+                    )
+                    con.execute(
+                        """
+                        INSERT INTO images
+                        SELECT DISTINCT s.image_id, ?, s.path, s.width, s.height, NULL
+                        FROM staging.images AS s
+                        WHERE NOT EXISTS (
+                            SELECT 1 FROM images AS i
+                            WHERE i.image_id = s.image_id AND i.dataset = ?
+                        )
+                        """,
+                        [dataset, dataset],
+                    )
+                    con.execute(
+                        f"INSERT INTO runs ({columns}) VALUES ({placeholders})",
+                        [run[c] for c in RUN_COLUMNS],
+                    )
+                    rows = con.execute(
+                        "SELECT count(*) FROM activations WHERE model = ? AND dataset = ?",
+                        [model, dataset],
+                    ).fetchone()
+                    con.execute("COMMIT")
+                except duckdb.Error:
+                    _rollback_quietly(con)
+                    raise
+                return int(rows[0]) if rows else 0
+
+            return retry_transaction(commit)
+
+    def maintain(self, older_than_hours: float = 0.0) -> dict[str, int]:
+        """Expire snapshots older than the cutoff and delete the files only they used."""
+        with self.connect() as con:
+            cutoff = f"now() - INTERVAL {float(older_than_hours)} HOUR"
+            expired = con.execute(
+                f"CALL ducklake_expire_snapshots('{LAKE}', older_than => {cutoff})"
+            ).fetchall()
+            removed = con.execute(
+                f"CALL ducklake_cleanup_old_files('{LAKE}', cleanup_all => true)"
+            ).fetchall()
+            orphans = con.execute(
+                f"CALL ducklake_delete_orphaned_files('{LAKE}', cleanup_all => true)"
+            ).fetchall()
+        return {
+            "snapshots_expired": len(expired),
+            "files_removed": len(removed) + len(orphans),
+        }
+
+
+def _rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
+    with contextlib.suppress(duckdb.Error):  # after a failed COMMIT none is active
+        con.execute("ROLLBACK")
