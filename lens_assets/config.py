@@ -175,3 +175,13 @@ def load_model_config(path: str | Path) -> ModelConfig:
 def model_name(path: str | Path) -> str:
     """A model's name (its partition key and `model` in every table) is its file's stem."""
     return Path(path).stem
+
+
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def configs_dir() -> Path:
+    """`configs/` at the repo root unless `LENS_CONFIGS` names another folder."""
+    import os
+
+    return Path(os.environ.get("LENS_CONFIGS") or REPO_CONFIGS)

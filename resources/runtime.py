@@ -142,3 +142,18 @@ class PeakMemory:
             return int(torch.cuda.max_memory_allocated(self.device))
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def skeleton(config: ModelConfig, models_dir: Path) -> nn.Module:
+    """The model's module tree without its weights (on the meta device): listing the modules
+    of a 70B model must not load 70B parameters."""
+    import transformers
+
+    architecture = get_architecture(config.architecture)
+    path = resolve_model_path(config.model_path, models_dir)
+    model_config = transformers.AutoConfig.from_pretrained(
+        path, trust_remote_code=config.remote_code_requested
+    )
+    auto = getattr(transformers, architecture.adapter.model_class)
+    with torch.device("meta"):
+        return auto.from_config(model_config, trust_remote_code=config.remote_code_requested)

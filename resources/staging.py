@@ -67,9 +67,9 @@ class ActivationStage:
         if self._pending_bytes >= FLUSH_BYTES:
             self.flush()
 
-    def add_images(self, table: pa.Table) -> None:
+    def add_images(self, rows: pa.Table) -> None:
         assert self._con is not None, "stage already closed"
-        self._con.execute("INSERT INTO images SELECT * FROM table")
+        self._con.execute("INSERT INTO images SELECT * FROM rows")
 
     def flush(self) -> None:
         if not self._pending:

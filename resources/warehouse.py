@@ -198,7 +198,7 @@ class Warehouse:
         """Run a read-only query and return a pyarrow Table."""
         with self.connect(read_only=True) as con:
             try:
-                return con.execute(sql, params or []).arrow()
+                return con.execute(sql, params or []).fetch_arrow_table()
             except duckdb.InvalidInputException as error:
                 if "read-only" in str(error) or "Cannot execute statement" in str(error):
                     raise ReadOnlyError(

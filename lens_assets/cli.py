@@ -1,0 +1,243 @@
+"""The `lens` command line: thin verbs over the domain code and the warehouse."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lens_assets.config import ConfigError, load_model_config, model_name
+
+WAREHOUSE_OPTION = click.option(
+    "--warehouse",
+    "warehouse_root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Warehouse root (default: $LENS_WAREHOUSE, else ./warehouse).",
+)
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """LensFlow: hooked activation extraction from vision-language models into DuckLake."""
+    import os
+
+    # Our own progress bar counts batches; transformers' per-file bars only add noise.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+@main.command()
+@click.argument("config_path", type=click.Path(dir_okay=False))
+@click.option("--match", "patterns", multiple=True, help="Glob(s) to mark; default: modules.")
+@WAREHOUSE_OPTION
+def modules(config_path: str, patterns: Sequence[str], warehouse_root: str | None) -> None:
+    """List every named module of the model with its class, marking those selected."""
+    from lens_assets.modules import ModuleSelectionError, list_modules
+    from resources.runtime import skeleton
+    from resources.warehouse import WarehouseLocation
+
+    config = _config(config_path)
+    location = WarehouseLocation.resolve(warehouse_root)
+    model = skeleton(config, location.models_dir)
+    try:
+        infos = list_modules(model, list(patterns) or config.modules)
+    except ModuleSelectionError as error:
+        _fail(str(error))
+    width = max(len(i.name) for i in infos)
+    for info in infos:
+        mark = "*" if info.selected else " "
+        click.echo(f"{mark} {info.name.ljust(width)}  {info.class_name}")
+    chosen = sum(i.selected for i in infos)
+    click.echo(f"\n{chosen} of {len(infos)} modules selected (marked *)", err=True)
+
+
+@main.command()
+@click.argument("config_path", type=click.Path(dir_okay=False))
+@click.option("--input-dir", type=click.Path(file_okay=False), help="Images (default: input_dir).")
+@click.option("--dataset", help="Dataset name (default: the image folder's name).")
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N images.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per forward pass.")
+@click.option("--device", default=None, help="auto, cpu or cuda[:N] (default: auto).")
+@click.option("--dtype", default=None, help="auto, float32, float16 or bfloat16.")
+@WAREHOUSE_OPTION
+def extract(
+    config_path: str,
+    input_dir: str | None,
+    dataset: str | None,
+    limit: int | None,
+    batch_size: int | None,
+    device: str | None,
+    dtype: str | None,
+    warehouse_root: str | None,
+) -> None:
+    """Extract one model config over a folder of images into the warehouse."""
+    from lens_assets.extraction import extract_to_warehouse
+    from lens_assets.images import folder_images
+    from resources.warehouse import Warehouse
+
+    config = _config(config_path)
+    folder = input_dir or config.input_dir
+    if folder is None:
+        _fail(f"{config_path} has no input_dir: add `input_dir: FOLDER` or pass --input-dir")
+    try:
+        paths = folder_images(folder)
+    except FileNotFoundError as error:
+        _fail(str(error))
+    if not paths:
+        _fail(f"no image files in {folder}")
+    paths = paths[:limit] if limit else paths
+    warehouse = Warehouse.at(warehouse_root)
+    result = _run(
+        lambda: extract_to_warehouse(
+            config,
+            model_name(config_path),
+            warehouse,
+            paths,
+            dataset or Path(folder).resolve().name,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+        )
+    )
+    click.echo(
+        f"{result.model}: {result.n_images} images x {len(result.modules)} modules -> "
+        f"{result.rows} rows in {warehouse.root} ({result.seconds:.2f} s, "
+        f"{result.per_image_seconds * 1000:.1f} ms/image, "
+        f"peak {result.peak_memory_bytes / 2**20:.0f} MiB)"
+    )
+    for reason in result.skipped:
+        click.echo(f"skipped: {reason}", err=True)
+
+
+@main.command()
+@click.argument("query")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+    show_default=True,
+)
+@WAREHOUSE_OPTION
+def sql(query: str, fmt: str, warehouse_root: str | None) -> None:
+    """Run a read-only SQL query on the warehouse."""
+    from resources.warehouse import Warehouse
+
+    table = _run(lambda: Warehouse.at(warehouse_root).fetch_arrow(query))
+    click.echo(format_table(table.column_names, table.to_pylist(), fmt), nl=False)
+
+
+@main.command()
+@click.argument("architecture")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--preset", type=click.Choice(["tiny", "small", "base"]), default="tiny", show_default=True
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def tiny(architecture: str, out_dir: str, preset: str, seed: int) -> None:
+    """Write a random checkpoint of a real architecture, built offline."""
+    from lens_assets.tiny import build_tiny
+
+    path = _run(lambda: build_tiny(architecture, out_dir, preset=preset, seed=seed))
+    size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    click.echo(f"wrote {architecture} ({preset}) to {path}: {size / 1024:.0f} KiB")
+
+
+@main.command()
+@click.option(
+    "--older-than-hours", type=float, default=0.0, show_default=True,
+    help="Keep snapshots younger than this.",
+)
+@WAREHOUSE_OPTION
+def maintain(older_than_hours: float, warehouse_root: str | None) -> None:
+    """Expire old snapshots and delete the data files only they used."""
+    from resources.warehouse import Warehouse
+
+    stats = _run(lambda: Warehouse.at(warehouse_root).maintain(older_than_hours))
+    click.echo(
+        f"expired {stats['snapshots_expired']} snapshots, removed {stats['files_removed']} files"
+    )
+
+
+@main.command()
+@WAREHOUSE_OPTION
+@click.option("--images", "n_images", type=click.IntRange(min=2), default=12, show_default=True)
+def demo(warehouse_root: str | None, n_images: int) -> None:
+    """Build tiny models, render images, extract, and show what the warehouse holds."""
+    from lens_assets.demo import run_demo
+
+    _run(lambda: run_demo(warehouse_root, n_images=n_images, echo=click.echo))
+
+
+def _config(path: str):
+    try:
+        return load_model_config(path)
+    except ConfigError as error:
+        _fail(str(error))
+
+
+def _run(work):
+    """Turn the domain's own errors (each names its cause) into a clean CLI failure."""
+    from lens_assets.adapters import UnknownArchitectureError
+    from lens_assets.modules import ModuleSelectionError
+    from resources.runtime import RuntimeConfigError
+    from resources.warehouse import WarehouseError
+
+    expected = (
+        ConfigError,
+        ModuleSelectionError,
+        UnknownArchitectureError,
+        RuntimeConfigError,
+        WarehouseError,
+        FileNotFoundError,
+        ValueError,
+    )
+    try:
+        return work()
+    except expected as error:
+        _fail(str(error))
+    except Exception as error:  # duckdb errors: show the message, not a traceback
+        if type(error).__module__.startswith(("duckdb", "_duckdb")):
+            _fail(f"{type(error).__name__}: {error}")
+        raise
+
+
+def format_table(columns: Sequence[str], rows: Sequence[dict[str, Any]], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, default=str, indent=None) + "\n"
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(columns)
+        writer.writerows([[row[c] for c in columns] for row in rows])
+        return buffer.getvalue()
+    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)),
+        "  ".join("-" * w for w in widths),
+        *("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells),
+        f"({len(rows)} rows)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list) and len(value) > 4:
+        shown = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value[:3])
+        return f"[{shown}, ... ({len(value)} values)]"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "NULL" if value is None else str(value)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
