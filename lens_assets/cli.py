@@ -123,7 +123,10 @@ def extract(
 @main.command()
 @click.argument("query")
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
     show_default=True,
 )
 @WAREHOUSE_OPTION
@@ -153,7 +156,10 @@ def tiny(architecture: str, out_dir: str, preset: str, seed: int) -> None:
 
 @main.command()
 @click.option(
-    "--older-than-hours", type=float, default=0.0, show_default=True,
+    "--older-than-hours",
+    type=float,
+    default=0.0,
+    show_default=True,
     help="Keep snapshots younger than this.",
 )
 @WAREHOUSE_OPTION

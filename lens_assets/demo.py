@@ -64,6 +64,6 @@ def run_demo(
     echo(f"\nwarehouse: {warehouse.root}")
     for title, query in EXAMPLE_QUERIES:
         table = warehouse.fetch_arrow(query)
-        echo(f"\n-- {title}\nlens sql \"{query}\"\n")
+        echo(f'\n-- {title}\nlens sql "{query}"\n')
         echo(format_table(table.column_names, table.to_pylist(), "table").rstrip())
     return results
