@@ -171,10 +171,15 @@ class Warehouse:
 
     def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
         """Apply each `sql/NNN_*.sql` not yet recorded, each in its own transaction."""
-        con.execute(
-            "CREATE TABLE IF NOT EXISTS lens_migrations (name VARCHAR, applied_at TIMESTAMPTZ)"
+        retry_transaction(
+            lambda: con.execute(
+                "CREATE TABLE IF NOT EXISTS lens_migrations (name VARCHAR, applied_at TIMESTAMPTZ)"
+            )
         )
+        applied = {row[0] for row in con.execute("SELECT name FROM lens_migrations").fetchall()}
         for script in sorted(SQL_DIR.glob("*.sql")):
+            if script.name in applied:
+                continue
 
             def apply(script: Path = script) -> None:
                 con.execute("BEGIN")
@@ -198,7 +203,7 @@ class Warehouse:
         """Run a read-only query and return a pyarrow Table."""
         with self.connect(read_only=True) as con:
             try:
-                return con.execute(sql, params or []).fetch_arrow_table()
+                return con.execute(sql, params or []).to_arrow_table()
             except duckdb.InvalidInputException as error:
                 if "read-only" in str(error) or "Cannot execute statement" in str(error):
                     raise ReadOnlyError(
@@ -269,7 +274,7 @@ class Warehouse:
     def maintain(self, older_than_hours: float = 0.0) -> dict[str, int]:
         """Expire snapshots older than the cutoff and delete the files only they used."""
         with self.connect() as con:
-            cutoff = f"now() - INTERVAL {float(older_than_hours)} HOUR"
+            cutoff = f"now() - INTERVAL '{float(older_than_hours) * 3600:.0f} seconds'"
             expired = con.execute(
                 f"CALL ducklake_expire_snapshots('{LAKE}', older_than => {cutoff})"
             ).fetchall()

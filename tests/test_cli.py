@@ -1,0 +1,149 @@
+"""The `lens` command line, end to end on tiny checkpoints and a real warehouse."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+
+from lens_assets.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def lens(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def llava_config(tmp_path: Path, tiny_dir: Path, image_dir: Path) -> Path:
+    path = tmp_path / "tiny-llava.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "architecture": "llava",
+                "model_path": str(tiny_dir / "llava"),
+                "input_dir": str(image_dir),
+                "prompt": "What colour is the shape?",
+                "modules": ["model.vision_tower.encoder.layers.*", "model.language_model.norm"],
+                "pooling": ["mean_image", "last"],
+            }
+        )
+    )
+    return path
+
+
+def test_modules_lists_every_module_and_marks_the_match(llava_config: Path) -> None:
+    result = lens("modules", str(llava_config), "--match", "model.language_model.layers.*")
+    assert result.exit_code == 0
+    marked = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("*")]
+    assert marked == ["model.language_model.layers.0", "model.language_model.layers.1"]
+    assert "LlamaDecoderLayer" in result.stdout
+    assert "model.vision_tower.encoder.layers.0" in result.stdout
+
+
+def test_modules_with_a_glob_matching_nothing_names_the_closest(llava_config: Path) -> None:
+    result = lens("modules", str(llava_config), "--match", "model.language_model.layer.*")
+    assert result.exit_code != 0
+    assert "matches no module" in result.output
+    assert "model.language_model.layers" in result.output
+
+
+def test_extract_writes_rows_and_a_run(llava_config: Path, tmp_path: Path) -> None:
+    warehouse = tmp_path / "wh"
+    result = lens(
+        "extract", str(llava_config), "--limit", "3", "--batch-size", "2", "--device", "cpu",
+        "--warehouse", str(warehouse),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "3 images x 3 modules" in result.stdout
+    counts = lens(
+        "sql", "SELECT layer, pooling, count(*) AS n FROM activations GROUP BY ALL ORDER BY ALL",
+        "--format", "json", "--warehouse", str(warehouse),
+    )  # fmt: skip
+    rows = json.loads(counts.stdout)
+    assert {(r["layer"], r["pooling"]) for r in rows} == {
+        ("model.vision_tower.encoder.layers.0", "mean_image"),
+        ("model.vision_tower.encoder.layers.0", "last"),
+        ("model.vision_tower.encoder.layers.1", "mean_image"),
+        ("model.vision_tower.encoder.layers.1", "last"),
+        ("model.language_model.norm", "mean_image"),
+        ("model.language_model.norm", "last"),
+    }
+    assert {r["n"] for r in rows} == {3}
+    runs = lens("sql", "SELECT model, n_images, batch_size FROM runs", "--format", "csv",
+                "--warehouse", str(warehouse))  # fmt: skip
+    assert runs.stdout.splitlines() == ["model,n_images,batch_size", "tiny-llava,3,2"]
+
+
+def test_sql_refuses_to_write(llava_config: Path, tmp_path: Path) -> None:
+    warehouse = tmp_path / "wh"
+    lens("extract", str(llava_config), "--limit", "1", "--warehouse", str(warehouse))
+    result = lens("sql", "DROP TABLE activations", "--warehouse", str(warehouse))
+    assert result.exit_code != 0
+    assert "read-only" in result.output
+    still = lens("sql", "SELECT count(*) AS n FROM activations", "--format", "csv",
+                 "--warehouse", str(warehouse))  # fmt: skip
+    assert still.stdout.splitlines()[1] != "0"
+
+
+def test_sql_on_a_missing_warehouse_says_how_to_make_one(tmp_path: Path) -> None:
+    result = lens("sql", "SELECT 1", "--warehouse", str(tmp_path / "nowhere"))
+    assert result.exit_code != 0
+    assert "lens demo" in result.output
+
+
+def test_bad_config_fails_with_the_field_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("architecture: llava\nmodel_path: x\nmodules: [a]\nbatch_sise: 4\n")
+    result = lens("extract", str(path))
+    assert result.exit_code != 0
+    assert "batch_sise: unknown key (did you mean 'batch_size'?)" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unknown_architecture_lists_the_known_ones(tmp_path: Path, image_dir: Path) -> None:
+    path = tmp_path / "odd.yaml"
+    path.write_text(f"architecture: lava\nmodel_path: x\nmodules: [a]\ninput_dir: {image_dir}\n")
+    result = lens("extract", str(path), "--warehouse", str(tmp_path / "wh"))
+    assert result.exit_code != 0
+    assert "unknown architecture 'lava'" in result.output
+    assert "clip, llava, qwen, qwen2-vl" in result.output
+
+
+def test_tiny_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
+    result = lens("tiny", "clip", str(tmp_path / "clip"))
+    assert result.exit_code == 0
+    assert (tmp_path / "clip" / "config.json").is_file()
+
+
+def test_maintain_reports_what_it_removed(llava_config: Path, tmp_path: Path) -> None:
+    warehouse = tmp_path / "wh"
+    for _ in range(2):
+        lens("extract", str(llava_config), "--limit", "2", "--warehouse", str(warehouse))
+    result = lens("maintain", "--warehouse", str(warehouse))
+    assert result.exit_code == 0
+    removed = int(result.stdout.split("removed ")[1].split()[0])
+    assert removed >= 1
+
+
+def test_demo_runs_end_to_end_from_a_fresh_warehouse(tmp_path: Path) -> None:
+    """The README's quick start: the installed `lens` entry point, in a fresh process."""
+    env = {**os.environ, "LENS_WAREHOUSE": str(tmp_path / "demo-wh")}
+    lens_bin = Path(sys.executable).parent / "lens"
+    command = [str(lens_bin)] if lens_bin.exists() else [sys.executable, "-m", "lens_assets.cli"]
+    done = subprocess.run(
+        [*command, "demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    for model in ("tiny-llava", "tiny-qwen2-vl", "tiny-clip"):
+        assert f"{model}: 12 images, 3 modules" in done.stdout
+    assert done.stdout.count('lens sql "') == 3
+    assert (tmp_path / "demo-wh" / "catalog.sqlite").is_file()
+    assert (tmp_path / "demo-wh" / "models" / "tiny-qwen2-vl" / "model.safetensors").is_file()

@@ -1,0 +1,57 @@
+"""Poolings over token roles; pads never count."""
+
+from __future__ import annotations
+
+import torch
+
+from lens_assets.pooling import TokenRole, pool
+
+C, IMG, T, P = TokenRole.CLS, TokenRole.IMAGE, TokenRole.TEXT, TokenRole.PAD
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    hidden = torch.arange(2 * 5 * 2, dtype=torch.float32).reshape(2, 5, 2)
+    hidden[1, 4] = float("inf")  # a pad holding garbage must not leak into any pooling
+    roles = torch.tensor([[IMG, IMG, T, T, T], [IMG, T, T, T, P]])
+    return hidden, roles
+
+
+def pooled(name: str) -> dict[int, list[float]]:
+    hidden, roles = batch()
+    (result,) = pool(hidden, roles, [name])
+    return {int(s): v.tolist() for s, v in zip(result.samples, result.vectors, strict=True)}
+
+
+def test_mean_image_and_mean_text_average_their_own_positions() -> None:
+    assert pooled("mean_image") == {0: [1.0, 2.0], 1: [10.0, 11.0]}
+    assert pooled("mean_text") == {0: [6.0, 7.0], 1: [14.0, 15.0]}
+
+
+def test_last_is_the_last_real_token_not_a_pad() -> None:
+    assert pooled("last") == {0: [8.0, 9.0], 1: [16.0, 17.0]}
+
+
+def test_mean_covers_every_real_position() -> None:
+    assert pooled("mean") == {0: [4.0, 5.0], 1: [13.0, 14.0]}
+
+
+def test_cls_only_where_there_is_a_class_token() -> None:
+    hidden = torch.ones(2, 3, 2)
+    roles = torch.tensor([[C, IMG, IMG], [IMG, IMG, P]])
+    (result,) = pool(hidden, roles, ["cls"])
+    assert result.samples.tolist() == [0]
+
+
+def test_tokens_keeps_every_real_position_with_its_index_and_role() -> None:
+    hidden, roles = batch()
+    (result,) = pool(hidden, roles, ["tokens"])
+    assert result.samples.tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1]
+    assert result.token_index.tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3]
+    assert result.token_role.tolist() == [IMG, IMG, T, T, T, IMG, T, T, T]
+    assert torch.isfinite(result.vectors).all()
+
+
+def test_a_pooling_with_nothing_to_pool_yields_no_vector() -> None:
+    hidden = torch.ones(1, 2, 2)
+    roles = torch.tensor([[T, T]])
+    assert pool(hidden, roles, ["mean_image"]) == []
