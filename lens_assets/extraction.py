@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 VECTOR_POOLING = "none"  # a module output with no position axis: stored as it is
 
 
-class HookNotCalledError(RuntimeError):
+class HookNotCalledError(ValueError):
     """A selected module did not run in the forward pass, so it has nothing to record."""
 
 
@@ -196,6 +196,8 @@ def extract_to_warehouse(
     """Extract one model over a set of images and replace its (model, dataset) partition."""
     if not image_paths:
         raise ValueError(f"no images to extract for dataset {dataset!r}")
+    if config.output_db:
+        log.info("output_db %s: rows go to the warehouse at %s", config.output_db, warehouse.root)
     loaded = load_model(config, name, warehouse.location.models_dir, device, dtype)
     modules = select_modules(loaded.module_names, config.modules)
     size = batch_size or config.batch_size

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 
-class HookOutputError(TypeError):
+class HookOutputError(ValueError):
     """A hooked module returned something with no tensor to capture."""
 
 

@@ -10,7 +10,7 @@ import duckdb
 import pytest
 import torch
 
-from lens_assets.extraction import capture_batch, extract_to_warehouse
+from lens_assets.extraction import HookNotCalledError, capture_batch, extract_to_warehouse
 from lens_assets.images import folder_images, load_image
 from resources.runtime import LoadedModel
 from resources.warehouse import ReadOnlyError, Warehouse, retry_transaction
@@ -202,3 +202,20 @@ def test_concurrent_writers_each_land_whole(tmp_path: Path) -> None:
     ).to_pylist()
     assert rows == [{"model": f"m{i}", "n": 50, "lo": 3.0, "hi": 3.0} for i in range(3)]
     assert count(warehouse, "SELECT count(*) FROM runs") == 12
+
+
+def test_a_failed_extraction_leaves_the_previous_partition_intact(
+    warehouse: Warehouse, tiny_dir: Path, image_dir: Path
+) -> None:
+    config = tiny_config("clip", tiny_dir)
+    paths = folder_images(image_dir)
+    first = extract_to_warehouse(config, "tiny-clip", warehouse, paths, "shapes", progress=False)
+    before = warehouse.fetch_arrow("SELECT * FROM activations ORDER BY ALL").to_pylist()
+    # With no prompt the text tower never runs, so its hook point has nothing to record.
+    broken = tiny_config("clip", tiny_dir, prompt="")
+    with pytest.raises(HookNotCalledError, match=r"text_model\.encoder\.layers\.1"):
+        extract_to_warehouse(broken, "tiny-clip", warehouse, paths, "shapes", progress=False)
+    after = warehouse.fetch_arrow("SELECT * FROM activations ORDER BY ALL").to_pylist()
+    assert after == before and len(after) == first.rows
+    assert count(warehouse, "SELECT count(*) FROM runs") == 1
+    assert not list(warehouse.location.staging_dir.glob("*.duckdb"))
