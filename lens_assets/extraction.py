@@ -83,39 +83,20 @@ def capture_batch(
 def pieces_to_table(
     pieces: Sequence[tuple[str, Pooled]], image_ids: Sequence[str], prompts: Sequence[str]
 ) -> pa.Table:
-    """Move every vector off the device in one transfer and lay them out as Arrow rows."""
+    """Move the batch off the device (its vectors in one transfer, their positions in
+    another) and lay them out as Arrow rows."""
     if not pieces:
         return ACTIVATION_ROWS.empty_table()
     values = torch.cat([p.vectors.float().reshape(-1) for _, p in pieces]).cpu().numpy()
-    meta = (
-        torch.cat(
-            [
-                torch.stack(
-                    [
-                        p.samples,
-                        p.token_index
-                        if p.token_index is not None
-                        else torch.full_like(p.samples, -1),
-                        p.token_role
-                        if p.token_role is not None
-                        else torch.full_like(p.samples, -1),
-                    ]
-                ).long()
-                for _, p in pieces
-            ],
-            dim=1,
-        )
-        .cpu()
-        .numpy()
+    samples, token_index, token_role = (
+        torch.cat([p.positions() for _, p in pieces], dim=1).cpu().numpy()
     )
-    samples, token_index, token_role = meta
-    dims = np.concatenate(
-        [np.full(len(p.samples), p.vectors.shape[-1], dtype=np.int32) for _, p in pieces]
-    )
+    counts = [len(p.samples) for _, p in pieces]
+    dims = np.repeat([p.vectors.shape[-1] for _, p in pieces], counts).astype(np.int32)
     offsets = np.zeros(len(dims) + 1, dtype=np.int32)
     np.cumsum(dims, out=offsets[1:])
-    layers = [name for name, p in pieces for _ in range(len(p.samples))]
-    poolings = [p.pooling for _, p in pieces for _ in range(len(p.samples))]
+    layers = np.repeat(np.asarray([name for name, _ in pieces], dtype=object), counts)
+    poolings = np.repeat(np.asarray([p.pooling for _, p in pieces], dtype=object), counts)
     has_token = token_index >= 0
     ids = np.asarray(image_ids, dtype=object)
     texts = np.asarray(prompts, dtype=object)

@@ -35,6 +35,13 @@ class Pooled:
     token_index: torch.Tensor | None = None  # (n,) position among non-pad tokens (`tokens`)
     token_role: torch.Tensor | None = None  # (n,) TokenRole values (`tokens`)
 
+    def positions(self) -> torch.Tensor:
+        """(3, n) long: sample, token index, token role; -1 where a row has no position."""
+        missing = torch.full_like(self.samples, -1)
+        index = missing if self.token_index is None else self.token_index
+        role = missing if self.token_role is None else self.token_role
+        return torch.stack([self.samples, index, role]).long()
+
 
 def _masked_mean(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Mean over the selected positions; unselected ones are zeroed, not multiplied, so a
