@@ -103,8 +103,7 @@ def extract(
             config,
             model_name(config_path),
             warehouse,
-            paths,
-            dataset or Path(folder).resolve().name,
+            {dataset or Path(folder).resolve().name: paths},
             batch_size=batch_size,
             device=device,
             dtype=dtype,
@@ -113,7 +112,7 @@ def extract(
     click.echo(
         f"{result.model}: {result.n_images} images x {len(result.modules)} modules -> "
         f"{result.rows} rows in {warehouse.root} ({result.seconds:.2f} s, "
-        f"{result.per_image_seconds * 1000:.1f} ms/image, "
+        f"{result.seconds / result.n_images * 1000:.1f} ms/image, "
         f"peak {result.peak_memory_bytes / 2**20:.0f} MiB)"
     )
     for reason in result.skipped:

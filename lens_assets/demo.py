@@ -54,7 +54,7 @@ def run_demo(
         path = configs_dir() / "models" / relative
         config = load_model_config(path)
         result = extract_to_warehouse(
-            config, model_name(path), warehouse, images, DEMO_DATASET, progress=False
+            config, model_name(path), warehouse, {DEMO_DATASET: images}, progress=False
         )
         echo(
             f"{result.model}: {result.n_images} images, {len(result.modules)} modules "

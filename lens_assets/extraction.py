@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +25,7 @@ from lens_assets.hooks import capture
 from lens_assets.images import ImageReadError, LoadedImage, load_image
 from lens_assets.modules import select_modules
 from lens_assets.pooling import ROLE_NAMES, Pooled, pool
-from resources.runtime import LoadedModel, PeakMemory, load_model
+from resources.runtime import LoadedModel, PeakMemory, load_model, release
 from resources.staging import ACTIVATION_ROWS, IMAGE_ROWS, ActivationStage
 from resources.warehouse import Warehouse
 
@@ -131,19 +131,43 @@ def extract_batch(
 
 
 @dataclass
-class ExtractionResult:
-    model: str
+class DatasetRun:
+    """One (model, dataset) pass: a row of the `runs` table."""
+
     dataset: str
     n_images: int
-    rows: int
     seconds: float
     peak_memory_bytes: int
-    modules: list[str]
     skipped: list[str] = field(default_factory=list)
 
     @property
     def per_image_seconds(self) -> float:
         return self.seconds / self.n_images if self.n_images else 0.0
+
+
+@dataclass
+class ExtractionResult:
+    model: str
+    architecture: str
+    rows: int
+    modules: list[str]
+    runs: list[DatasetRun]
+
+    @property
+    def n_images(self) -> int:
+        return sum(run.n_images for run in self.runs)
+
+    @property
+    def seconds(self) -> float:
+        return sum(run.seconds for run in self.runs)
+
+    @property
+    def peak_memory_bytes(self) -> int:
+        return max((run.peak_memory_bytes for run in self.runs), default=0)
+
+    @property
+    def skipped(self) -> list[str]:
+        return [reason for run in self.runs for reason in run.skipped]
 
 
 def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
@@ -162,80 +186,128 @@ def _readable(paths: Iterable[Path], skipped: list[str]) -> list[LoadedImage]:
     return images
 
 
+def _image_rows(images: Sequence[LoadedImage], dataset: str) -> pa.Table:
+    return pa.Table.from_pylist(
+        [
+            {
+                "dataset": dataset,
+                "image_id": i.image_id,
+                "path": i.path,
+                "width": i.width,
+                "height": i.height,
+            }
+            for i in images
+        ],
+        schema=IMAGE_ROWS,
+    )
+
+
+def stage_dataset(
+    loaded: LoadedModel,
+    config: ModelConfig,
+    modules: Sequence[str],
+    stage: ActivationStage,
+    dataset: str,
+    paths: Sequence[Path],
+    batch_size: int,
+    progress: bool = True,
+) -> DatasetRun:
+    """Run one dataset through the hooked model, batch by batch, into the stage."""
+    skipped: list[str] = []
+    n_images = 0
+    clock = time.perf_counter()
+    with PeakMemory(loaded.device) as peak:
+        batches = tqdm(
+            list(_chunks(paths, batch_size)),
+            desc=f"{loaded.name} x {dataset}",
+            unit="batch",
+            disable=not progress,
+        )
+        for batch in batches:
+            images = _readable(batch, skipped)
+            if not images:
+                continue
+            table = extract_batch(
+                loaded, images, config.prompt, modules, config.pooling, config.forward
+            )
+            stage.add_activations(table.append_column("dataset", pa.array([dataset] * len(table))))
+            stage.add_images(_image_rows(images, dataset))
+            n_images += len(images)
+    if n_images == 0:
+        raise ValueError(
+            f"none of the {len(paths)} images of dataset {dataset!r} could be read: "
+            + "; ".join(skipped[:3])
+        )
+    return DatasetRun(dataset, n_images, time.perf_counter() - clock, peak.bytes, skipped)
+
+
+def extract_loaded(
+    loaded: LoadedModel,
+    config: ModelConfig,
+    warehouse: Warehouse,
+    sources: Mapping[str, Sequence[Path]],
+    *,
+    whole_model: bool = False,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> ExtractionResult:
+    """Stage every dataset, then replace the rows in one transaction: the model's whole
+    partition (`whole_model`), or only the rows of these datasets."""
+    if not sources or not any(sources.values()):
+        raise ValueError(f"no images to extract for model {loaded.name!r}")
+    if config.output_db:
+        log.info("output_db %s: rows go to the warehouse at %s", config.output_db, warehouse.root)
+    modules = select_modules(loaded.module_names, config.modules)
+    size = batch_size or config.batch_size
+    started_at = datetime.now(UTC)
+    with ActivationStage(warehouse.location.staging_dir) as stage:
+        runs = [
+            stage_dataset(loaded, config, modules, stage, dataset, paths, size, progress)
+            for dataset, paths in sources.items()
+        ]
+        stage.close()
+        rows = warehouse.replace_partition(
+            stage.path,
+            loaded.name,
+            loaded.architecture.name,
+            None if whole_model else list(sources),
+            [
+                {
+                    "model": loaded.name,
+                    "dataset": run.dataset,
+                    "device": str(loaded.device),
+                    "dtype": str(loaded.dtype).removeprefix("torch."),
+                    "batch_size": size,
+                    "n_images": run.n_images,
+                    "seconds": run.seconds,
+                    "per_image_seconds": run.per_image_seconds,
+                    "peak_memory_bytes": run.peak_memory_bytes,
+                    "started_at": started_at,
+                }
+                for run in runs
+            ],
+        )
+    return ExtractionResult(loaded.name, loaded.architecture.name, rows, modules, runs)
+
+
 def extract_to_warehouse(
     config: ModelConfig,
     name: str,
     warehouse: Warehouse,
-    image_paths: Sequence[Path],
-    dataset: str,
+    sources: Mapping[str, Sequence[Path]],
     *,
+    whole_model: bool = False,
     batch_size: int | None = None,
     device: str | None = None,
     dtype: str | None = None,
     progress: bool = True,
 ) -> ExtractionResult:
-    """Extract one model over a set of images and replace its (model, dataset) partition."""
-    if not image_paths:
-        raise ValueError(f"no images to extract for dataset {dataset!r}")
-    if config.output_db:
-        log.info("output_db %s: rows go to the warehouse at %s", config.output_db, warehouse.root)
+    """Load the model, extract every dataset, replace its rows in the warehouse."""
     loaded = load_model(config, name, warehouse.location.models_dir, device, dtype)
-    modules = select_modules(loaded.module_names, config.modules)
-    size = batch_size or config.batch_size
-    skipped: list[str] = []
-    n_images = 0
-    with ActivationStage(warehouse.location.staging_dir) as stage:
-        started_at = datetime.now(UTC)
-        clock = time.perf_counter()
-        with PeakMemory(loaded.device) as peak:
-            batches = tqdm(
-                list(_chunks(image_paths, size)),
-                desc=f"{name} x {dataset}",
-                unit="batch",
-                disable=not progress,
-            )
-            for paths in batches:
-                images = _readable(paths, skipped)
-                if not images:
-                    continue
-                stage.add_activations(
-                    extract_batch(
-                        loaded, images, config.prompt, modules, config.pooling, config.forward
-                    )
-                )
-                stage.add_images(
-                    pa.Table.from_pylist(
-                        [
-                            {
-                                "image_id": i.image_id,
-                                "path": i.path,
-                                "width": i.width,
-                                "height": i.height,
-                            }
-                            for i in images
-                        ],
-                        schema=IMAGE_ROWS,
-                    )
-                )
-                n_images += len(images)
-        seconds = time.perf_counter() - clock
-        if n_images == 0:
-            raise ValueError(
-                f"none of the {len(image_paths)} images of {dataset!r} could be read: "
-                + "; ".join(skipped[:3])
-            )
-        stage.close()
-        run = {
-            "model": name,
-            "dataset": dataset,
-            "device": str(loaded.device),
-            "dtype": str(loaded.dtype).removeprefix("torch."),
-            "batch_size": size,
-            "n_images": n_images,
-            "seconds": seconds,
-            "per_image_seconds": seconds / n_images,
-            "peak_memory_bytes": peak.bytes,
-            "started_at": started_at,
-        }
-        rows = warehouse.replace_partition(stage.path, name, loaded.architecture.name, dataset, run)
-    return ExtractionResult(name, dataset, n_images, rows, seconds, peak.bytes, modules, skipped)
+    try:
+        return extract_loaded(
+            loaded, config, warehouse, sources,
+            whole_model=whole_model, batch_size=batch_size, progress=progress,
+        )  # fmt: skip
+    finally:
+        release(loaded)

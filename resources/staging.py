@@ -26,8 +26,10 @@ ACTIVATION_ROWS = pa.schema(
         ("vector", pa.list_(pa.float32())),
     ]
 )
+STAGED_ACTIVATIONS = ACTIVATION_ROWS.append(pa.field("dataset", pa.string()))
 IMAGE_ROWS = pa.schema(
     [
+        ("dataset", pa.string()),
         ("image_id", pa.string()),
         ("path", pa.string()),
         ("width", pa.int32()),
@@ -54,7 +56,7 @@ class ActivationStage:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"run-{uuid.uuid4().hex}.duckdb"
         self._con: duckdb.DuckDBPyConnection | None = duckdb.connect(str(self.path))
-        self._con.execute(_ddl("activations", ACTIVATION_ROWS))
+        self._con.execute(_ddl("activations", STAGED_ACTIVATIONS))
         self._con.execute(_ddl("images", IMAGE_ROWS))
         self._pending: list[pa.Table] = []
         self._pending_bytes = 0
@@ -69,14 +71,14 @@ class ActivationStage:
 
     def add_images(self, rows: pa.Table) -> None:
         assert self._con is not None, "stage already closed"
-        self._con.execute("INSERT INTO images SELECT * FROM rows")
+        self._con.execute("INSERT INTO images BY NAME SELECT * FROM rows")
 
     def flush(self) -> None:
         if not self._pending:
             return
         assert self._con is not None, "stage already closed"
         batch = pa.concat_tables(self._pending)  # noqa: F841 - read by DuckDB below
-        self._con.execute("INSERT INTO activations SELECT * FROM batch")
+        self._con.execute("INSERT INTO activations BY NAME SELECT * FROM batch")
         self._pending.clear()
         self._pending_bytes = 0
 

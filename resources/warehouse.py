@@ -119,6 +119,7 @@ class Warehouse:
 
     def __init__(self, location: WarehouseLocation | None = None) -> None:
         self.location = location or WarehouseLocation.resolve()
+        self._session: duckdb.DuckDBPyConnection | None = None
 
     @classmethod
     def at(cls, root: str | Path | None = None) -> Warehouse:
@@ -149,6 +150,9 @@ class Warehouse:
         Read-only connections also lose access to any file outside the warehouse, so
         `lens sql` can neither change the lake nor read the rest of the disk.
         """
+        if self._session is not None:
+            yield self._session
+            return
         if read_only and not self.exists():
             raise WarehouseError(
                 f"no warehouse at {self.root}: run `lens demo` or `lens extract CONFIG` first, "
@@ -168,6 +172,20 @@ class Warehouse:
             yield con
         finally:
             con.close()
+
+    @contextmanager
+    def session(self) -> Iterator[Warehouse]:
+        """Share one read-write connection among every call inside the block (one connection
+        per Dagster step)."""
+        if self._session is not None:
+            yield self
+            return
+        with self.connect() as con:
+            self._session = con
+            try:
+                yield self
+            finally:
+                self._session = None
 
     def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
         """Apply each `sql/NNN_*.sql` not yet recorded, each in its own transaction."""
@@ -218,50 +236,52 @@ class Warehouse:
         stage: Path,
         model: str,
         architecture: str,
-        dataset: str,
-        run: dict[str, Any],
+        datasets: Sequence[str] | None,
+        runs: Sequence[dict[str, Any]],
     ) -> int:
-        """Replace the (model, dataset) rows with the staged ones and log the run, in one
-        transaction: readers see the old rows or the new rows, never a mix or a duplicate."""
+        """Replace a model's rows (all of them, or those of `datasets`) with the staged ones and
+        log the runs, in one transaction: readers see the old rows or the new ones, never a mix
+        or a duplicate. Returns the model's row count after the commit."""
+        scope, scope_params = "model = ?", [model]
+        if datasets is not None:
+            scope += f" AND dataset IN ({', '.join('?' for _ in datasets)})"
+            scope_params += list(datasets)
+        columns = ", ".join(RUN_COLUMNS)
+        placeholders = ", ".join("?" for _ in RUN_COLUMNS)
         with self.connect() as con:
             con.execute(f"ATTACH '{stage}' AS staging (READ_ONLY)")
-            columns = ", ".join(RUN_COLUMNS)
-            placeholders = ", ".join("?" for _ in RUN_COLUMNS)
 
             def commit() -> int:
                 con.execute("BEGIN")
                 try:
-                    con.execute(
-                        "DELETE FROM activations WHERE model = ? AND dataset = ?", [model, dataset]
-                    )
+                    con.execute(f"DELETE FROM activations WHERE {scope}", scope_params)
                     con.execute(
                         """
                         INSERT INTO activations
-                        SELECT ?, ?, ?, image_id, prompt, layer, pooling, token_index,
+                        SELECT ?, ?, dataset, image_id, prompt, layer, pooling, token_index,
                                token_role, dim, vector
-                        FROM staging.activations ORDER BY layer, pooling, image_id, token_index
+                        FROM staging.activations
+                        ORDER BY dataset, layer, pooling, image_id, token_index
                         """,
-                        [model, architecture, dataset],
+                        [model, architecture],
                     )
                     con.execute(
                         """
                         INSERT INTO images
-                        SELECT DISTINCT s.image_id, ?, s.path, s.width, s.height, NULL
+                        SELECT DISTINCT s.image_id, s.dataset, s.path, s.width, s.height, NULL
                         FROM staging.images AS s
                         WHERE NOT EXISTS (
                             SELECT 1 FROM images AS i
-                            WHERE i.image_id = s.image_id AND i.dataset = ?
+                            WHERE i.image_id = s.image_id AND i.dataset = s.dataset
                         )
-                        """,
-                        [dataset, dataset],
+                        """
                     )
-                    con.execute(
+                    con.executemany(
                         f"INSERT INTO runs ({columns}) VALUES ({placeholders})",
-                        [run[c] for c in RUN_COLUMNS],
+                        [[run[c] for c in RUN_COLUMNS] for run in runs],
                     )
                     rows = con.execute(
-                        "SELECT count(*) FROM activations WHERE model = ? AND dataset = ?",
-                        [model, dataset],
+                        "SELECT count(*) FROM activations WHERE model = ?", [model]
                     ).fetchone()
                     con.execute("COMMIT")
                 except duckdb.Error:
@@ -269,7 +289,10 @@ class Warehouse:
                     raise
                 return int(rows[0]) if rows else 0
 
-            return retry_transaction(commit)
+            try:
+                return retry_transaction(commit)
+            finally:
+                con.execute("DETACH staging")
 
     def maintain(self, older_than_hours: float = 0.0) -> dict[str, int]:
         """Expire snapshots older than the cutoff and delete the files only they used."""

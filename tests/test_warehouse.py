@@ -21,7 +21,7 @@ from tests.writers import write_partitions
 def extract(warehouse: Warehouse, tiny_dir: Path, image_dir: Path, **overrides: object):
     config = tiny_config("llava", tiny_dir, batch_size=2, **overrides)
     return extract_to_warehouse(
-        config, "tiny-llava", warehouse, folder_images(image_dir), "shapes", progress=False
+        config, "tiny-llava", warehouse, {"shapes": folder_images(image_dir)}, progress=False
     )
 
 
@@ -209,12 +209,12 @@ def test_a_failed_extraction_leaves_the_previous_partition_intact(
 ) -> None:
     config = tiny_config("clip", tiny_dir)
     paths = folder_images(image_dir)
-    first = extract_to_warehouse(config, "tiny-clip", warehouse, paths, "shapes", progress=False)
+    first = extract_to_warehouse(config, "tiny-clip", warehouse, {"shapes": paths}, progress=False)
     before = warehouse.fetch_arrow("SELECT * FROM activations ORDER BY ALL").to_pylist()
     # With no prompt the text tower never runs, so its hook point has nothing to record.
     broken = tiny_config("clip", tiny_dir, prompt="")
     with pytest.raises(HookNotCalledError, match=r"text_model\.encoder\.layers\.1"):
-        extract_to_warehouse(broken, "tiny-clip", warehouse, paths, "shapes", progress=False)
+        extract_to_warehouse(broken, "tiny-clip", warehouse, {"shapes": paths}, progress=False)
     after = warehouse.fetch_arrow("SELECT * FROM activations ORDER BY ALL").to_pylist()
     assert after == before and len(after) == first.rows
     assert count(warehouse, "SELECT count(*) FROM runs") == 1

@@ -23,6 +23,7 @@ def write_partitions(root: str, model: str, repeats: int) -> None:
                         "token_role": pa.array([None] * 50, pa.string()),
                         "dim": pa.array([2] * 50, pa.int32()),
                         "vector": pa.array([[float(repeat), 1.0]] * 50, pa.list_(pa.float32())),
+                        "dataset": ["d"] * 50,
                     }
                 )
             )
@@ -37,4 +38,4 @@ def write_partitions(root: str, model: str, repeats: int) -> None:
                 "per_image_seconds": 0.02,
                 "peak_memory_bytes": 1,
             }
-            warehouse.replace_partition(stage.path, model, "test", "d", run)
+            warehouse.replace_partition(stage.path, model, "test", ["d"], [run])
