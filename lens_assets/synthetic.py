@@ -7,6 +7,7 @@ resolution models, numbers of image tokens). Same seed, same bytes.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -40,12 +41,18 @@ def draw_shape(size: tuple[int, int], colour: str, shape: str, background: int) 
     return image
 
 
-def render_shapes(out_dir: str | Path, count: int = 12, seed: int = 0) -> list[Path]:
-    """Write `count` PNGs named by index; returns their paths."""
+@dataclass(frozen=True)
+class RenderedImage:
+    path: Path
+    labels: dict[str, str]
+
+
+def render_shapes(out_dir: str | Path, count: int = 12, seed: int = 0) -> list[RenderedImage]:
+    """Write `count` PNGs named by index; returns their paths and ground-truth labels."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    paths = []
+    rendered = []
     for index in range(count):
         colour = list(COLOURS)[index % len(COLOURS)]
         shape = SHAPES[(index // len(COLOURS)) % len(SHAPES)]
@@ -53,5 +60,5 @@ def render_shapes(out_dir: str | Path, count: int = 12, seed: int = 0) -> list[P
         image = draw_shape(size, colour, shape, background=rng.randrange(90, 200))
         path = out / f"{index:03d}-{colour}-{shape}.png"
         image.save(path, format="PNG")
-        paths.append(path)
-    return paths
+        rendered.append(RenderedImage(path, {"colour": colour, "shape": shape}))
+    return rendered

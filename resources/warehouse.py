@@ -294,6 +294,34 @@ class Warehouse:
             finally:
                 con.execute("DETACH staging")
 
+    def replace_images(self, datasets: Sequence[str], images: Any, labels: Any) -> None:
+        """Replace the listed datasets' `images` and `image_labels` rows (Arrow tables) in one
+        transaction."""
+        marks = ", ".join("?" for _ in datasets)
+        with self.connect() as con:
+
+            def commit() -> None:
+                con.execute("BEGIN")
+                try:
+                    for table, rows in (("images", images), ("image_labels", labels)):
+                        con.execute(f"DELETE FROM {table} WHERE dataset IN ({marks})", datasets)
+                        con.register("incoming", rows)
+                        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
+                        con.unregister("incoming")
+                    con.execute("COMMIT")
+                except duckdb.Error:
+                    _rollback_quietly(con)
+                    raise
+
+            retry_transaction(commit)
+
+    def image_paths(self, dataset: str) -> list[Path]:
+        """The dataset's images as the `images` asset recorded them, in a stable order."""
+        rows = self.fetch_arrow(
+            "SELECT DISTINCT path FROM images WHERE dataset = ? ORDER BY path", [dataset]
+        )
+        return [Path(p) for p in rows.column(0).to_pylist()]
+
     def maintain(self, older_than_hours: float = 0.0) -> dict[str, int]:
         """Expire snapshots older than the cutoff and delete the files only they used."""
         with self.connect() as con:

@@ -1,0 +1,52 @@
+"""The configs folder as data: which models and datasets exist, and a version for each.
+
+A config's version is a hash of its bytes, so editing a file (its modules, say) changes that
+one model's version and nothing else's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from lens_assets.config import ConfigError, configs_dir
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    name: str  # the file's stem: the model's partition key, `model` in every table
+    path: Path
+
+    @property
+    def version(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
+
+
+def _discover(folder: Path) -> dict[str, ConfigFile]:
+    found: dict[str, ConfigFile] = {}
+    for path in sorted(folder.glob("**/*.yaml")) if folder.is_dir() else []:
+        if path.stem in found:
+            raise ConfigError(
+                f"two configs are named {path.stem!r}: {found[path.stem].path} and {path}; a "
+                "name is its file's stem and must be unique, so rename one of them"
+            )
+        found[path.stem] = ConfigFile(path.stem, path)
+    return found
+
+
+def model_configs(root: Path | None = None) -> dict[str, ConfigFile]:
+    """Every `models/**/*.yaml` under the configs folder, by name."""
+    return _discover((root or configs_dir()) / "models")
+
+
+def dataset_configs(root: Path | None = None) -> dict[str, ConfigFile]:
+    """Every `datasets/**/*.yaml` under the configs folder, by name."""
+    return _discover((root or configs_dir()) / "datasets")
+
+
+def combined_version(files: dict[str, ConfigFile]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(f"{name}={files[name].version};".encode())
+    return digest.hexdigest()[:16]

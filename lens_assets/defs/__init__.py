@@ -1,0 +1,1 @@
+"""The Dagster side of LensFlow: thin assets, checks and sensors over the domain code."""

@@ -1,0 +1,196 @@
+"""Thin assets: each one reads its config, calls the domain code, and reports metadata."""
+
+import pyarrow as pa
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    AutomationCondition,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    multi_asset,
+)
+
+from lens_assets.catalog import dataset_configs, model_configs
+from lens_assets.config import ConfigError, load_model_config
+from lens_assets.datasets import collect_images, load_dataset_config
+from lens_assets.defs.partitions import MODELS
+from lens_assets.defs.sources import DATASET_CONFIGS, MODEL_CONFIG
+from lens_assets.extraction import extract_loaded
+from resources.configurable import VLMRuntimeResource, WarehouseResource
+from resources.warehouse import Warehouse
+
+# Bump when extraction changes what it writes for the same config: every partition goes stale.
+EXTRACTION_VERSION = "1"
+IMAGES_VERSION = "1"
+
+IMAGES = AssetKey("images")
+IMAGE_LABELS = AssetKey("image_labels")
+
+
+@multi_asset(
+    specs=[
+        AssetSpec(
+            IMAGES,
+            deps=[DATASET_CONFIGS],
+            group_name="datasets",
+            code_version=IMAGES_VERSION,
+            automation_condition=AutomationCondition.eager(),
+            description="Every dataset config's images: content-hash id, path, size.",
+            kinds={"duckdb"},
+        ),
+        AssetSpec(
+            IMAGE_LABELS,
+            deps=[DATASET_CONFIGS],
+            group_name="datasets",
+            code_version=IMAGES_VERSION,
+            automation_condition=AutomationCondition.eager(),
+            description="Ground truth per image, long format: (image_id, dataset, concept, value).",
+            kinds={"duckdb"},
+        ),
+    ],
+)
+def images(context: AssetExecutionContext, warehouse: WarehouseResource):
+    configs = dataset_configs()
+    if not configs:
+        raise ConfigError("no dataset configs: add one under configs/datasets/ (kind: shapes)")
+    with warehouse.session() as wh:
+        collected = [
+            collect_images(name, load_dataset_config(f.path), wh.root / "datasets")
+            for name, f in configs.items()
+        ]
+        rows = [row for c in collected for row in c.rows]
+        labels = [label for c in collected for label in c.labels]
+        wh.replace_images(
+            list(configs),
+            pa.Table.from_pylist(rows, schema=IMAGE_TABLE),
+            pa.Table.from_pylist(labels, schema=LABEL_TABLE),
+        )
+    for c in collected:
+        for error in c.errors:
+            context.log.warning(error)
+    per_dataset = "\n".join(f"| {c.name} | {len(c.rows)} | {len(c.errors)} |" for c in collected)
+    yield MaterializeResult(
+        asset_key=IMAGES,
+        metadata={
+            "rows": len(rows),
+            "datasets": MetadataValue.json({c.name: len(c.rows) for c in collected}),
+            "preview": MetadataValue.md(
+                "| dataset | images | unreadable |\n|---|---|---|\n" + per_dataset
+            ),
+        },
+    )
+    yield MaterializeResult(asset_key=IMAGE_LABELS, metadata={"rows": len(labels)})
+
+
+IMAGE_TABLE = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("dataset", pa.string()),
+        ("path", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("split", pa.string()),
+    ]
+)
+LABEL_TABLE = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("dataset", pa.string()),
+        ("concept", pa.string()),
+        ("value", pa.string()),
+    ]
+)
+
+
+@asset(
+    partitions_def=MODELS,
+    deps=[MODEL_CONFIG, IMAGES],
+    group_name="activations",
+    code_version=EXTRACTION_VERSION,
+    automation_condition=AutomationCondition.eager(),
+    kinds={"pytorch", "duckdb"},
+    description="Hooked, pooled activations of one model over its datasets (DuckLake table "
+    "`activations`, partitioned by model).",
+)
+def activations(
+    context: AssetExecutionContext,
+    runtime: VLMRuntimeResource,
+    warehouse: WarehouseResource,
+) -> MaterializeResult:
+    name = context.partition_key
+    files = model_configs()
+    if name not in files:
+        raise ConfigError(
+            f"model {name!r} has no config under configs/models/ any more; restore the file or "
+            "let the sensor remove the partition"
+        )
+    config = load_model_config(files[name].path)
+    datasets = _datasets_of(config.datasets, name)
+    with warehouse.session() as wh:
+        sources = {dataset: wh.image_paths(dataset) for dataset in datasets}
+        empty = [d for d, paths in sources.items() if not paths]
+        if empty:
+            raise ConfigError(
+                f"datasets {empty} have no images in the warehouse yet: materialize `images` "
+                "first (it runs automatically upstream of `activations`)"
+            )
+        with runtime.model(config, name, wh) as loaded:
+            result = extract_loaded(
+                loaded, config, wh, sources, whole_model=True,
+                batch_size=runtime.effective_batch_size(config), progress=False,
+            )  # fmt: skip
+        summary = _partition_summary(wh, name)
+        stored_bytes = _partition_bytes(wh, name)
+    context.log.info(f"{name}: {result.rows} rows from {result.n_images} images")
+    return MaterializeResult(
+        metadata={
+            "rows": result.rows,
+            "bytes": MetadataValue.int(stored_bytes),
+            "seconds": MetadataValue.float(round(result.seconds, 4)),
+            "peak_memory_bytes": MetadataValue.int(result.peak_memory_bytes),
+            "images": result.n_images,
+            "layers": MetadataValue.json(result.modules),
+            "datasets": MetadataValue.json(list(sources)),
+            "preview": MetadataValue.md(_markdown(summary)),
+        }
+    )
+
+
+def _datasets_of(requested: list[str], model: str) -> list[str]:
+    known = sorted(dataset_configs())
+    unknown = [d for d in requested if d not in known]
+    if unknown:
+        raise ConfigError(
+            f"model {model!r} names datasets {unknown} that have no config; known datasets: "
+            f"{', '.join(known) or '(none: add configs/datasets/<name>.yaml)'}"
+        )
+    return requested or known
+
+
+def _partition_summary(warehouse: Warehouse, model: str) -> list[dict[str, object]]:
+    return warehouse.fetch_arrow(
+        "SELECT dataset, layer, pooling, count(*) AS rows, any_value(dim) AS dim, "
+        "round(avg(list_aggregate(vector, 'avg')), 5) AS mean_value "
+        "FROM activations WHERE model = ? GROUP BY ALL ORDER BY ALL",
+        [model],
+    ).to_pylist()
+
+
+def _partition_bytes(warehouse: Warehouse, model: str) -> int:
+    stored = warehouse.fetch_arrow(
+        "SELECT coalesce(sum(data_file_size_bytes), 0) AS bytes "
+        "FROM ducklake_list_files('lake', 'activations') WHERE data_file LIKE ?",
+        [f"%model={model}/%"],
+    )
+    return int(stored.column(0)[0].as_py())
+
+
+def _markdown(rows: list[dict[str, object]]) -> str:
+    if not rows:
+        return "(no rows)"
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows[:40]]
+    return "\n".join(lines)

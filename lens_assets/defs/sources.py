@@ -1,0 +1,67 @@
+"""The config files as observable source assets: a config's data version is a hash of its
+bytes, so editing one model's YAML makes exactly that model's activations stale."""
+
+from dagster import (
+    AssetKey,
+    AssetObservation,
+    AssetRecordsFilter,
+    DagsterInstance,
+    DataVersion,
+    DataVersionsByPartition,
+    OpExecutionContext,
+    observable_source_asset,
+)
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
+
+from lens_assets.catalog import combined_version, dataset_configs, model_configs
+from lens_assets.defs.partitions import MODELS
+
+MODEL_CONFIG = AssetKey("model_config")
+DATASET_CONFIGS = AssetKey("dataset_configs")
+
+
+@observable_source_asset(
+    partitions_def=MODELS,
+    group_name="configs",
+    description="configs/models/**/*.yaml, one partition per model; version = content hash",
+)
+def model_config(context: OpExecutionContext) -> DataVersionsByPartition:
+    known = set(context.instance.get_dynamic_partitions(MODELS.name))
+    return DataVersionsByPartition(
+        {name: f.version for name, f in model_configs().items() if name in known}
+    )
+
+
+@observable_source_asset(
+    name=DATASET_CONFIGS.path[-1],
+    group_name="configs",
+    description="configs/datasets/**/*.yaml; version = hash of every dataset config",
+)
+def dataset_configs_source() -> DataVersion:
+    return DataVersion(combined_version(dataset_configs()))
+
+
+def _observed(instance: DagsterInstance, key: AssetKey, partition: str | None) -> str | None:
+    records = instance.fetch_observations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None),
+        limit=1,
+    ).records
+    if not records or records[0].asset_observation is None:
+        return None
+    return (records[0].asset_observation.tags or {}).get(DATA_VERSION_TAG)
+
+
+def _observation(key: AssetKey, version: str, partition: str | None = None) -> AssetObservation:
+    return AssetObservation(asset_key=key, partition=partition, tags={DATA_VERSION_TAG: version})
+
+
+def changed_config_observations(instance: DagsterInstance) -> list[AssetObservation]:
+    """Observations for every config whose content differs from what was last observed."""
+    events = []
+    for name, file in model_configs().items():
+        if _observed(instance, MODEL_CONFIG, name) != file.version:
+            events.append(_observation(MODEL_CONFIG, file.version, name))
+    version = combined_version(dataset_configs())
+    if _observed(instance, DATASET_CONFIGS, None) != version:
+        events.append(_observation(DATASET_CONFIGS, version))
+    return events
