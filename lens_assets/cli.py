@@ -173,13 +173,47 @@ def maintain(older_than_hours: float, warehouse_root: str | None) -> None:
 
 
 @main.command()
+@click.option(
+    "--select", "selected", default="images,activations", show_default=True,
+    help="Comma-separated assets: images, activations.",
+)  # fmt: skip
+@click.option("--model", "models", multiple=True, help="Only these model partitions.")
+@click.option("--device", default=None, help="auto, cpu or cuda[:N] (default: auto).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per forward pass.")
 @WAREHOUSE_OPTION
-@click.option("--images", "n_images", type=click.IntRange(min=2), default=12, show_default=True)
-def demo(warehouse_root: str | None, n_images: int) -> None:
-    """Build tiny models, render images, extract, and show what the warehouse holds."""
+def materialize(
+    selected: str,
+    models: Sequence[str],
+    device: str | None,
+    batch_size: int | None,
+    warehouse_root: str | None,
+) -> None:
+    """Materialize, in-process, whatever is missing or stale for the current configs."""
+    from lens_assets.defs.materialize import materialize_missing
+
+    assets = {a.strip() for a in selected.split(",") if a.strip()}
+    unknown = assets - {"images", "activations"}
+    if unknown:
+        _fail(f"unknown assets {sorted(unknown)} in --select; choose images, activations")
+    todo, results = _run(
+        lambda: materialize_missing(warehouse_root, assets, set(models), device, batch_size)
+    )
+    if todo.empty:
+        click.echo("everything is up to date")
+    failed = [name for name, result in results if not result.success]
+    for name, result in results:
+        click.echo(f"{name}: {'materialized' if result.success else 'FAILED'}")
+    if failed:
+        _fail(f"{len(failed)} partitions failed: {', '.join(failed)}")
+
+
+@main.command()
+@WAREHOUSE_OPTION
+def demo(warehouse_root: str | None) -> None:
+    """Materialize the whole graph on tiny models and synthetic images, then show the data."""
     from lens_assets.demo import run_demo
 
-    _run(lambda: run_demo(warehouse_root, n_images=n_images, echo=click.echo))
+    _run(lambda: run_demo(warehouse_root, echo=click.echo))
 
 
 def _config(path: str):

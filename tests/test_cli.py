@@ -142,8 +142,9 @@ def test_demo_runs_end_to_end_from_a_fresh_warehouse(tmp_path: Path) -> None:
         [*command, "demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
-    for model in ("tiny-llava", "tiny-qwen2-vl", "tiny-clip"):
-        assert f"{model}: 12 images, 3 modules" in done.stdout
+    for step in ("images", "tiny-llava", "tiny-qwen2-vl", "tiny-clip"):
+        assert f"  {step}: materialized" in done.stdout
     assert done.stdout.count('lens sql "') == 3
+    assert "dagster dev" in done.stdout
     assert (tmp_path / "demo-wh" / "catalog.sqlite").is_file()
     assert (tmp_path / "demo-wh" / "models" / "tiny-qwen2-vl" / "model.safetensors").is_file()

@@ -1,0 +1,139 @@
+"""`lens materialize`: bring Dagster in step with the configs, then materialize, in-process,
+whatever is missing or stale: the images, then each model partition with its checks."""
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dagster import (
+    AssetKey,
+    AssetSelection,
+    DagsterInstance,
+    ExecuteInProcessResult,
+    materialize,
+)
+from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._time import get_current_datetime
+
+from lens_assets.defs.assets import IMAGES, activations, images
+from lens_assets.defs.checks import ACTIVATION_CHECKS
+from lens_assets.defs.partitions import MODELS
+from lens_assets.defs.sensors import sync_configs
+from lens_assets.defs.sources import dataset_configs_source, model_config
+from resources.configurable import VLMRuntimeResource, WarehouseResource
+from resources.warehouse import WarehouseLocation
+
+ACTIVATIONS = AssetKey("activations")
+EVERY_ASSET = [model_config, dataset_configs_source, images, activations, *ACTIVATION_CHECKS]
+
+
+def dagster_home(warehouse_root: str | Path | None = None) -> Path:
+    """DAGSTER_HOME if set, else `<warehouse>/dagster`, shared by `lens` and `dagster dev`."""
+    home = os.environ.get("DAGSTER_HOME")
+    path = Path(home) if home else WarehouseLocation.resolve(warehouse_root).root / "dagster"
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()
+
+
+def open_instance(warehouse_root: str | Path | None = None) -> DagsterInstance:
+    return DagsterInstance.from_config(str(dagster_home(warehouse_root)))
+
+
+def stale_resolver(instance: DagsterInstance) -> CachingStaleStatusResolver:
+    """The resolver behind the UI's "stale" badges, for one point in time."""
+    from lens_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance,
+        asset_graph=graph,
+    )
+    return CachingStaleStatusResolver(instance, graph, view)
+
+
+@dataclass
+class Plan:
+    images: bool
+    models: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.images and not self.models
+
+
+def plan(
+    instance: DagsterInstance, assets: set[str] | None = None, models: set[str] | None = None
+) -> Plan:
+    """What is missing or stale, restricted to the selected assets and models."""
+    resolver = stale_resolver(instance)
+    wanted = assets or {"images", "activations"}
+    need_images = "images" in wanted and (
+        instance.get_latest_materialization_event(IMAGES) is None
+        or resolver.get_status(IMAGES) == StaleStatus.STALE
+    )
+    done = instance.get_materialized_partitions(ACTIVATIONS)
+    todo = []
+    if "activations" in wanted:
+        for name in instance.get_dynamic_partitions(MODELS.name):
+            if models and name not in models:
+                continue
+            if name not in done or resolver.get_status(ACTIVATIONS, name) == StaleStatus.STALE:
+                todo.append(name)
+    return Plan(need_images, todo)
+
+
+def resources_for(
+    warehouse_root: str | Path | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+) -> dict[str, object]:
+    root = str(warehouse_root) if warehouse_root else None
+    return {
+        "warehouse": WarehouseResource(root=root),
+        "runtime": VLMRuntimeResource(device=device, batch_size=batch_size),
+    }
+
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def run(
+    instance: DagsterInstance, todo: Plan, resources: dict[str, object]
+) -> list[tuple[str, ExecuteInProcessResult]]:
+    """Materialize the plan in-process; the console logs only warnings and errors (every event
+    is in the instance's run history, which the UI shows)."""
+    results = []
+    if todo.images:
+        selection = AssetSelection.assets("images", "image_labels")
+        result = materialize(
+            EVERY_ASSET,
+            selection=selection,
+            instance=instance,
+            resources=resources,
+            run_config=QUIET,
+        )
+        results.append(("images", result))
+    selection = AssetSelection.assets(ACTIVATIONS) | AssetSelection.checks_for_assets(ACTIVATIONS)
+    for name in todo.models:
+        result = materialize(
+            EVERY_ASSET, selection=selection, partition_key=name, instance=instance,
+            resources=resources, raise_on_error=False, run_config=QUIET,
+        )  # fmt: skip
+        results.append((name, result))
+    return results
+
+
+def materialize_missing(
+    warehouse_root: str | Path | None = None,
+    assets: set[str] | None = None,
+    models: set[str] | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    instance: DagsterInstance | None = None,
+) -> tuple[Plan, list[tuple[str, ExecuteInProcessResult]]]:
+    instance = instance or open_instance(warehouse_root)
+    sync_configs(instance)
+    todo = plan(instance, assets, models)
+    return todo, run(instance, todo, resources_for(warehouse_root, device, batch_size))
