@@ -189,7 +189,7 @@ def materialize(
     warehouse_root: str | None,
 ) -> None:
     """Materialize, in-process, whatever is missing or stale for the current configs."""
-    from lens_assets.defs.materialize import materialize_missing
+    from lens_assets.orchestration.materialize import materialize_missing
 
     assets = {a.strip() for a in selected.split(",") if a.strip()}
     unknown = assets - {"images", "activations"}

@@ -35,7 +35,7 @@ EXAMPLE_QUERIES = (
 
 def run_demo(warehouse_root: str | Path | None = None, echo: Callable[[str], None] = print) -> None:
     from lens_assets.cli import format_table
-    from lens_assets.defs.materialize import dagster_home, materialize_missing
+    from lens_assets.orchestration.materialize import dagster_home, materialize_missing
     from resources.warehouse import Warehouse
 
     warehouse = Warehouse.at(warehouse_root)

@@ -15,9 +15,9 @@ from dagster import (
 from lens_assets.catalog import dataset_configs, model_configs
 from lens_assets.config import ConfigError, load_model_config
 from lens_assets.datasets import collect_images, load_dataset_config
-from lens_assets.defs.partitions import MODELS
-from lens_assets.defs.sources import DATASET_CONFIGS, MODEL_CONFIG
 from lens_assets.extraction import extract_loaded
+from lens_assets.orchestration.partitions import MODELS
+from lens_assets.orchestration.sources import DATASET_CONFIGS, MODEL_CONFIG
 from resources.configurable import VLMRuntimeResource, WarehouseResource
 from resources.warehouse import Warehouse
 

@@ -10,8 +10,8 @@ from dagster import (
 )
 
 from lens_assets.catalog import model_configs
-from lens_assets.defs.partitions import MODELS
-from lens_assets.defs.sources import changed_config_observations
+from lens_assets.orchestration.partitions import MODELS
+from lens_assets.orchestration.sources import changed_config_observations
 
 
 def partition_changes(instance: DagsterInstance) -> tuple[list[str], list[str]]:

@@ -3,11 +3,18 @@ from the UI): complete, finite, one width per layer."""
 
 from collections.abc import Callable
 
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetChecksDefinition, asset_check
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetSelection,
+    asset_check,
+    define_asset_job,
+)
 
 from lens_assets import integrity
-from lens_assets.defs.assets import activations
-from lens_assets.defs.partitions import MODELS
+from lens_assets.orchestration.assets import activations
+from lens_assets.orchestration.partitions import MODELS
 from resources.configurable import WarehouseResource
 from resources.warehouse import Warehouse
 
@@ -33,3 +40,11 @@ ACTIVATION_CHECKS: list[AssetChecksDefinition] = [
     _check("finite_values", integrity.finite_values, "No NaN or Inf in any vector."),
     _check("one_dim_per_layer", integrity.one_dimension_per_layer, "One width per layer."),
 ]
+
+
+# Re-run the checks of one partition (say, after the warehouse was changed by hand) without
+# re-extracting it: launch this job with the tag dagster/partition=<model>. A job that selects
+# only checks has no partitions of its own, so the partition travels as that tag.
+CHECK_JOB = define_asset_job(
+    "check_activations", selection=AssetSelection.checks_for_assets(activations)
+)

@@ -14,7 +14,7 @@ from dagster import (
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from lens_assets.catalog import combined_version, dataset_configs, model_configs
-from lens_assets.defs.partitions import MODELS
+from lens_assets.orchestration.partitions import MODELS
 
 MODEL_CONFIG = AssetKey("model_config")
 DATASET_CONFIGS = AssetKey("dataset_configs")

@@ -16,11 +16,11 @@ from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, Temp
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._time import get_current_datetime
 
-from lens_assets.defs.assets import IMAGES, activations, images
-from lens_assets.defs.checks import ACTIVATION_CHECKS
-from lens_assets.defs.partitions import MODELS
-from lens_assets.defs.sensors import sync_configs
-from lens_assets.defs.sources import dataset_configs_source, model_config
+from lens_assets.orchestration.assets import IMAGES, activations, images
+from lens_assets.orchestration.checks import ACTIVATION_CHECKS
+from lens_assets.orchestration.partitions import MODELS
+from lens_assets.orchestration.sensors import sync_configs
+from lens_assets.orchestration.sources import dataset_configs_source, model_config
 from resources.configurable import VLMRuntimeResource, WarehouseResource
 from resources.warehouse import WarehouseLocation
 

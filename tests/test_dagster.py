@@ -1,0 +1,250 @@
+"""The Dagster asset graph: partitions per model config, incremental runs, staleness,
+automation, checks and metadata, all on real materializations into a real warehouse."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._core.definitions.data_version import StaleStatus
+
+from lens_assets.orchestration.materialize import (
+    materialize_missing,
+    plan,
+    stale_resolver,
+)
+from lens_assets.orchestration.sensors import model_configs_sensor, sync_configs
+from resources.warehouse import Warehouse
+from tests.conftest import HOOK_POINTS
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+ACTIVATIONS = dg.AssetKey("activations")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Project:
+    """A configs folder, a warehouse and a Dagster instance of their own."""
+
+    configs: Path
+    warehouse: Warehouse
+    instance: dg.DagsterInstance
+    tiny_dir: Path
+
+    def add_model(self, name: str, architecture: str, **overrides: object) -> Path:
+        data = {
+            "architecture": architecture,
+            "model_path": str(self.tiny_dir / architecture),
+            "prompt": "What colour is the shape?",
+            "modules": HOOK_POINTS[architecture],
+            "pooling": ["mean_image", "last"],
+            "batch_size": 2,
+            **overrides,
+        }
+        path = self.configs / "models" / architecture / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    def materialize(self, **kwargs: object):
+        todo, results = materialize_missing(self.warehouse.root, instance=self.instance, **kwargs)
+        assert all(r.success for _, r in results), [n for n, r in results if not r.success]
+        return todo, results
+
+    def runs(self) -> int:
+        return self.warehouse.fetch_arrow("SELECT count(*) FROM runs").column(0)[0].as_py()
+
+    def partition_files(self, model: str) -> dict[str, tuple[str, int]]:
+        folder = self.warehouse.root / "data" / "main" / "activations" / f"model={model}"
+        return {
+            p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in folder.glob("*.parquet")
+        }
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+    configs = tmp_path / "configs"
+    (configs / "datasets").mkdir(parents=True)
+    (configs / "datasets" / "shapes.yaml").write_text("kind: shapes\nsize: 4\nseed: 1\n")
+    monkeypatch.setenv("LENS_CONFIGS", str(configs))
+    monkeypatch.setenv("LENS_WAREHOUSE", str(tmp_path / "warehouse"))
+    project = Project(
+        configs, Warehouse.at(tmp_path / "warehouse"), dg.DagsterInstance.ephemeral(), tiny_dir
+    )
+    project.add_model("tiny-llava", "llava")
+    project.add_model("tiny-clip", "clip")
+    return project
+
+
+def tick_sensor(instance: dg.DagsterInstance) -> dg.SensorResult:
+    """One sensor tick, with its requests applied as the daemon would apply them."""
+    result = model_configs_sensor(dg.build_sensor_context(instance=instance))
+    for request in result.dynamic_partitions_requests or []:
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+        else:
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
+    for event in result.asset_events or []:
+        instance.report_runless_asset_event(event)
+    return result
+
+
+def test_definitions_load_as_one_code_location() -> None:
+    from lens_assets import defs
+
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert {"images", "image_labels", "activations", "model_config", "dataset_configs"} <= keys
+    checks = {key.name for key in graph.asset_check_keys}
+    assert checks == {"row_count", "finite_values", "one_dim_per_layer"}
+    assert defs.resolve_sensor_def("model_configs_sensor") is not None
+
+
+def test_adding_a_model_config_adds_one_partition_and_runs_only_that_model(
+    project: Project,
+) -> None:
+    tick_sensor(project.instance)
+    project.materialize()
+    before = {m: project.partition_files(m) for m in ("tiny-llava", "tiny-clip")}
+    assert all(before.values()) and project.runs() == 2
+
+    project.add_model("tiny-qwen2-vl", "qwen2-vl")
+    result = tick_sensor(project.instance)
+    (request,) = result.dynamic_partitions_requests
+    assert isinstance(request, dg.AddDynamicPartitionsRequest)
+    assert list(request.partition_keys) == ["tiny-qwen2-vl"]
+
+    todo, _ = project.materialize()
+    assert todo.models == ["tiny-qwen2-vl"] and not todo.images
+    after = {m: project.partition_files(m) for m in ("tiny-llava", "tiny-clip")}
+    assert after == before  # same files, same bytes, same mtimes
+    assert project.runs() == 3
+    assert project.partition_files("tiny-qwen2-vl")
+
+
+def test_editing_a_config_makes_only_its_partition_stale(project: Project) -> None:
+    sync_configs(project.instance)
+    project.materialize()
+    resolver = stale_resolver(project.instance)
+    assert resolver.get_status(ACTIVATIONS, "tiny-clip") == StaleStatus.FRESH
+
+    project.add_model("tiny-clip", "clip", modules=["vision_model.encoder.layers.0"])
+    sync_configs(project.instance)
+    resolver = stale_resolver(project.instance)
+    assert resolver.get_status(ACTIVATIONS, "tiny-clip") == StaleStatus.STALE
+    assert resolver.get_status(ACTIVATIONS, "tiny-llava") == StaleStatus.FRESH
+    assert plan(project.instance).models == ["tiny-clip"]
+
+
+def test_a_new_model_config_is_requested_by_automation_without_a_click(
+    project: Project,
+) -> None:
+    from lens_assets import defs
+
+    sync_configs(project.instance)
+    project.materialize()
+    first = dg.evaluate_automation_conditions(defs=defs, instance=project.instance)
+    assert not first.get_requested_partitions(ACTIVATIONS)
+
+    project.add_model("tiny-qwen2-vl", "qwen2-vl")
+    tick_sensor(project.instance)
+    second = dg.evaluate_automation_conditions(
+        defs=defs, instance=project.instance, cursor=first.cursor
+    )
+    assert second.get_requested_partitions(ACTIVATIONS) == {"tiny-qwen2-vl"}
+
+
+def test_checks_pass_on_a_sound_partition_and_fail_on_a_corrupted_one(
+    project: Project,
+) -> None:
+    sync_configs(project.instance)
+    _, results = project.materialize()
+    evaluations = dict(results)["tiny-llava"].get_asset_check_evaluations()
+    assert {e.check_name: e.passed for e in evaluations} == {
+        "row_count": True, "finite_values": True, "one_dim_per_layer": True,
+    }  # fmt: skip
+
+    layer = "model.language_model.layers.1"
+    with project.warehouse.connect() as con:
+        con.execute(
+            "UPDATE activations SET vector = list_transform(vector, x -> 'nan'::FLOAT) "
+            "WHERE model = 'tiny-llava' AND layer = ? AND pooling = 'last' AND image_id = "
+            "(SELECT min(image_id) FROM activations WHERE model = 'tiny-llava')",
+            [layer],
+        )
+        con.execute(
+            "DELETE FROM activations WHERE model = 'tiny-llava' AND pooling = 'mean_image' "
+            "AND image_id = (SELECT max(image_id) FROM activations WHERE model = 'tiny-llava')"
+        )
+    from lens_assets import defs
+
+    checks = defs.resolve_job_def("check_activations").execute_in_process(
+        instance=project.instance, raise_on_error=False, tags={"dagster/partition": "tiny-llava"}
+    )
+    found = {e.check_name: e for e in checks.get_asset_check_evaluations()}
+    assert not found["finite_values"].passed
+    assert f"layer {layer} (last)" in found["finite_values"].description
+    assert not found["row_count"].passed
+    assert "mean_image" in found["row_count"].description
+    assert "3 rows for 3 distinct of 4 images" in found["row_count"].description
+    assert found["one_dim_per_layer"].passed
+
+
+def test_materializations_report_what_the_ui_shows(project: Project) -> None:
+    sync_configs(project.instance)
+    project.materialize()
+    event = project.instance.get_latest_materialization_event(ACTIVATIONS)
+    assert event is not None and event.asset_materialization is not None
+    metadata = event.asset_materialization.metadata
+    assert {"rows", "bytes", "seconds", "peak_memory_bytes", "layers", "preview"} <= set(metadata)
+    assert metadata["rows"].value > 0 and metadata["bytes"].value > 0
+    assert metadata["seconds"].value > 0 and metadata["peak_memory_bytes"].value > 0
+    assert set(metadata["layers"].value) <= {
+        *HOOK_POINTS["llava"], *HOOK_POINTS["clip"]
+    }  # fmt: skip
+    assert metadata["preview"].value.startswith("| dataset | layer | pooling |")
+
+
+def _dagster(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    dagster = Path(sys.executable).parent / "dagster"
+    return subprocess.Popen(
+        [str(dagster), *args], cwd=REPO, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def test_headless_cli_materializes_two_partitions_at_once(project: Project, tmp_path: Path) -> None:
+    """Two `dagster asset materialize` runs (multiprocess executor) write the same warehouse
+    at the same time: both land whole, no lock error reaches the user."""
+    home = tmp_path / "dagster-home"
+    home.mkdir()
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    instance = dg.DagsterInstance.from_config(str(home))
+    sync_configs(instance)
+    materialize_missing(project.warehouse.root, {"images"}, instance=instance)
+
+    command = ["asset", "materialize", "-m", "lens_assets", "--select", "activations"]
+    runs = [
+        _dagster([*command, "--partition", model], env) for model in ("tiny-llava", "tiny-clip")
+    ]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    for run, output in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, output[-3000:]
+        assert "database is locked" not in output
+        assert "multiprocess" in output.lower()
+    rows = project.warehouse.fetch_arrow(
+        "SELECT model, count(*) AS n FROM activations GROUP BY model ORDER BY model"
+    ).to_pylist()
+    assert [r["model"] for r in rows] == ["tiny-clip", "tiny-llava"]
+    assert project.runs() == 2
+    assert plan(instance).models == []
