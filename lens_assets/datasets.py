@@ -1,93 +1,397 @@
-"""Dataset configs (`configs/datasets/<name>.yaml`): where a dataset's images come from.
+"""Dataset configs (`configs/datasets/<name>.yaml`) and how each kind yields its images.
 
-Kinds so far: `shapes` (synthetic coloured shapes, rendered under the warehouse, labelled
-with their colour and shape) and `folder` (the images of a folder, as VLM-Lens's input_dir).
+Kinds: the synthetic generators (`shapes`, `clevr_lite`, `stroop`, `correspondence`,
+`odd_one_out`, `art_style`), `blank` (blank images asked another dataset's questions), and the
+user's own data: `folder` (VLM-Lens's input_dir, optional labels CSV), `manifest` (CSV, Parquet
+or JSONL) and `hf_disk` / `hf_hub` (Hugging Face datasets). Every kind ends as the same rows:
+images, labels, prompts (with answers where known) and errors.
 """
 
 from __future__ import annotations
 
+import difflib
+import io
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Any, Literal
 
+import numpy as np
 import yaml
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lens_assets import generators
 from lens_assets.config import ConfigError
-from lens_assets.images import ImageReadError, folder_images, load_image
-from lens_assets.synthetic import render_shapes
+from lens_assets.images import ImageReadError, content_id, decode, folder_images
+
+IMAGE_KEYS = ("image_path", "image", "path", "file_name", "filename")
 
 
-class ShapesDataset(BaseModel):
+class _Kind(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["shapes"]
-    size: int = Field(default=12, ge=1)
+
+
+class GeneratedDataset(_Kind):
+    """A synthetic generator; keys besides kind/size/seed are the generator's own params."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: str
+    size: int = Field(default=48, ge=1)
     seed: int = 0
 
 
-class FolderDataset(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FolderDataset(_Kind):
     kind: Literal["folder"]
     path: str
+    labels: str | None = Field(default=None, description="CSV: `image` (file name) + concepts")
+    prompt: str | None = None
+    split: str | None = None
 
 
-class DatasetFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    dataset: Annotated[ShapesDataset | FolderDataset, Field(discriminator="kind")]
+class ManifestDataset(_Kind):
+    kind: Literal["manifest"]
+    path: str = Field(description="CSV, Parquet or JSONL: image_path, prompt, label, ...")
+    split: str | None = None
+
+
+class HfDataset(_Kind):
+    """A Hugging Face dataset: a `save_to_disk` folder or local Parquet (`hf_disk`), or a hub
+    id through `datasets.load_dataset` (`hf_hub`, where the hub is reachable)."""
+
+    kind: Literal["hf_disk", "hf_hub"]
+    path: str
+    split: str | None = None
+    image_column: str = "image"
+    images_root: str | None = Field(default=None, description="For columns of file names.")
+    prompt_column: str | None = "prompt"
+    answer_column: str | None = "label"
+    label_columns: list[str] | None = None  # default: every other scalar column
+    limit: int | None = Field(default=None, ge=1)
+
+
+class BlankDataset(_Kind):
+    """Blank images asked every question of dataset `of`: does the model look at the image?"""
+
+    kind: Literal["blank"]
+    of: str
+    colours: list[Literal["white", "black", "noise"]] = Field(default_factory=lambda: ["white"])
+    image_size: int = Field(default=224, ge=8)
+    seed: int = 0
+
+
+DatasetConfig = GeneratedDataset | FolderDataset | ManifestDataset | HfDataset | BlankDataset
+KIND_MODELS: dict[str, type[_Kind]] = {
+    "folder": FolderDataset,
+    "manifest": ManifestDataset,
+    "hf_disk": HfDataset,
+    "hf_hub": HfDataset,
+    "blank": BlankDataset,
+    **dict.fromkeys(generators.GENERATORS, GeneratedDataset),
+}
+
+
+def parse_dataset_config(data: Any, source: str) -> DatasetConfig:
+    if not isinstance(data, dict) or "kind" not in data:
+        raise ConfigError(
+            f"invalid dataset config {source}: expected a mapping with a `kind` "
+            f"({', '.join(sorted(KIND_MODELS))})"
+        )
+    kind = str(data["kind"])
+    if kind not in KIND_MODELS:
+        close = difflib.get_close_matches(kind, list(KIND_MODELS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"invalid dataset config {source}: kind: unknown kind {kind!r}{hint}; known kinds: "
+            f"{', '.join(sorted(KIND_MODELS))}"
+        )
+    try:
+        config = KIND_MODELS[kind].model_validate(data)
+        if isinstance(config, GeneratedDataset):
+            generators.params_model(kind).model_validate(config.model_extra or {})
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'kind'}: {e['msg']}" for e in error.errors()
+        )
+        raise ConfigError(f"invalid dataset config {source}: {problems}") from None
+    return config  # type: ignore[return-value]
+
+
+def load_dataset_config(path: Path) -> DatasetConfig:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"dataset config {path} is not valid YAML: {error}") from None
+    return parse_dataset_config(data, str(path))
+
+
+def vlm_lens_dataset(block: dict[str, Any]) -> DatasetConfig:
+    """VLM-Lens's `dataset:` block as a LensFlow kind: `local_dataset_path` -> hf_disk,
+    `dataset_path` (a hub id) -> hf_hub; `image_dataset_path` holds the image files when the
+    image column names files; `dataset_split` picks the split."""
+    path = block.get("local_dataset_path") or block.get("dataset_path")
+    if not path:
+        raise ConfigError("a VLM-Lens dataset block needs local_dataset_path or dataset_path")
+    return HfDataset(
+        kind="hf_disk" if block.get("local_dataset_path") else "hf_hub",
+        path=str(path),
+        split=block.get("dataset_split") or block.get("split"),
+        images_root=block.get("image_dataset_path"),
+        image_column=block.get("image_column", "image"),
+        prompt_column=block.get("prompt_column", "prompt"),
+        answer_column=block.get("label_column", "label"),
+    )
 
 
 @dataclass
 class DatasetImages:
-    """A dataset's images (path, id, size) and ground-truth labels, ready for the warehouse."""
+    """Rows for `images`, `image_labels`, `prompts` and `image_errors`; duplicates once."""
 
     name: str
-    rows: list[dict[str, object]] = field(default_factory=list)
-    labels: list[dict[str, object]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    labels: list[dict[str, Any]] = field(default_factory=list)
+    prompts: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
 
-
-def load_dataset_config(path: Path) -> ShapesDataset | FolderDataset:
-    try:
-        data = yaml.safe_load(path.read_text())
-        return DatasetFile.model_validate({"dataset": data}).dataset
-    except yaml.YAMLError as error:
-        raise ConfigError(f"dataset config {path} is not valid YAML: {error}") from None
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'kind'}: {e['msg']}"
-            for e in error.errors()
-        )
-        raise ConfigError(
-            f"invalid dataset config {path}: {problems} (kinds: shapes, folder)"
-        ) from None
-
-
-def collect_images(name: str, config: ShapesDataset | FolderDataset, root: Path) -> DatasetImages:
-    """Render or find the dataset's images; `root` holds rendered ones (`<root>/<name>/`)."""
-    result = DatasetImages(name)
-    if isinstance(config, ShapesDataset):
-        rendered = render_shapes(root / name, count=config.size, seed=config.seed)
-        items = [(item.path, item.labels) for item in rendered]
-    else:
-        items = [(path, {}) for path in folder_images(config.path)]
-    for path, labels in items:
+    def add(
+        self,
+        data: bytes,
+        path: Path,
+        labels: dict[str, Any] | None = None,
+        prompts: Iterable[tuple[str, str | None, str]] = (),
+        split: str | None = None,
+    ) -> str | None:
+        """Record one image from its bytes; an unusable one becomes an error row."""
         try:
-            image = load_image(path)
+            image = decode(data, str(path))
         except ImageReadError as error:
-            result.errors.append(str(error))
+            self.error(path, str(error))
+            return None
+        image_id = content_id(data)
+        if all(row["image_id"] != image_id for row in self.rows):
+            self.rows.append(
+                {"image_id": image_id, "dataset": self.name, "path": str(path),
+                 "width": image.width, "height": image.height, "split": split}
+            )  # fmt: skip
+        known = {(r["image_id"], r["concept"]) for r in self.labels}
+        self.labels += [
+            {"image_id": image_id, "dataset": self.name, "concept": k, "value": str(v)}
+            for k, v in (labels or {}).items()
+            # a duplicate file adds only concepts not known yet; missing values (empty, NaN) drop
+            if v is not None and v == v and v != "" and (image_id, k) not in known
+        ]
+        for prompt, answer, kind in prompts:
+            self.prompts.append(
+                {"image_id": image_id, "dataset": self.name, "prompt_id": len(self.prompts),
+                 "prompt": prompt, "answer": answer, "kind": kind}
+            )  # fmt: skip
+        return image_id
+
+    def error(self, path: Path | str, message: str) -> None:
+        self.errors.append({"dataset": self.name, "path": str(path), "error": message})
+
+
+def _write_png(image: Image.Image, path: Path) -> bytes:
+    """Save deterministically; an unchanged file is not rewritten (its mtime stays)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    if not path.is_file() or path.read_bytes() != data:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return data
+
+
+def _read(path: Path, out: DatasetImages) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        out.error(path, f"cannot read image {path}: {error}")
+        return None
+
+
+def collect_generated(config: GeneratedDataset, out: DatasetImages, rendered: Path, _: Any) -> None:
+    params = generators.params_model(config.kind).model_validate(config.model_extra or {})
+    for sample in generators.generate(config.kind, params, config.size, config.seed):
+        path = rendered / out.name / f"{sample.name}.png"
+        data = _write_png(sample.image, path)
+        questions = [(q.question, q.answer, q.kind) for q in sample.questions]
+        out.add(data, path, sample.labels, questions, sample.split)
+
+
+def _label_table(path: Path) -> dict[str, dict[str, Any]]:
+    import pyarrow.csv as pv
+
+    rows = pv.read_csv(path).to_pylist()
+    if rows and "image" not in rows[0]:
+        raise ConfigError(f"labels file {path} needs an `image` column naming each image file")
+    return {str(row.pop("image")): row for row in rows}
+
+
+def collect_folder(config: FolderDataset, out: DatasetImages, _: Path, __: Any) -> None:
+    labels = _label_table(Path(config.path) / config.labels) if config.labels else {}
+    prompt = [(config.prompt, None, "folder")] if config.prompt else []
+    for path in folder_images(config.path):
+        data = _read(path, out)
+        if data is not None:
+            found = labels.get(path.name, {})
+            answer = found.get("label")
+            out.add(data, path.resolve(), found, [(p, answer, k) for p, _, k in prompt],
+                    config.split)  # fmt: skip
+
+
+def _manifest_rows(path: Path) -> list[dict[str, Any]]:
+    import pyarrow.csv as pv
+    import pyarrow.json as pj
+    import pyarrow.parquet as pq
+
+    readers: dict[str, Callable[[Path], Any]] = {
+        ".csv": pv.read_csv,
+        ".parquet": pq.read_table,
+        ".jsonl": pj.read_json,
+        ".json": pj.read_json,
+    }
+    if path.suffix.lower() not in readers:
+        raise ConfigError(f"manifest {path}: use a .csv, .parquet or .jsonl file")
+    return readers[path.suffix.lower()](path).to_pylist()
+
+
+def within(root: Path, candidate: Path) -> bool:
+    return candidate == root or root in candidate.parents
+
+
+def collect_manifest(config: ManifestDataset, out: DatasetImages, _: Path, __: Any) -> None:
+    manifest = Path(config.path).resolve()
+    if not manifest.is_file():
+        raise ConfigError(f"manifest {manifest} does not exist")
+    root = manifest.parent
+    for row in _manifest_rows(manifest):
+        if not row.get("image_path"):
+            raise ConfigError(f"manifest {manifest} needs an `image_path` column")
+        path = (root / str(row.pop("image_path"))).resolve()
+        if not within(root, path):
+            out.error(path, f"refused: {path} is outside the manifest's folder {root}")
             continue
-        result.rows.append(
-            {
-                "image_id": image.image_id,
-                "dataset": name,
-                "path": str(Path(path).resolve()),
-                "width": image.width,
-                "height": image.height,
-                "split": None,
-            }
+        data = _read(path, out)
+        if data is None:
+            continue
+        split = row.pop("split", None) or config.split
+        prompt, answer = row.pop("prompt", None), row.get("label")
+        prompts = [(prompt, None if answer is None else str(answer), "manifest")] if prompt else []
+        out.add(data, path, row, prompts, split)
+
+
+def _hf_rows(config: HfDataset) -> Iterable[dict[str, Any]]:
+    import datasets
+
+    source = Path(config.path)
+    if config.kind == "hf_hub":
+        loaded = datasets.load_dataset(config.path, split=config.split)
+    elif source.is_file() or source.suffix == ".parquet":
+        loaded = datasets.load_dataset("parquet", data_files=str(source), split="train")
+    else:
+        loaded = datasets.load_from_disk(str(source))
+    if isinstance(loaded, datasets.DatasetDict):
+        split = config.split or next(iter(loaded))
+        if split not in loaded:
+            raise ConfigError(f"{config.path} has no split {split!r}; it has {list(loaded)}")
+        loaded = loaded[split]
+    if config.image_column in loaded.column_names:
+        loaded = loaded.cast_column(config.image_column, datasets.Image(decode=False))
+    if config.limit:
+        loaded = loaded.select(range(min(config.limit, len(loaded))))
+    return iter(loaded)
+
+
+def _hf_image_bytes(value: Any, config: HfDataset, out: DatasetImages) -> tuple[bytes, str] | None:
+    if isinstance(value, dict) and value.get("bytes"):
+        return value["bytes"], str(value.get("path") or "")
+    name = value.get("path") if isinstance(value, dict) else value
+    if not name:
+        out.error(config.path, f"a row has no image in column {config.image_column!r}")
+        return None
+    root = Path(config.images_root or Path(config.path).parent).resolve()
+    path = (root / str(name)).resolve()
+    if not within(root, path):
+        out.error(path, f"refused: {path} is outside the image root {root}")
+        return None
+    data = _read(path, out)
+    return (data, str(path)) if data is not None else None
+
+
+def collect_hf(config: HfDataset, out: DatasetImages, rendered: Path, _: Any) -> None:
+    for index, row in enumerate(_hf_rows(config)):
+        found = _hf_image_bytes(row.pop(config.image_column, None), config, out)
+        if found is None:
+            continue
+        data, _origin = found
+        path = rendered / out.name / f"{index:06d}-{content_id(data)[:12]}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.is_file():
+            path.write_bytes(data)
+        prompt = row.pop(config.prompt_column, None) if config.prompt_column else None
+        answer = row.get(config.answer_column) if config.answer_column else None
+        keys = config.label_columns or [k for k, v in row.items() if isinstance(v, str | int)]
+        labels = {k: row[k] for k in keys if k in row}
+        if config.answer_column and config.answer_column in labels:
+            labels["label"] = labels.pop(config.answer_column)
+        prompts = [(str(prompt), None if answer is None else str(answer), "dataset")]
+        out.add(data, path, labels, prompts if prompt else [], config.split)
+
+
+BLANK_COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0)}
+
+
+def collect_blank(
+    config: BlankDataset, out: DatasetImages, rendered: Path, others: dict[str, DatasetImages]
+) -> None:
+    source = others.get(config.of)
+    if source is None:
+        raise ConfigError(
+            f"blank dataset {out.name!r} asks the questions of {config.of!r}, which is not a "
+            f"dataset config; known: {', '.join(sorted(others)) or '(none)'}"
         )
-        result.labels.extend(
-            {"image_id": image.image_id, "dataset": name, "concept": concept, "value": value}
-            for concept, value in labels.items()
-        )
-    return result
+    if not source.prompts:
+        raise ConfigError(f"dataset {config.of!r} has no questions for blank {out.name!r}")
+    rng = np.random.default_rng(config.seed)
+    side = config.image_size
+    for colour in config.colours:
+        if colour == "noise":
+            pixels = rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)
+            image = Image.fromarray(pixels, mode="RGB")
+        else:
+            image = Image.new("RGB", (side, side), BLANK_COLOURS[colour])
+        path = rendered / out.name / f"blank-{colour}.png"
+        questions = [(p["prompt"], p["answer"], p["kind"]) for p in source.prompts]
+        out.add(_write_png(image, path), path, {"blank": colour}, questions, colour)
+
+
+COLLECTORS: dict[type, Callable[[Any, DatasetImages, Path, dict[str, DatasetImages]], None]] = {
+    GeneratedDataset: collect_generated,
+    FolderDataset: collect_folder,
+    ManifestDataset: collect_manifest,
+    HfDataset: collect_hf,
+    BlankDataset: collect_blank,
+}
+
+
+def collect_images(
+    name: str,
+    config: DatasetConfig,
+    rendered: Path,
+    others: dict[str, DatasetImages] | None = None,
+) -> DatasetImages:
+    """Every image of one dataset; `rendered` holds generated or extracted files
+    (`<rendered>/<name>/`), `others` the datasets already collected (for `blank`)."""
+    out = DatasetImages(name)
+    COLLECTORS[type(config)](config, out, rendered, others or {})
+    return out
+
+
+def collect_all(configs: dict[str, DatasetConfig], rendered: Path) -> list[DatasetImages]:
+    """Collect every dataset, blank ones last (they read the others' questions)."""
+    done: dict[str, DatasetImages] = {}
+    ordered = sorted(configs, key=lambda n: (isinstance(configs[n], BlankDataset), n))
+    for name in ordered:
+        done[name] = collect_images(name, configs[name], rendered, done)
+    return [done[name] for name in sorted(done)]

@@ -1,18 +1,27 @@
-"""Reading a folder of images: stable content-hash ids, RGB conversion, readable failures."""
+"""Reading images: stable content-hash ids, one RGB form for every file, readable failures.
+
+Greyscale, palette, 16-bit, CMYK and alpha images become 8-bit RGB (alpha composited on
+white). An empty, truncated or undecodable file, or one over the pixel limit (a decompression
+bomb), raises ImageReadError: the caller records it and goes on.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
+MAX_PIXELS = 64_000_000  # far beyond any VLM's input size, far below a decompression bomb
 
 
 class ImageReadError(ValueError):
-    """An image file that cannot be decoded; the run records it and goes on."""
+    """An image that cannot be used; the message names the file and the cause."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,7 @@ class LoadedImage:
 
 
 def content_id(data: bytes) -> str:
-    """The same picture has the same id in every dataset, run and machine."""
+    """The same file has the same id in every dataset, run and machine."""
     return hashlib.sha256(data).hexdigest()[:32]
 
 
@@ -46,12 +55,50 @@ def folder_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB, whatever the file held."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        scaled = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return image.convert("RGB")
+
+
+def decode(data: bytes, source: str) -> Image.Image:
+    """Decode image bytes to RGB, refusing empty, truncated, undecodable and oversized ones."""
+    if not data:
+        raise ImageReadError(f"cannot read image {source}: the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as opened:
+                if opened.width * opened.height > MAX_PIXELS:
+                    raise ImageReadError(
+                        f"cannot read image {source}: {opened.width}x{opened.height} is over the "
+                        f"pixel limit of {MAX_PIXELS:,} (a possible decompression bomb)"
+                    )
+                opened.load()
+                return to_rgb(opened)
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise ImageReadError(f"cannot read image {source}: {error}") from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"cannot read image {source}: {error}") from None
+
+
 def load_image(path: str | Path) -> LoadedImage:
     path = Path(path)
     try:
         data = path.read_bytes()
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+    except OSError as error:
         raise ImageReadError(f"cannot read image {path}: {error}") from None
-    return LoadedImage(content_id(data), str(path), image)
+    return LoadedImage(content_id(data), str(path), decode(data, str(path)))

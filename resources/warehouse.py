@@ -294,20 +294,21 @@ class Warehouse:
             finally:
                 con.execute("DETACH staging")
 
-    def replace_images(self, datasets: Sequence[str], images: Any, labels: Any) -> None:
-        """Replace the listed datasets' `images` and `image_labels` rows (Arrow tables) in one
-        transaction."""
+    def replace_dataset_rows(self, datasets: Sequence[str], tables: dict[str, Any]) -> None:
+        """Replace the listed datasets' rows in each table (name -> Arrow table) in one
+        transaction: `images`, `image_labels`, `prompts`, `image_errors`."""
         marks = ", ".join("?" for _ in datasets)
         with self.connect() as con:
 
             def commit() -> None:
                 con.execute("BEGIN")
                 try:
-                    for table, rows in (("images", images), ("image_labels", labels)):
+                    for table, rows in tables.items():
                         con.execute(f"DELETE FROM {table} WHERE dataset IN ({marks})", datasets)
-                        con.register("incoming", rows)
-                        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
-                        con.unregister("incoming")
+                        if rows.num_rows:
+                            con.register("incoming", rows)
+                            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
+                            con.unregister("incoming")
                     con.execute("COMMIT")
                 except duckdb.Error:
                     _rollback_quietly(con)

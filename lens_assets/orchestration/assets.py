@@ -14,7 +14,7 @@ from dagster import (
 
 from lens_assets.catalog import dataset_configs, model_configs
 from lens_assets.config import ConfigError, load_model_config
-from lens_assets.datasets import collect_images, load_dataset_config
+from lens_assets.datasets import collect_all, load_dataset_config
 from lens_assets.extraction import extract_loaded
 from lens_assets.orchestration.partitions import MODELS
 from lens_assets.orchestration.sources import DATASET_CONFIGS, MODEL_CONFIG
@@ -27,81 +27,76 @@ IMAGES_VERSION = "1"
 
 IMAGES = AssetKey("images")
 IMAGE_LABELS = AssetKey("image_labels")
+PROMPTS = AssetKey("prompts")
+IMAGE_ERRORS = AssetKey("image_errors")
+
+_TEXT, _INT = pa.string(), pa.int32()
+# warehouse table -> (DatasetImages attribute, Arrow schema)
+DATASET_TABLES: dict[str, tuple[str, pa.Schema]] = {
+    "images": ("rows", pa.schema([("image_id", _TEXT), ("dataset", _TEXT), ("path", _TEXT),
+                                  ("width", _INT), ("height", _INT), ("split", _TEXT)])),
+    "image_labels": ("labels", pa.schema([("image_id", _TEXT), ("dataset", _TEXT),
+                                          ("concept", _TEXT), ("value", _TEXT)])),
+    "prompts": ("prompts", pa.schema([("image_id", _TEXT), ("dataset", _TEXT),
+                                      ("prompt_id", _INT), ("prompt", _TEXT), ("answer", _TEXT),
+                                      ("kind", _TEXT)])),
+    "image_errors": ("errors", pa.schema([("dataset", _TEXT), ("path", _TEXT),
+                                          ("error", _TEXT)])),
+}  # fmt: skip
+
+
+def _dataset_spec(key: AssetKey, description: str) -> AssetSpec:
+    return AssetSpec(
+        key,
+        deps=[DATASET_CONFIGS],
+        group_name="datasets",
+        code_version=IMAGES_VERSION,
+        automation_condition=AutomationCondition.eager(),
+        description=description,
+        kinds={"duckdb"},
+    )
 
 
 @multi_asset(
     specs=[
-        AssetSpec(
-            IMAGES,
-            deps=[DATASET_CONFIGS],
-            group_name="datasets",
-            code_version=IMAGES_VERSION,
-            automation_condition=AutomationCondition.eager(),
-            description="Every dataset config's images: content-hash id, path, size.",
-            kinds={"duckdb"},
-        ),
-        AssetSpec(
-            IMAGE_LABELS,
-            deps=[DATASET_CONFIGS],
-            group_name="datasets",
-            code_version=IMAGES_VERSION,
-            automation_condition=AutomationCondition.eager(),
-            description="Ground truth per image, long format: (image_id, dataset, concept, value).",
-            kinds={"duckdb"},
-        ),
+        _dataset_spec(IMAGES, "Every dataset's images: content-hash id, path, size, split."),
+        _dataset_spec(IMAGE_LABELS, "Ground truth per image: (image_id, dataset, concept, value)."),
+        _dataset_spec(PROMPTS, "Questions per image with their answers, for scoring behaviour."),
+        _dataset_spec(IMAGE_ERRORS, "Files a dataset names that could not be used, and why."),
     ],
 )
 def images(context: AssetExecutionContext, warehouse: WarehouseResource):
-    configs = dataset_configs()
-    if not configs:
+    files = dataset_configs()
+    if not files:
         raise ConfigError("no dataset configs: add one under configs/datasets/ (kind: shapes)")
+    configs = {name: load_dataset_config(f.path) for name, f in files.items()}
     with warehouse.session() as wh:
-        collected = [
-            collect_images(name, load_dataset_config(f.path), wh.root / "datasets")
-            for name, f in configs.items()
-        ]
-        rows = [row for c in collected for row in c.rows]
-        labels = [label for c in collected for label in c.labels]
-        wh.replace_images(
-            list(configs),
-            pa.Table.from_pylist(rows, schema=IMAGE_TABLE),
-            pa.Table.from_pylist(labels, schema=LABEL_TABLE),
-        )
+        collected = collect_all(configs, wh.root / "datasets")
+        tables = {
+            table: pa.Table.from_pylist([r for c in collected for r in getattr(c, part)], schema)
+            for table, (part, schema) in DATASET_TABLES.items()
+        }
+        wh.replace_dataset_rows(list(configs), tables)
     for c in collected:
         for error in c.errors:
-            context.log.warning(error)
-    per_dataset = "\n".join(f"| {c.name} | {len(c.rows)} | {len(c.errors)} |" for c in collected)
+            context.log.warning(f"{c.name}: {error['error']}")
+    per_dataset = "\n".join(
+        f"| {c.name} | {len(c.rows)} | {len({r['concept'] for r in c.labels})} | "
+        f"{len(c.prompts)} | {len(c.errors)} |"
+        for c in collected
+    )
+    preview = "| dataset | images | concepts | prompts | errors |\n|---|---|---|---|---|\n"
     yield MaterializeResult(
         asset_key=IMAGES,
         metadata={
-            "rows": len(rows),
+            "rows": tables["images"].num_rows,
             "datasets": MetadataValue.json({c.name: len(c.rows) for c in collected}),
-            "preview": MetadataValue.md(
-                "| dataset | images | unreadable |\n|---|---|---|\n" + per_dataset
-            ),
+            "preview": MetadataValue.md(preview + per_dataset),
         },
     )
-    yield MaterializeResult(asset_key=IMAGE_LABELS, metadata={"rows": len(labels)})
-
-
-IMAGE_TABLE = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("dataset", pa.string()),
-        ("path", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("split", pa.string()),
-    ]
-)
-LABEL_TABLE = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("dataset", pa.string()),
-        ("concept", pa.string()),
-        ("value", pa.string()),
-    ]
-)
+    for key, table in ((IMAGE_LABELS, "image_labels"), (PROMPTS, "prompts"),
+                       (IMAGE_ERRORS, "image_errors")):  # fmt: skip
+        yield MaterializeResult(asset_key=key, metadata={"rows": tables[table].num_rows})
 
 
 @asset(

@@ -106,7 +106,7 @@ def run(
     is in the instance's run history, which the UI shows)."""
     results = []
     if todo.images:
-        selection = AssetSelection.assets("images", "image_labels")
+        selection = AssetSelection.assets("images", "image_labels", "prompts", "image_errors")
         result = materialize(
             EVERY_ASSET,
             selection=selection,

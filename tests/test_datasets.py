@@ -1,0 +1,227 @@
+"""Dataset kinds: the user's folders, manifests and Hugging Face datasets, blank images, and
+every kind of unusable file, recorded and never fatal."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from lens_assets.config import ConfigError
+from lens_assets.datasets import (
+    BlankDataset,
+    HfDataset,
+    collect_all,
+    collect_images,
+    parse_dataset_config,
+    vlm_lens_dataset,
+)
+from lens_assets.images import MAX_PIXELS, ImageReadError, decode
+
+
+def png(colour: tuple[int, int, int], size: tuple[int, int] = (24, 16)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "red.png").write_bytes(png((200, 10, 10)))
+    (folder / "blue.png").write_bytes(png((10, 10, 200)))
+    (folder / "blue-copy.png").write_bytes(png((10, 10, 200)))  # same bytes, same image id
+    return folder
+
+
+def test_folder_with_a_labels_csv(photos: Path, tmp_path: Path) -> None:
+    (photos / "labels.csv").write_text("image,label,brightness\nred.png,red,dark\nblue.png,blue,\n")
+    config = parse_dataset_config(
+        {"kind": "folder", "path": str(photos), "labels": "labels.csv", "prompt": "Colour?"}, "t"
+    )
+    out = collect_images("photos", config, tmp_path)
+    assert len(out.rows) == 2  # the copy is the same picture, stored once
+    labels = {(r["concept"], r["value"]) for r in out.labels}
+    assert labels == {("label", "red"), ("brightness", "dark"), ("label", "blue")}
+    assert {(p["prompt"], p["answer"]) for p in out.prompts} >= {("Colour?", "red")}
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_manifest_resolves_paths_against_its_folder(photos: Path, suffix: str) -> None:
+    rows = [
+        {"image_path": "red.png", "prompt": "What colour?", "label": "red", "shade": "dark"},
+        {"image_path": "blue.png", "prompt": "What colour?", "label": "blue", "shade": "deep"},
+    ]
+    manifest = photos / f"manifest{suffix}"
+    table = pa.Table.from_pylist(rows)
+    if suffix == ".csv":
+        pa.csv.write_csv(table, manifest)
+    elif suffix == ".parquet":
+        pq.write_table(table, manifest)
+    else:
+        manifest.write_text("\n".join(json.dumps(r) for r in rows))
+    out = collect_images("m", parse_dataset_config({"kind": "manifest", "path": str(manifest)},
+                                                   "t"), photos)  # fmt: skip
+    assert [Path(r["path"]).name for r in out.rows] == ["red.png", "blue.png"]
+    assert {(r["concept"], r["value"]) for r in out.labels} == {
+        ("label", "red"), ("shade", "dark"), ("label", "blue"), ("shade", "deep"),
+    }  # fmt: skip
+    assert [(p["prompt"], p["answer"]) for p in out.prompts] == [
+        ("What colour?", "red"), ("What colour?", "blue"),
+    ]  # fmt: skip
+
+
+def test_a_manifest_path_escaping_its_folder_is_refused(photos: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png((1, 2, 3)))
+    manifest = photos / "manifest.csv"
+    manifest.write_text("image_path,label\n../secret.png,x\nred.png,red\n/etc/hostname,y\n")
+    out = collect_images("m", parse_dataset_config({"kind": "manifest", "path": str(manifest)},
+                                                   "t"), tmp_path)  # fmt: skip
+    assert [Path(r["path"]).name for r in out.rows] == ["red.png"]
+    assert len(out.errors) == 2
+    assert all("outside the manifest's folder" in e["error"] for e in out.errors)
+
+
+def test_hf_disk_folder_written_by_save_to_disk(photos: Path, tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    data = datasets.Dataset.from_dict(
+        {
+            "image": [str(photos / "red.png"), str(photos / "blue.png")],
+            "prompt": ["Colour?", "Colour?"],
+            "label": ["red", "blue"],
+            "size": ["small", "large"],
+        }
+    ).cast_column("image", datasets.Image())
+    datasets.DatasetDict({"test": data}).save_to_disk(str(tmp_path / "hf"))
+    config = parse_dataset_config(
+        {"kind": "hf_disk", "path": str(tmp_path / "hf"), "split": "test"}, "t"
+    )
+    out = collect_images("hf", config, tmp_path / "rendered")
+    assert len(out.rows) == 2
+    assert {(r["concept"], r["value"]) for r in out.labels} == {
+        ("label", "red"), ("size", "small"), ("label", "blue"), ("size", "large"),
+    }  # fmt: skip
+    assert [p["answer"] for p in out.prompts] == ["red", "blue"]
+    assert all(Path(r["path"]).is_file() for r in out.rows)
+
+
+def test_hf_disk_local_parquet_with_an_image_column(photos: Path, tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "image": [{"bytes": (photos / "red.png").read_bytes(), "path": "red.png"}],
+            "label": ["red"],
+        }
+    )
+    pq.write_table(table, tmp_path / "train.parquet")
+    config = parse_dataset_config({"kind": "hf_disk", "path": str(tmp_path / "train.parquet")}, "t")
+    out = collect_images("pq", config, tmp_path / "rendered")
+    assert len(out.rows) == 1 and out.labels[0]["value"] == "red"
+
+
+def test_vlm_lens_dataset_block_maps_onto_kinds() -> None:
+    local = vlm_lens_dataset(
+        {"local_dataset_path": "/data/clevr", "dataset_split": "color",
+         "image_dataset_path": "/data/images"}
+    )  # fmt: skip
+    assert isinstance(local, HfDataset)
+    assert (local.kind, local.path, local.split, local.images_root) == (
+        "hf_disk", "/data/clevr", "color", "/data/images",
+    )  # fmt: skip
+    hub = vlm_lens_dataset({"dataset_path": "compling/CLEVR_categories", "dataset_split": "shape"})
+    assert (hub.kind, hub.path, hub.split) == ("hf_hub", "compling/CLEVR_categories", "shape")
+
+
+def test_blank_images_are_asked_another_datasets_questions(tmp_path: Path) -> None:
+    configs = {
+        "shapes": parse_dataset_config({"kind": "shapes", "size": 4}, "t"),
+        "blind": BlankDataset(
+            kind="blank", of="shapes", colours=["white", "black", "noise"], image_size=32
+        ),
+    }
+    shapes, blind = collect_all(configs, tmp_path)[::-1]
+    assert {r["split"] for r in blind.rows} == {"white", "black", "noise"}
+    assert len(blind.prompts) == 3 * len(shapes.prompts)
+    white = next(r for r in blind.rows if r["split"] == "white")
+    assert Image.open(white["path"]).getextrema() == ((255, 255),) * 3
+
+
+def test_unknown_kind_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"unknown kind 'foldr' \(did you mean 'folder'\?\)"):
+        parse_dataset_config({"kind": "foldr", "path": "x"}, "t")
+
+
+def test_generator_params_are_validated() -> None:
+    with pytest.raises(ConfigError, match="colour_count"):
+        parse_dataset_config({"kind": "shapes", "colour_count": 3}, "t")
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+CONVERTED = {
+    "greyscale": Image.new("L", (8, 8), 128),
+    "palette": Image.new("RGB", (8, 8), (10, 200, 30)).convert("P"),
+    "alpha": Image.new("RGBA", (8, 8), (255, 0, 0, 0)),
+    "sixteen_bit": Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)),
+    "long_strip": Image.new("RGB", (4000, 2), (5, 5, 5)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONVERTED))
+def test_unusual_modes_become_rgb(name: str) -> None:
+    image = decode(_encoded(CONVERTED[name], "PNG"), name)
+    assert image.mode == "RGB"
+    if name == "alpha":  # fully transparent red composites to white
+        assert image.getpixel((0, 0)) == (255, 255, 255)
+    if name == "sixteen_bit":
+        assert image.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_cmyk_jpeg_becomes_rgb() -> None:
+    cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))
+    assert decode(_encoded(cmyk, "JPEG"), "cmyk").mode == "RGB"
+
+
+BAD = {
+    "empty": b"",
+    "truncated": png((1, 1, 1), (64, 64))[:60],
+    "not an image": b"this is text with a .png name",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_unusable_files_raise_a_readable_error(name: str) -> None:
+    with pytest.raises(ImageReadError, match=f"cannot read image {name}"):
+        decode(BAD[name], name)
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    side = int(MAX_PIXELS**0.5) + 1
+    bomb = _encoded(Image.new("1", (side, side)), "PNG")  # small file, huge canvas
+    with pytest.raises(ImageReadError, match="over the pixel limit"):
+        decode(bomb, "bomb.png")
+
+
+def test_a_folder_of_bad_files_records_each_and_keeps_the_good_ones(
+    photos: Path, tmp_path: Path
+) -> None:
+    for name, data in BAD.items():
+        (photos / f"{name.replace(' ', '-')}.png").write_bytes(data)
+    (photos / "actually-png.jpg").write_bytes(png((0, 255, 0)))  # wrong extension, fine
+    out = collect_images("photos", parse_dataset_config({"kind": "folder", "path": str(photos)},
+                                                        "t"), tmp_path)  # fmt: skip
+    assert len(out.rows) == 3
+    assert sorted(Path(e["path"]).name for e in out.errors) == [
+        "empty.png", "not-an-image.png", "truncated.png",
+    ]  # fmt: skip
