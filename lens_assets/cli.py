@@ -83,27 +83,18 @@ def extract(
 ) -> None:
     """Extract one model config over a folder of images into the warehouse."""
     from lens_assets.extraction import extract_to_warehouse
-    from lens_assets.images import folder_images
     from resources.warehouse import Warehouse
 
     config = _config(config_path)
-    folder = input_dir or config.input_dir
-    if folder is None:
-        _fail(f"{config_path} has no input_dir: add `input_dir: FOLDER` or pass --input-dir")
-    try:
-        paths = folder_images(folder)
-    except FileNotFoundError as error:
-        _fail(str(error))
-    if not paths:
-        _fail(f"no image files in {folder}")
-    paths = paths[:limit] if limit else paths
     warehouse = Warehouse.at(warehouse_root)
+    name, paths = _run(lambda: _extract_images(config, config_path, input_dir, dataset, warehouse))
+    paths = paths[:limit] if limit else paths
     result = _run(
         lambda: extract_to_warehouse(
             config,
             model_name(config_path),
             warehouse,
-            {dataset or Path(folder).resolve().name: paths},
+            {name: paths},
             batch_size=batch_size,
             device=device,
             dtype=dtype,
@@ -117,6 +108,33 @@ def extract(
     )
     for reason in result.skipped:
         click.echo(f"skipped: {reason}", err=True)
+
+
+def _extract_images(config, config_path: str, input_dir: str | None, dataset: str | None,
+                    warehouse) -> tuple[str, list[Path]]:  # fmt: skip
+    """The images `lens extract` runs on: --input-dir, else `input_dir`, else VLM-Lens's
+    `dataset:` block (a Hugging Face dataset, its images written under the warehouse)."""
+    from lens_assets.datasets import collect_images, vlm_lens_dataset
+    from lens_assets.images import folder_images
+
+    folder = input_dir or config.input_dir
+    if folder is not None:
+        paths = folder_images(folder)
+        if not paths:
+            raise FileNotFoundError(f"no image files in {folder}")
+        return dataset or Path(folder).resolve().name, paths
+    if config.dataset:
+        name = dataset or f"{model_name(config_path)}-dataset"
+        collected = collect_images(
+            name, vlm_lens_dataset(config.dataset), warehouse.root / "datasets"
+        )
+        for error in collected.errors:
+            click.echo(f"skipped: {error['error']}", err=True)
+        return name, [Path(row["path"]) for row in collected.rows]
+    raise ConfigError(
+        f"{config_path} names no images: add `input_dir: FOLDER` (or a VLM-Lens `dataset:` block) "
+        "or pass --input-dir"
+    )
 
 
 @main.command()

@@ -148,3 +148,27 @@ def test_demo_runs_end_to_end_from_a_fresh_warehouse(tmp_path: Path) -> None:
     assert "dagster dev" in done.stdout
     assert (tmp_path / "demo-wh" / "catalog.sqlite").is_file()
     assert (tmp_path / "demo-wh" / "models" / "tiny-qwen2-vl" / "model.safetensors").is_file()
+
+
+def test_extract_reads_a_vlm_lens_dataset_block(
+    tmp_path: Path, tiny_dir: Path, image_dir: Path
+) -> None:
+    datasets = pytest.importorskip("datasets")
+    files = sorted(str(p) for p in image_dir.glob("*.png"))[:3]
+    data = datasets.Dataset.from_dict({"image": files, "label": ["a", "b", "c"]})
+    datasets.DatasetDict({"color": data.cast_column("image", datasets.Image())}).save_to_disk(
+        str(tmp_path / "clevr-local")
+    )
+    config = tmp_path / "clip-clevr.yaml"
+    config.write_text(
+        f"architecture: clip\nmodel_path: {tiny_dir / 'clip'}\nmodel:\n  - torch_dtype: auto\n"
+        f"dataset:\n  - local_dataset_path: {tmp_path / 'clevr-local'}\n"
+        "  - dataset_split: color\noutput_db: output/clip-clevr.db\npooled_output: True\n"
+        "modules:\n  - vision_model.encoder.layers.1\n"
+    )
+    warehouse = tmp_path / "wh"
+    result = lens("extract", str(config), "--warehouse", str(warehouse))
+    assert result.exit_code == 0, result.output
+    rows = lens("sql", "SELECT dataset, count(DISTINCT image_id) AS n FROM activations GROUP BY 1",
+                "--format", "csv", "--warehouse", str(warehouse))  # fmt: skip
+    assert rows.stdout.splitlines()[1] == "clip-clevr-dataset,3"
