@@ -225,3 +225,37 @@ def test_a_folder_of_bad_files_records_each_and_keeps_the_good_ones(
     assert sorted(Path(e["path"]).name for e in out.errors) == [
         "empty.png", "not-an-image.png", "truncated.png",
     ]  # fmt: skip
+
+
+def test_images_asset_stores_rows_labels_prompts_and_errors(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dagster as dg
+
+    from lens_assets.orchestration.materialize import materialize_missing
+    from resources.warehouse import Warehouse
+
+    (photos / "empty.png").write_bytes(b"")
+    configs = tmp_path / "configs"
+    (configs / "datasets").mkdir(parents=True)
+    (configs / "datasets" / "photos.yaml").write_text(f"kind: folder\npath: {photos}\n")
+    (configs / "datasets" / "shapes.yaml").write_text("kind: shapes\nsize: 3\n")
+    monkeypatch.setenv("LENS_CONFIGS", str(configs))
+    warehouse = Warehouse.at(tmp_path / "wh")
+    _, results = materialize_missing(
+        warehouse.root, {"images"}, instance=dg.DagsterInstance.ephemeral()
+    )
+    assert [name for name, r in results if r.success] == ["images"]
+
+    def rows(sql: str) -> list[dict]:
+        return warehouse.fetch_arrow(sql).to_pylist()
+
+    assert rows("SELECT dataset, count(*) AS n FROM images GROUP BY 1 ORDER BY 1") == [
+        {"dataset": "photos", "n": 2},
+        {"dataset": "shapes", "n": 3},
+    ]
+    (error,) = rows("SELECT * FROM image_errors")
+    assert error["dataset"] == "photos" and error["path"].endswith("empty.png")
+    assert "empty" in error["error"]
+    assert rows("SELECT count(*) AS n FROM prompts WHERE dataset = 'shapes'") == [{"n": 3}]
+    assert rows("SELECT count(*) AS n FROM image_labels WHERE dataset = 'shapes'") == [{"n": 6}]
