@@ -147,6 +147,11 @@ def test_demo_runs_end_to_end_from_a_fresh_warehouse(tmp_path: Path) -> None:
     assert done.stdout.count('lens sql "') == 3
     assert "dagster dev" in done.stdout
     assert (tmp_path / "demo-wh" / "catalog.sqlite").is_file()
+    datasets = lens("sql", "SELECT DISTINCT dataset FROM activations ORDER BY 1", "--format",
+                    "csv", "--warehouse", str(tmp_path / "demo-wh"))  # fmt: skip
+    assert datasets.stdout.splitlines()[1:] == [
+        "blank-clevr", "clevr-lite", "correspondence", "stroop",
+    ]  # fmt: skip
     assert (tmp_path / "demo-wh" / "models" / "tiny-qwen2-vl" / "model.safetensors").is_file()
 
 
