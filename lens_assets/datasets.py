@@ -158,7 +158,7 @@ class DatasetImages:
         data: bytes,
         path: Path,
         labels: dict[str, Any] | None = None,
-        prompts: Iterable[tuple[str, str | None, str]] = (),
+        prompts: Iterable[tuple[str, str | None, str, str | None]] = (),
         split: str | None = None,
     ) -> str | None:
         """Record one image from its bytes; an unusable one becomes an error row."""
@@ -180,10 +180,10 @@ class DatasetImages:
             # a duplicate file adds only concepts not known yet; missing values (empty, NaN) drop
             if v is not None and v == v and v != "" and (image_id, k) not in known
         ]
-        for prompt, answer, kind in prompts:
+        for prompt, answer, kind, concept in prompts:
             self.prompts.append(
                 {"image_id": image_id, "dataset": self.name, "prompt_id": len(self.prompts),
-                 "prompt": prompt, "answer": answer, "kind": kind}
+                 "prompt": prompt, "answer": answer, "kind": kind, "concept": concept}
             )  # fmt: skip
         return image_id
 
@@ -215,7 +215,7 @@ def collect_generated(config: GeneratedDataset, out: DatasetImages, rendered: Pa
     for sample in generators.generate(config.kind, params, config.size, config.seed):
         path = rendered / out.name / f"{sample.name}.png"
         data = _write_png(sample.image, path)
-        questions = [(q.question, q.answer, q.kind) for q in sample.questions]
+        questions = [(q.question, q.answer, q.kind, q.concept) for q in sample.questions]
         out.add(data, path, sample.labels, questions, sample.split)
 
 
@@ -230,14 +230,14 @@ def _label_table(path: Path) -> dict[str, dict[str, Any]]:
 
 def collect_folder(config: FolderDataset, out: DatasetImages, _: Path, __: Any) -> None:
     labels = _label_table(Path(config.path) / config.labels) if config.labels else {}
-    prompt = [(config.prompt, None, "folder")] if config.prompt else []
+    prompt = [(config.prompt, None, "folder", "label")] if config.prompt else []
     for path in folder_images(config.path):
         data = _read(path, out)
         if data is not None:
             found = labels.get(path.name, {})
             answer = found.get("label")
-            out.add(data, path.resolve(), found, [(p, answer, k) for p, _, k in prompt],
-                    config.split)  # fmt: skip
+            asked = [(p, answer, k, c) for p, _, k, c in prompt]
+            out.add(data, path.resolve(), found, asked, config.split)
 
 
 def _manifest_rows(path: Path) -> list[dict[str, Any]]:
@@ -277,7 +277,8 @@ def collect_manifest(config: ManifestDataset, out: DatasetImages, _: Path, __: A
             continue
         split = row.pop("split", None) or config.split
         prompt, answer = row.pop("prompt", None), row.get("label")
-        prompts = [(prompt, None if answer is None else str(answer), "manifest")] if prompt else []
+        expected = None if answer is None else str(answer)
+        prompts = [(prompt, expected, "manifest", "label")] if prompt else []
         out.add(data, path, row, prompts, split)
 
 
@@ -335,7 +336,8 @@ def collect_hf(config: HfDataset, out: DatasetImages, rendered: Path, _: Any) ->
         labels = {k: row[k] for k in keys if k in row}
         if config.answer_column and config.answer_column in labels:
             labels["label"] = labels.pop(config.answer_column)
-        prompts = [(str(prompt), None if answer is None else str(answer), "dataset")]
+        expected = None if answer is None else str(answer)
+        prompts = [(str(prompt), expected, "dataset", "label")]
         out.add(data, path, labels, prompts if prompt else [], config.split)
 
 
@@ -362,7 +364,7 @@ def collect_blank(
         else:
             image = Image.new("RGB", (side, side), BLANK_COLOURS[colour])
         path = rendered / out.name / f"blank-{colour}.png"
-        questions = [(p["prompt"], p["answer"], p["kind"]) for p in source.prompts]
+        questions = [(p["prompt"], p["answer"], p["kind"], p["concept"]) for p in source.prompts]
         out.add(_write_png(image, path), path, {"blank": colour}, questions, colour)
 
 

@@ -6,7 +6,8 @@ CREATE TABLE IF NOT EXISTS prompts (
     prompt_id INTEGER NOT NULL,
     prompt    VARCHAR NOT NULL,
     answer    VARCHAR,
-    kind      VARCHAR
+    kind      VARCHAR,
+    concept   VARCHAR  -- the label concept the answer is a value of, where there is one
 );
 
 -- Files a dataset names that could not be used, and why; the run goes on without them.

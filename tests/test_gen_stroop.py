@@ -92,7 +92,10 @@ def test_sample_shape_names_and_questions(samples) -> None:
         assert answers["What is the font colour of the word?"] == labels["font"]
         assert answers["What is the background colour?"] == labels["background"]
         assert answers["What word is written?"] == labels["word"]
-        assert {q.kind for q in sample.questions} == {"attribute"}
+        assert answers["Describe the color in this image in one word."] == labels["font"]
+        assert {q.kind for q in sample.questions} == {"attribute", "stroop"}
+        # every answer is the value of the label concept the question names
+        assert all(labels[q.concept] == q.answer for q in sample.questions)
 
 
 def test_congruence_label_follows_the_colours(samples) -> None:

@@ -35,6 +35,7 @@ class Question:
     question: str
     answer: str
     kind: str  # e.g. attribute, exists, count, correspondence
+    concept: str | None = None  # the label concept the answer is a value of, where there is one
 
 
 @dataclass

@@ -197,6 +197,6 @@ def generate(params: Params, size: int, seed: int) -> Iterator[Sample]:
             name=f"{index:05d}-{style}",
             image=image,
             labels={"item": str(index), "style": style, "scene": str(scene_index)},
-            questions=[Question(QUESTION, style, "art_style")],
+            questions=[Question(QUESTION, style, "art_style", "style")],
             split=style,
         )

@@ -482,7 +482,10 @@ def _attribute_question(objects: list[SceneObject], rng: random.Random) -> Quest
                 if unique:
                     query = rng.choice(unique)
                     return Question(
-                        ASK[asked].format(describe(query)), getattr(target, asked), "attribute"
+                        ASK[asked].format(describe(query)),
+                        getattr(target, asked),
+                        "attribute",
+                        concept=asked,
                     )
     return None
 
@@ -495,7 +498,7 @@ def write_questions(
     yes = answers["yes"] < answers["no"] or (answers["yes"] == answers["no"] and rng.random() < 0.5)
     answers["yes" if yes else "no"] += 1
     questions = [
-        Question("How many objects are there?", str(len(objects)), "count"),
+        Question("How many objects are there?", str(len(objects)), "count", concept="count"),
         _count_question(objects, rng),
         _exists_question(objects, rng, yes),
     ]

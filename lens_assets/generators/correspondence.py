@@ -410,6 +410,6 @@ def generate(params: Params, size: int, seed: int) -> Iterator[Sample]:
             name=f"{stem}-target",
             image=target,
             labels={**shared, "role": "target", "partner": f"{stem}-ref"},
-            questions=[Question(QUESTION, item.answer, "correspondence")],
+            questions=[Question(QUESTION, item.answer, "correspondence", "answer")],
             split=item.transform,
         )

@@ -423,5 +423,5 @@ def generate(params: Params, size: int, seed: int) -> Iterator[Sample]:
             name=f"{item.index:05d}",
             image=render_item(item, params),
             labels=labels(item, params),
-            questions=[Question(QUESTION, item.answer, "odd_one_out")],
+            questions=[Question(QUESTION, item.answer, "odd_one_out", "answer")],
         )

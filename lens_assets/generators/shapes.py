@@ -56,5 +56,5 @@ def generate(params: Params, size: int, seed: int) -> Iterator[Sample]:
             name=f"{index:04d}-{colour}-{shape}",
             image=image,
             labels={"colour": colour, "shape": shape},
-            questions=[Question("What colour is the shape?", colour, "attribute")],
+            questions=[Question("What colour is the shape?", colour, "attribute", "colour")],
         )

@@ -344,9 +344,11 @@ def render(word: str, font: str, background: str, params: Params) -> Image.Image
 def questions(combo: Combo) -> list[Question]:
     """One question per cue, so behaviour can be scored against each cue separately."""
     return [
-        Question("What is the font colour of the word?", combo.font, "attribute"),
-        Question("What is the background colour?", combo.background, "attribute"),
-        Question("What word is written?", combo.word, "attribute"),
+        Question("What is the font colour of the word?", combo.font, "attribute", "font"),
+        Question("What is the background colour?", combo.background, "attribute", "background"),
+        Question("What word is written?", combo.word, "attribute", "word"),
+        # VLM-Lens's Stroop prompt; naming the ink (font) colour is the Stroop task.
+        Question("Describe the color in this image in one word.", combo.font, "stroop", "font"),
     ]
 
 

@@ -39,7 +39,7 @@ DATASET_TABLES: dict[str, tuple[str, pa.Schema]] = {
                                           ("concept", _TEXT), ("value", _TEXT)])),
     "prompts": ("prompts", pa.schema([("image_id", _TEXT), ("dataset", _TEXT),
                                       ("prompt_id", _INT), ("prompt", _TEXT), ("answer", _TEXT),
-                                      ("kind", _TEXT)])),
+                                      ("kind", _TEXT), ("concept", _TEXT)])),
     "image_errors": ("errors", pa.schema([("dataset", _TEXT), ("path", _TEXT),
                                           ("error", _TEXT)])),
 }  # fmt: skip
