@@ -192,8 +192,8 @@ def maintain(older_than_hours: float, warehouse_root: str | None) -> None:
 
 @main.command()
 @click.option(
-    "--select", "selected", default="images,activations", show_default=True,
-    help="Comma-separated assets: images, activations.",
+    "--select", "selected", default="images,activations,answers,probe_results",
+    show_default=True, help="Comma-separated assets to bring up to date.",
 )  # fmt: skip
 @click.option("--model", "models", multiple=True, help="Only these model partitions.")
 @click.option("--device", default=None, help="auto, cpu or cuda[:N] (default: auto).")
@@ -210,9 +210,12 @@ def materialize(
     from lens_assets.orchestration.materialize import materialize_missing
 
     assets = {a.strip() for a in selected.split(",") if a.strip()}
-    unknown = assets - {"images", "activations"}
-    if unknown:
-        _fail(f"unknown assets {sorted(unknown)} in --select; choose images, activations")
+    known = {"images", "activations", "answers", "probe_results"}
+    if assets - known:
+        _fail(
+            f"unknown assets {sorted(assets - known)} in --select; "
+            f"choose {', '.join(sorted(known))}"
+        )
     todo, results = _run(
         lambda: materialize_missing(warehouse_root, assets, set(models), device, batch_size)
     )

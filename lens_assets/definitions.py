@@ -5,13 +5,15 @@ from __future__ import annotations
 from dagster import Definitions, multiprocess_executor
 
 from lens_assets.orchestration.assets import activations, images
+from lens_assets.orchestration.behaviour import answers
 from lens_assets.orchestration.checks import ACTIVATION_CHECKS, CHECK_JOB
+from lens_assets.orchestration.probes import probe_results
 from lens_assets.orchestration.sensors import model_configs_sensor
 from lens_assets.orchestration.sources import dataset_configs_source, model_config
 from resources.configurable import VLMRuntimeResource, WarehouseResource
 
 defs = Definitions(
-    assets=[model_config, dataset_configs_source, images, activations],
+    assets=[model_config, dataset_configs_source, images, activations, answers, probe_results],
     asset_checks=ACTIVATION_CHECKS,
     jobs=[CHECK_JOB],
     sensors=[model_configs_sensor],

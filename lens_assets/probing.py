@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,6 +41,9 @@ from threadpoolctl import threadpool_limits
 from resources.warehouse import Warehouse
 
 ProbeKind = Literal["linear", "mlp"]
+# A warehouse (one connection per call) or a connection already open on it (one for many calls:
+# opening one attaches the DuckLake, about 0.1 s).
+Source = Warehouse | duckdb.DuckDBPyConnection
 
 RESULT_COLUMNS = (
     "model",
@@ -125,7 +129,7 @@ class ProbeResult:
 
 
 def load_vectors(
-    warehouse: Warehouse,
+    warehouse: Source,
     model: str,
     dataset: str,
     layer: str,
@@ -145,7 +149,7 @@ def load_vectors(
     if prompt is not None:
         sql += " AND prompt = ?"
         params.append(prompt)
-    table = warehouse.fetch_arrow(sql + " ORDER BY image_id", params)
+    table = _query(warehouse, sql + " ORDER BY image_id", params)
     where = f"{model} / {dataset} / {layer} / {pooling}"
     image_ids = table.column("image_id").to_pylist()
     if len(set(image_ids)) != len(image_ids):
@@ -154,6 +158,12 @@ def load_vectors(
             "pass prompt= or choose a pooled layer"
         )
     return image_ids, _list_column_to_matrix(table.column("vector"), where)
+
+
+def _query(source: Source, sql: str, params: Sequence[Any]) -> pa.Table:
+    if isinstance(source, Warehouse):
+        return source.fetch_arrow(sql, params)
+    return source.execute(sql, list(params)).to_arrow_table()
 
 
 def _list_column_to_matrix(column: pa.ChunkedArray, where: str) -> np.ndarray:
@@ -173,21 +183,22 @@ def _list_column_to_matrix(column: pa.ChunkedArray, where: str) -> np.ndarray:
     return matrix.reshape(len(vectors), dim)
 
 
-def load_labels(warehouse: Warehouse, dataset: str) -> dict[str, dict[str, str]]:
+def load_labels(warehouse: Source, dataset: str) -> dict[str, dict[str, str]]:
     """Ground truth as concept -> image_id -> value; NULL values are left out."""
-    table = warehouse.fetch_arrow(
+    table = _query(
+        warehouse,
         """
-        SELECT concept, image_id, min(value) AS value, count(DISTINCT value) AS values
+        SELECT concept, image_id, min(value) AS value, count(DISTINCT value) AS n_values
         FROM image_labels WHERE dataset = ? AND value IS NOT NULL
         GROUP BY ALL ORDER BY concept, image_id
         """,
         [dataset],
     )
-    conflicting = pc.filter(table, pc.greater(table.column("values"), 1))
+    conflicting = pc.filter(table, pc.greater(table.column("n_values"), 1))
     if conflicting.num_rows:
         first = conflicting.slice(0, 1).to_pylist()[0]
         raise ValueError(
-            f"{dataset}: image {first['image_id']} has {first['values']} different values "
+            f"{dataset}: image {first['image_id']} has {first['n_values']} different values "
             f"for concept {first['concept']!r} ({conflicting.num_rows} such labels)"
         )
     labels: dict[str, dict[str, str]] = {}
@@ -251,7 +262,7 @@ def probe(
     attribute combination: identical types get identical control labels.
     """
     settings = settings or ProbeSettings()
-    with _blas_limit(settings.blas_threads):
+    with _probing_context(settings):
         return _probe(X, y, input_types, kind, settings)
 
 
@@ -343,11 +354,7 @@ def _fit_predict(
     tiny set) predicts that class: the best any probe can do with it."""
     if np.unique(y_train).size < 2:
         return np.full(len(X_test), y_train[0])
-    with warnings.catch_warnings():
-        # A probe stopped at max_iter is still a classifier, and its held-out accuracy is what
-        # is measured; thousands of identical warnings would hide real ones.
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return make_probe(kind, settings).fit(X_train, y_train).predict(X_test)
+    return make_probe(kind, settings).fit(X_train, y_train).predict(X_test)
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,33 +424,54 @@ def _ridge_null_counts(
     Why this is a valid test: a permutation test is exact for any statistic computed the same
     way on the observed and the permuted labels. Ridge regression on one-hot labels has a closed
     form that is linear in the labels, so per fold one Cholesky factorisation serves the true
-    labels and every permutation (one matrix product), where refitting a logistic regression
+    labels and every permutation (a matrix product), where refitting a logistic regression
     would cost `permutations x folds` fits. The folds are unstratified (they do not depend on
     the labels) so that the statistic is the same function for every labelling. The kernel is
     linear for the linear probe and RBF for the MLP probe, so that a non-linearly encoded
     concept (an XOR) is detectable by the test as it is by the MLP.
     """
     Z = _standardise(X)
-    gram = _kernel(Z, kind)
     labellings = np.stack([codes, *_permuted(codes, settings)], axis=1)  # (n, 1 + P)
     k = int(codes.max()) + 1
-    onehot = np.eye(k, dtype=np.float32)[labellings].reshape(len(codes), -1)  # (n, (1+P) k)
     correct = np.zeros(labellings.shape[1], dtype=np.int64)
     folds = KFold(
         n_splits=min(settings.folds, len(codes)), shuffle=True, random_state=settings.seed
     )
     for train, test in folds.split(Z):
-        factor = cho_factor(
-            gram[np.ix_(train, train)]
-            + settings.ridge_alpha * np.eye(len(train), dtype=np.float32),
-            lower=True,
-        )
-        prior = onehot[train].mean(axis=0)  # the intercept: scores start at class frequencies
-        weights = cho_solve(factor, onehot[train] - prior)
-        scores = gram[np.ix_(test, train)] @ weights + prior
-        predicted = scores.reshape(len(test), -1, k).argmax(axis=2)
-        correct += (predicted == labellings[test]).sum(axis=0)
+        predict = _ridge_fold(Z[train], Z[test], kind, settings.ridge_alpha)
+        # Blocks of labellings keep the one-hot targets near 64 MB however many classes.
+        block = max(1, 2**24 // (len(train) * k))
+        for first in range(0, labellings.shape[1], block):
+            chunk = slice(first, first + block)
+            targets = np.eye(k, dtype=np.float32)[labellings[train, chunk]]  # (n_tr, m, k)
+            prior = targets.mean(axis=0)  # the intercept: scores start at class frequencies
+            centred = (targets - prior).reshape(len(train), -1)
+            scores = predict(centred).reshape(len(test), -1, k) + prior
+            correct[chunk] += (scores.argmax(axis=2) == labellings[test, chunk]).sum(axis=0)
     return int(correct[0]), correct[1:]
+
+
+def _ridge_fold(
+    Z_train: np.ndarray, Z_test: np.ndarray, kind: ProbeKind, alpha: float
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Kernel ridge fitted on one training fold: a function from training targets (n_train, m)
+    to test scores (n_test, m).
+
+    The linear kernel is solved in the primal (a dim x dim system) when dim <= n_train, so
+    memory and time grow with n, not n^2; it gives the same predictions as the dual, since
+    K (K + a I)^-1 = Z (Z'Z + a dim I)^-1 Z' for K = Z Z' / dim. The RBF kernel needs the dual
+    (n_train x n_train): fine for thousands of images, heavy beyond some 20,000.
+    """
+    dim = Z_train.shape[1]
+    if kind == "linear" and dim <= len(Z_train):
+        system = Z_train.T @ Z_train + alpha * dim * np.eye(dim, dtype=Z_train.dtype)
+        factor = cho_factor(system, lower=True)
+        return lambda targets: Z_test @ cho_solve(factor, Z_train.T @ targets)
+    gram = _kernel(Z_train, Z_train, kind)
+    gram[np.diag_indices_from(gram)] += alpha
+    factor = cho_factor(gram, lower=True, overwrite_a=True)
+    cross = _kernel(Z_test, Z_train, kind)
+    return lambda targets: cross @ cho_solve(factor, targets)
 
 
 def _standardise(X: np.ndarray) -> np.ndarray:
@@ -455,14 +483,15 @@ def _standardise(X: np.ndarray) -> np.ndarray:
     return (X - X.mean(axis=0)) / spread
 
 
-def _kernel(Z: np.ndarray, kind: ProbeKind) -> np.ndarray:
-    """Gram matrix with a unit-scale diagonal, so one ridge strength suits every width."""
-    dim = max(Z.shape[1], 1)
-    linear = Z @ Z.T / dim
+def _kernel(A: np.ndarray, B: np.ndarray, kind: ProbeKind) -> np.ndarray:
+    """Kernel matrix with a unit-scale diagonal, so one ridge strength suits every width."""
+    dim = max(A.shape[1], 1)
+    linear = A @ B.T / dim
     if kind == "linear":
         return linear
-    squared = np.diag(linear)
-    distances = np.maximum(squared[:, None] + squared[None, :] - 2 * linear, 0.0)
+    a = np.einsum("ij,ij->i", A, A) / dim
+    b = np.einsum("ij,ij->i", B, B) / dim
+    distances = np.maximum(a[:, None] + b[None, :] - 2 * linear, 0.0)
     return np.exp(-distances / 2)  # RBF with gamma = 1 / (2 dim) in the standardised units
 
 
@@ -485,12 +514,16 @@ def probe_layers(
     settings = settings or ProbeSettings()
     rows: list[dict[str, Any]] = []
     pending: list[_Job] = []  # the previous layer's probes run while the next layer loads
-    with _blas_limit(settings.blas_threads), ThreadPoolExecutor(settings.n_jobs) as pool:
-        for dataset in _labelled_datasets(warehouse, model, datasets):
-            labels = load_labels(warehouse, dataset)
+    with (
+        warehouse.connect(read_only=True) as con,
+        _probing_context(settings),
+        ThreadPoolExecutor(settings.n_jobs) as pool,
+    ):
+        for dataset in _labelled_datasets(con, model, datasets):
+            labels = load_labels(con, dataset)
             chosen = [c for c in labels if concepts is None or c in concepts]
-            for layer, pooling in _layer_poolings(warehouse, model, dataset):
-                image_ids, X = load_vectors(warehouse, model, dataset, layer, pooling)
+            for layer, pooling in _layer_poolings(con, model, dataset):
+                image_ids, X = load_vectors(con, model, dataset, layer, pooling)
                 where = {"model": model, "dataset": dataset, "layer": layer, "pooling": pooling}
                 jobs = [
                     _Job(where, concept, kind, pool.submit(_probe, *task, kind, settings))
@@ -535,10 +568,9 @@ def concept_task(
     return X[keep], y[keep].astype(str), types
 
 
-def _labelled_datasets(
-    warehouse: Warehouse, model: str, datasets: Sequence[str] | None
-) -> list[str]:
-    found = warehouse.fetch_arrow(
+def _labelled_datasets(con: Source, model: str, datasets: Sequence[str] | None) -> list[str]:
+    found = _query(
+        con,
         """
         SELECT DISTINCT dataset FROM activations
         WHERE model = ? AND dataset IN (SELECT DISTINCT dataset FROM image_labels)
@@ -549,16 +581,17 @@ def _labelled_datasets(
     return [d for d in found.to_pylist() if datasets is None or d in datasets]
 
 
-def _layer_poolings(warehouse: Warehouse, model: str, dataset: str) -> list[tuple[str, str]]:
-    pairs = warehouse.fetch_arrow(
+def _layer_poolings(con: Source, model: str, dataset: str) -> list[tuple[str, str]]:
+    found = _query(
+        con,
         """
         SELECT DISTINCT layer, pooling FROM activations
         WHERE model = ? AND dataset = ? AND pooling <> 'tokens'
         """,
         [model, dataset],
     ).to_pylist()
-    pairs_ = [(p["layer"], p["pooling"]) for p in pairs]
-    return sorted(pairs_, key=lambda pair: (_natural_key(pair[0]), pair[1]))
+    pairs = [(p["layer"], p["pooling"]) for p in found]
+    return sorted(pairs, key=lambda pair: (_natural_key(pair[0]), pair[1]))
 
 
 def _natural_key(name: str) -> tuple[tuple[int, Any], ...]:
@@ -584,9 +617,17 @@ class _Job:
 
 
 @contextmanager
-def _blas_limit(threads: int | None) -> Iterator[None]:
-    if threads is None:
-        yield
-        return
-    with threadpool_limits(limits=threads):
-        yield
+def _probing_context(settings: ProbeSettings) -> Iterator[None]:
+    """Set once around all the probes of a call, since both settings are process-wide (and
+    `warnings.catch_warnings` is not thread-safe, so the pool's threads must not touch it).
+
+    ConvergenceWarning is silenced: a probe stopped at max_iter is still a classifier and its
+    held-out accuracy is what is measured, and hundreds of identical warnings hide real ones.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if settings.blas_threads is None:
+            yield
+            return
+        with threadpool_limits(limits=settings.blas_threads):
+            yield

@@ -294,17 +294,16 @@ class Warehouse:
             finally:
                 con.execute("DETACH staging")
 
-    def replace_dataset_rows(self, datasets: Sequence[str], tables: dict[str, Any]) -> None:
-        """Replace the listed datasets' rows in each table (name -> Arrow table) in one
-        transaction: `images`, `image_labels`, `prompts`, `image_errors`."""
-        marks = ", ".join("?" for _ in datasets)
+    def _replace_rows(self, where: str, params: Sequence[Any], tables: dict[str, Any]) -> None:
+        """For each table (name -> Arrow rows): delete the rows `where` selects, insert the new
+        ones; all tables in one transaction, retried whole on a lock."""
         with self.connect() as con:
 
             def commit() -> None:
                 con.execute("BEGIN")
                 try:
                     for table, rows in tables.items():
-                        con.execute(f"DELETE FROM {table} WHERE dataset IN ({marks})", datasets)
+                        con.execute(f"DELETE FROM {table} WHERE {where}", list(params))
                         if rows.num_rows:
                             con.register("incoming", rows)
                             con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
@@ -315,6 +314,15 @@ class Warehouse:
                     raise
 
             retry_transaction(commit)
+
+    def replace_dataset_rows(self, datasets: Sequence[str], tables: dict[str, Any]) -> None:
+        """Replace the listed datasets' rows in `images`, `image_labels`, `prompts`, ..."""
+        self._replace_rows(f"dataset IN ({', '.join('?' for _ in datasets)})", datasets, tables)
+
+    def replace_model_rows(self, table: str, model: str, rows: Any) -> int:
+        """Replace one model's rows of an analysis table; returns the rows written."""
+        self._replace_rows("model = ?", [model], {table: rows})
+        return int(rows.num_rows)
 
     def image_paths(self, dataset: str) -> list[Path]:
         """The dataset's images as the `images` asset recorded them, in a stable order."""

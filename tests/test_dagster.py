@@ -247,4 +247,32 @@ def test_headless_cli_materializes_two_partitions_at_once(project: Project, tmp_
     ).to_pylist()
     assert [r["model"] for r in rows] == ["tiny-clip", "tiny-llava"]
     assert project.runs() == 2
-    assert plan(instance).models == []
+    assert plan(instance, {"activations"}).models == []
+
+
+def test_answers_probes_and_behaviour_against_competence_land(project: Project) -> None:
+    (project.configs / "datasets" / "shapes.yaml").write_text("kind: shapes\nsize: 12\nseed: 1\n")
+    (project.configs / "probing.yaml").write_text("kinds: [linear]\nfolds: 3\npermutations: 20\n")
+    sync_configs(project.instance)
+    _, results = project.materialize()
+    assert [name for name, _ in results] == ["images", "tiny-clip", "tiny-llava"]
+
+    def rows(sql: str) -> list[dict]:
+        return project.warehouse.fetch_arrow(sql).to_pylist()
+
+    answered = rows("SELECT model, count(*) AS n FROM answers GROUP BY 1 ORDER BY 1")
+    assert answered == [{"model": "tiny-llava", "n": 12}]  # CLIP cannot answer: skipped
+    probes = rows(
+        "SELECT model, count(*) AS n, min(n) AS images FROM probe_results GROUP BY 1 ORDER BY 1"
+    )
+    assert [p["model"] for p in probes] == ["tiny-clip", "tiny-llava"]
+    assert all(p["n"] > 0 and p["images"] == 12 for p in probes)
+    (row,) = rows(
+        "SELECT * FROM behaviour_vs_competence WHERE model = 'tiny-llava' AND concept = 'colour'"
+    )
+    assert row["questions"] == 12 and 0 <= row["answer_accuracy"] <= 1
+    assert row["peak_layer"] in HOOK_POINTS["llava"]
+    picture = project.warehouse.root / "reports" / "tiny-llava" / "probe_curves.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    event = project.instance.get_latest_materialization_event(dg.AssetKey("probe_results"))
+    assert "probe_curves" in event.asset_materialization.metadata

@@ -13,7 +13,7 @@ from dagster import (
 )
 
 from lens_assets.catalog import dataset_configs, model_configs
-from lens_assets.config import ConfigError, load_model_config
+from lens_assets.config import ConfigError, ModelConfig, load_model_config
 from lens_assets.datasets import collect_all, load_dataset_config
 from lens_assets.extraction import extract_loaded
 from lens_assets.orchestration.partitions import MODELS
@@ -115,14 +115,8 @@ def activations(
     warehouse: WarehouseResource,
 ) -> MaterializeResult:
     name = context.partition_key
-    files = model_configs()
-    if name not in files:
-        raise ConfigError(
-            f"model {name!r} has no config under configs/models/ any more; restore the file or "
-            "let the sensor remove the partition"
-        )
-    config = load_model_config(files[name].path)
-    datasets = _datasets_of(config.datasets, name)
+    config = model_config_of(name)
+    datasets = datasets_of(config.datasets, name)
     with warehouse.session() as wh:
         sources = {dataset: wh.image_paths(dataset) for dataset in datasets}
         empty = [d for d, paths in sources.items() if not paths]
@@ -153,7 +147,18 @@ def activations(
     )
 
 
-def _datasets_of(requested: list[str], model: str) -> list[str]:
+def model_config_of(name: str) -> ModelConfig:
+    """The config behind a model partition."""
+    files = model_configs()
+    if name not in files:
+        raise ConfigError(
+            f"model {name!r} has no config under configs/models/ any more; restore the file or "
+            "let the sensor remove the partition"
+        )
+    return load_model_config(files[name].path)
+
+
+def datasets_of(requested: list[str], model: str) -> list[str]:
     known = sorted(dataset_configs())
     unknown = [d for d in requested if d not in known]
     if unknown:

@@ -17,15 +17,31 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._time import get_current_datetime
 
 from lens_assets.orchestration.assets import IMAGES, activations, images
+from lens_assets.orchestration.behaviour import ANSWERS, answers
 from lens_assets.orchestration.checks import ACTIVATION_CHECKS
 from lens_assets.orchestration.partitions import MODELS
+from lens_assets.orchestration.probes import PROBE_RESULTS, probe_results
 from lens_assets.orchestration.sensors import sync_configs
 from lens_assets.orchestration.sources import dataset_configs_source, model_config
 from resources.configurable import VLMRuntimeResource, WarehouseResource
 from resources.warehouse import WarehouseLocation
 
 ACTIVATIONS = AssetKey("activations")
-EVERY_ASSET = [model_config, dataset_configs_source, images, activations, *ACTIVATION_CHECKS]
+# Assets with one partition per model, in the order a run needs them.
+PER_MODEL = {
+    "activations": ACTIVATIONS,
+    "answers": ANSWERS,
+    "probe_results": PROBE_RESULTS,
+}
+EVERY_ASSET = [
+    model_config,
+    dataset_configs_source,
+    images,
+    activations,
+    answers,
+    probe_results,
+    *ACTIVATION_CHECKS,
+]
 
 
 def dagster_home(warehouse_root: str | Path | None = None) -> Path:
@@ -56,32 +72,49 @@ def stale_resolver(instance: DagsterInstance) -> CachingStaleStatusResolver:
 @dataclass
 class Plan:
     images: bool
-    models: list[str] = field(default_factory=list)
+    per_model: dict[str, list[str]] = field(default_factory=dict)  # model -> assets to run
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.per_model)
 
     @property
     def empty(self) -> bool:
-        return not self.images and not self.models
+        return not self.images and not self.per_model
+
+
+def _needs(
+    instance: DagsterInstance, resolver: CachingStaleStatusResolver, key: AssetKey, name: str
+) -> bool:
+    return (
+        name not in instance.get_materialized_partitions(key)
+        or resolver.get_status(key, name) == StaleStatus.STALE
+    )
 
 
 def plan(
     instance: DagsterInstance, assets: set[str] | None = None, models: set[str] | None = None
 ) -> Plan:
-    """What is missing or stale, restricted to the selected assets and models."""
+    """What is missing or stale, restricted to the selected assets and models. A model whose
+    activations re-run also re-runs its probes, which read them."""
     resolver = stale_resolver(instance)
-    wanted = assets or {"images", "activations"}
+    wanted = assets or {"images", *PER_MODEL}
     need_images = "images" in wanted and (
         instance.get_latest_materialization_event(IMAGES) is None
         or resolver.get_status(IMAGES) == StaleStatus.STALE
     )
-    done = instance.get_materialized_partitions(ACTIVATIONS)
-    todo = []
-    if "activations" in wanted:
-        for name in instance.get_dynamic_partitions(MODELS.name):
-            if models and name not in models:
-                continue
-            if name not in done or resolver.get_status(ACTIVATIONS, name) == StaleStatus.STALE:
-                todo.append(name)
-    return Plan(need_images, todo)
+    per_model: dict[str, list[str]] = {}
+    for name in instance.get_dynamic_partitions(MODELS.name):
+        if models and name not in models:
+            continue
+        needed = [
+            a for a in PER_MODEL if a in wanted and _needs(instance, resolver, PER_MODEL[a], name)
+        ]
+        if "activations" in needed and "probe_results" in wanted and "probe_results" not in needed:
+            needed.append("probe_results")
+        if needed:
+            per_model[name] = needed
+    return Plan(need_images, per_model)
 
 
 def resources_for(
@@ -115,8 +148,10 @@ def run(
             run_config=QUIET,
         )
         results.append(("images", result))
-    selection = AssetSelection.assets(ACTIVATIONS) | AssetSelection.checks_for_assets(ACTIVATIONS)
-    for name in todo.models:
+    for name, needed in todo.per_model.items():
+        selection = AssetSelection.assets(*(PER_MODEL[a] for a in needed))
+        if "activations" in needed:
+            selection |= AssetSelection.checks_for_assets(ACTIVATIONS)
         result = materialize(
             EVERY_ASSET, selection=selection, partition_key=name, instance=instance,
             resources=resources, raise_on_error=False, run_config=QUIET,

@@ -1,0 +1,90 @@
+"""The probe_results asset: per model, does each layer encode each labelled concept?"""
+
+import base64
+import hashlib
+
+import pyarrow as pa
+import yaml
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AutomationCondition,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import ValidationError
+
+from lens_assets.config import ConfigError, configs_dir
+from lens_assets.orchestration.assets import IMAGE_LABELS, activations
+from lens_assets.orchestration.partitions import MODELS
+from lens_assets.probing import ProbeSettings, probe_layers
+from lens_assets.reports import probe_curves
+from resources.configurable import WarehouseResource
+
+PROBE_RESULTS = AssetKey("probe_results")
+RESULT_COLUMNS = pa.schema(
+    [("model", pa.string()), ("dataset", pa.string()), ("layer", pa.string()),
+     ("pooling", pa.string()), ("concept", pa.string()), ("probe", pa.string()),
+     ("accuracy", pa.float64()), ("control_accuracy", pa.float64()),
+     ("selectivity", pa.float64()), ("p_value", pa.float64()), ("n", pa.int32()),
+     ("fold_std", pa.float64()), ("shuffled_accuracy", pa.float64()),
+     ("z_p_value", pa.float64()), ("classes", pa.int32())]
+)  # fmt: skip
+
+
+def probing_config() -> tuple[ProbeSettings, list[str], list[str]]:
+    """`configs/probing.yaml`: probe settings plus which datasets and concepts (empty: all)."""
+    path = configs_dir() / "probing.yaml"
+    data = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}
+    datasets, concepts = data.pop("datasets", None) or [], data.pop("concepts", None) or []
+    try:
+        return ProbeSettings(**data), list(datasets), list(concepts)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"invalid probing config {path}: {problems}") from None
+
+
+def _config_version() -> str:
+    path = configs_dir() / "probing.yaml"
+    content = path.read_bytes() if path.is_file() else b""
+    return hashlib.sha256(content).hexdigest()[:12]
+
+
+@asset(
+    partitions_def=MODELS,
+    deps=[activations, IMAGE_LABELS],
+    group_name="analyses",
+    # The probing settings are part of the code: editing probing.yaml makes every model stale.
+    code_version=f"1-{_config_version()}",
+    automation_condition=AutomationCondition.eager(),
+    kinds={"scikitlearn", "duckdb"},
+    description="Linear (and MLP) probes per (dataset, layer, pooling, concept) with a control "
+    "task, a shuffled-label control, a permutation test and a z-test (table probe_results).",
+)
+def probe_results(
+    context: AssetExecutionContext, warehouse: WarehouseResource
+) -> MaterializeResult:
+    name = context.partition_key
+    settings, datasets, concepts = probing_config()
+    with warehouse.session() as wh:
+        rows = probe_layers(wh, name, settings, datasets or None, concepts or None)
+        wh.replace_model_rows("probe_results", name, pa.Table.from_pylist(rows, RESULT_COLUMNS))
+        picture = probe_curves(rows, name, wh.root / "reports" / name / "probe_curves.png")
+    best = sorted(rows, key=lambda r: -r["selectivity"])[:10]
+    table = ["| dataset | layer | pooling | concept | accuracy | control | p |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    table += [f"| {r['dataset']} | {r['layer']} | {r['pooling']} | {r['concept']} | "
+              f"{r['accuracy']:.3f} | {r['control_accuracy']:.3f} | {r['p_value']:.3g} |"
+              for r in best]  # fmt: skip
+    metadata: dict[str, object] = {
+        "rows": len(rows),
+        "most_selective": MetadataValue.md("\n".join(table)),
+    }
+    if picture is not None:
+        encoded = base64.b64encode(picture.read_bytes()).decode()
+        metadata["probe_curves"] = MetadataValue.md(
+            f"![probe curves](data:image/png;base64,{encoded})"
+        )
+        metadata["probe_curves_path"] = MetadataValue.path(str(picture))
+    return MaterializeResult(metadata=metadata)

@@ -1,0 +1,66 @@
+"""Pictures for the UI and `warehouse/reports/`: plain matplotlib, no display needed."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def natural_key(name: str) -> tuple[Any, ...]:
+    """layers.2 before layers.10."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def probe_curves(rows: Sequence[dict[str, Any]], model: str, out: Path) -> Path | None:
+    """Probe and control accuracy by layer, one line per concept (dashed: control), one panel
+    per (dataset, pooling, probe kind)."""
+    panels: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        panels[(row["dataset"], row["pooling"], row["probe"])].append(row)
+    if not panels:
+        return None
+    columns = min(3, len(panels))
+    lines = (len(panels) + columns - 1) // columns
+    figure, axes = plt.subplots(lines, columns, figsize=(5.2 * columns, 3.6 * lines), squeeze=False)
+    for axis, ((dataset, pooling, kind), members) in zip(
+        axes.flat, sorted(panels.items()), strict=False
+    ):
+        layers = sorted({r["layer"] for r in members}, key=natural_key)
+        position = {layer: i for i, layer in enumerate(layers)}
+        by_concept: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in members:
+            by_concept[r["concept"]].append(r)
+        for index, (concept, points) in enumerate(sorted(by_concept.items())):
+            points.sort(key=lambda r: position[r["layer"]])
+            x = [position[r["layer"]] for r in points]
+            colour = f"C{index % 10}"
+            axis.plot(x, [r["accuracy"] for r in points], "-o", color=colour, label=concept)
+            axis.plot(x, [r["control_accuracy"] for r in points], "--", color=colour, alpha=0.6)
+        axis.set_title(f"{dataset} / {pooling} / {kind}", fontsize=9)
+        axis.set_xticks(range(len(layers)))
+        axis.set_xticklabels([_short(layer) for layer in layers], rotation=30, ha="right",
+                             fontsize=7)  # fmt: skip
+        axis.set_ylim(0, 1.02)
+        axis.set_ylabel("accuracy (dashed: control)", fontsize=8)
+        axis.legend(fontsize=7, loc="lower right")
+    for axis in list(axes.flat)[len(panels) :]:
+        axis.axis("off")
+    figure.suptitle(f"{model}: probe accuracy by layer", fontsize=11)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=90)
+    plt.close(figure)
+    return out
+
+
+def _short(layer: str) -> str:
+    parts = layer.split(".")
+    return ".".join(parts[-3:]) if len(parts) > 3 else layer
