@@ -151,13 +151,13 @@ def load_vectors(
         params.append(prompt)
     table = _query(warehouse, sql + " ORDER BY image_id", params)
     where = f"{model} / {dataset} / {layer} / {pooling}"
-    image_ids = table.column("image_id").to_pylist()
-    if len(set(image_ids)) != len(image_ids):
+    if pc.count_distinct(table.column("image_id")).as_py() != table.num_rows:
         raise ValueError(
             f"{where} holds several vectors per image (several prompts, or `tokens` rows); "
             "pass prompt= or choose a pooled layer"
         )
-    return image_ids, _list_column_to_matrix(table.column("vector"), where)
+    vectors = _list_column_to_matrix(table.column("vector"), where)
+    return table.column("image_id").to_pylist(), vectors
 
 
 def _query(source: Source, sql: str, params: Sequence[Any]) -> pa.Table:
