@@ -192,7 +192,8 @@ def maintain(older_than_hours: float, warehouse_root: str | None) -> None:
 
 @main.command()
 @click.option(
-    "--select", "selected", default="images,activations,answers,probe_results",
+    "--select", "selected",
+    default="images,activations,answers,probe_results,layer_similarity,blind_test",
     show_default=True, help="Comma-separated assets to bring up to date.",
 )  # fmt: skip
 @click.option("--model", "models", multiple=True, help="Only these model partitions.")
@@ -210,7 +211,7 @@ def materialize(
     from lens_assets.orchestration.materialize import materialize_missing
 
     assets = {a.strip() for a in selected.split(",") if a.strip()}
-    known = {"images", "activations", "answers", "probe_results"}
+    known = {"images", "activations", "answers", "probe_results", "layer_similarity", "blind_test"}
     if assets - known:
         _fail(
             f"unknown assets {sorted(assets - known)} in --select; "

@@ -163,12 +163,14 @@ class Warehouse:
         con = duckdb.connect()
         try:
             retry_transaction(lambda: self._attach(con, read_only))
+            if not read_only:
+                self._migrate(con)
+            for macro in sorted((SQL_DIR / "macros").glob("*.sql")):
+                con.execute(macro.read_text())
             if read_only:
                 if self.location.is_local:
                     con.execute(f"SET allowed_directories = ['{self.root}/']")
                 con.execute("SET enable_external_access = false")
-            else:
-                self._migrate(con)
             yield con
         finally:
             con.close()
@@ -195,7 +197,7 @@ class Warehouse:
             )
         )
         applied = {row[0] for row in con.execute("SELECT name FROM lens_migrations").fetchall()}
-        for script in sorted(SQL_DIR.glob("*.sql")):
+        for script in sorted(SQL_DIR.glob("[0-9][0-9][0-9]_*.sql")):
             if script.name in applied:
                 continue
 
@@ -294,7 +296,7 @@ class Warehouse:
             finally:
                 con.execute("DETACH staging")
 
-    def _replace_rows(self, where: str, params: Sequence[Any], tables: dict[str, Any]) -> None:
+    def replace_rows(self, where: str, params: Sequence[Any], tables: dict[str, Any]) -> None:
         """For each table (name -> Arrow rows): delete the rows `where` selects, insert the new
         ones; all tables in one transaction, retried whole on a lock."""
         with self.connect() as con:
@@ -317,11 +319,11 @@ class Warehouse:
 
     def replace_dataset_rows(self, datasets: Sequence[str], tables: dict[str, Any]) -> None:
         """Replace the listed datasets' rows in `images`, `image_labels`, `prompts`, ..."""
-        self._replace_rows(f"dataset IN ({', '.join('?' for _ in datasets)})", datasets, tables)
+        self.replace_rows(f"dataset IN ({', '.join('?' for _ in datasets)})", datasets, tables)
 
     def replace_model_rows(self, table: str, model: str, rows: Any) -> int:
         """Replace one model's rows of an analysis table; returns the rows written."""
-        self._replace_rows("model = ?", [model], {table: rows})
+        self.replace_rows("model = ?", [model], {table: rows})
         return int(rows.num_rows)
 
     def image_paths(self, dataset: str) -> list[Path]:

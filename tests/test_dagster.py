@@ -276,3 +276,41 @@ def test_answers_probes_and_behaviour_against_competence_land(project: Project) 
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     event = project.instance.get_latest_materialization_event(dg.AssetKey("probe_results"))
     assert "probe_curves" in event.asset_materialization.metadata
+
+
+def test_a_new_model_adds_only_the_layer_pairs_that_involve_it(project: Project) -> None:
+    sync_configs(project.instance)
+    project.materialize(assets={"images", "activations", "layer_similarity"})
+
+    def pairs() -> list[dict]:
+        return project.warehouse.fetch_arrow(
+            "SELECT * FROM layer_similarity ORDER BY ALL"
+        ).to_pylist()
+
+    before = pairs()
+    assert {(r["model_a"], r["model_b"]) for r in before} == {
+        ("tiny-clip", "tiny-clip"), ("tiny-llava", "tiny-llava"), ("tiny-llava", "tiny-clip"),
+    }  # fmt: skip
+    project.add_model("tiny-qwen2-vl", "qwen2-vl")
+    sync_configs(project.instance)
+    todo, _ = project.materialize(assets={"images", "activations", "layer_similarity"})
+    assert todo.per_model == {"tiny-qwen2-vl": ["activations", "layer_similarity"]}
+    after = pairs()
+    new = [r for r in after if "tiny-qwen2-vl" in (r["model_a"], r["model_b"])]
+    assert [r for r in after if r not in new] == before  # untouched, same values
+    assert {r["model_a"] for r in new} == {"tiny-qwen2-vl"}
+    assert {r["model_b"] for r in new} == {"tiny-qwen2-vl", "tiny-llava", "tiny-clip"}
+    assert all(-1e-9 <= r["cka"] <= 1 + 1e-9 for r in after)
+
+
+def test_blind_test_sets_blank_answers_beside_real_ones(project: Project) -> None:
+    (project.configs / "datasets" / "blank.yaml").write_text(
+        "kind: blank\nof: shapes\ncolours: [white]\nimage_size: 32\n"
+    )
+    sync_configs(project.instance)
+    project.materialize(assets={"images", "answers", "blind_test"}, models={"tiny-llava"})
+    (row,) = project.warehouse.fetch_arrow("SELECT * FROM blind_test").to_pylist()
+    assert (row["model"], row["dataset"], row["blank_dataset"]) == ("tiny-llava", "shapes", "blank")
+    assert row["concept"] == "colour" and row["n_real"] == row["n_blank"] == 4
+    for key in ("tv_real_labels", "tv_blank_labels", "tv_real_blank"):
+        assert 0 <= row[key] <= 1

@@ -22,6 +22,12 @@ from lens_assets.orchestration.checks import ACTIVATION_CHECKS
 from lens_assets.orchestration.partitions import MODELS
 from lens_assets.orchestration.probes import PROBE_RESULTS, probe_results
 from lens_assets.orchestration.sensors import sync_configs
+from lens_assets.orchestration.similarity import (
+    BLIND_TEST,
+    LAYER_SIMILARITY,
+    blind_test,
+    layer_similarity,
+)
 from lens_assets.orchestration.sources import dataset_configs_source, model_config
 from resources.configurable import VLMRuntimeResource, WarehouseResource
 from resources.warehouse import WarehouseLocation
@@ -32,7 +38,15 @@ PER_MODEL = {
     "activations": ACTIVATIONS,
     "answers": ANSWERS,
     "probe_results": PROBE_RESULTS,
+    "layer_similarity": LAYER_SIMILARITY,
+    "blind_test": BLIND_TEST,
 }
+# A re-run upstream re-runs what reads it in the same partition.
+DOWNSTREAM = (
+    ("activations", "probe_results"),
+    ("activations", "layer_similarity"),
+    ("answers", "blind_test"),
+)
 EVERY_ASSET = [
     model_config,
     dataset_configs_source,
@@ -40,6 +54,8 @@ EVERY_ASSET = [
     activations,
     answers,
     probe_results,
+    layer_similarity,
+    blind_test,
     *ACTIVATION_CHECKS,
 ]
 
@@ -110,8 +126,9 @@ def plan(
         needed = [
             a for a in PER_MODEL if a in wanted and _needs(instance, resolver, PER_MODEL[a], name)
         ]
-        if "activations" in needed and "probe_results" in wanted and "probe_results" not in needed:
-            needed.append("probe_results")
+        for upstream, downstream in DOWNSTREAM:
+            if upstream in needed and downstream in wanted and downstream not in needed:
+                needed.append(downstream)
         if needed:
             per_model[name] = needed
     return Plan(need_images, per_model)

@@ -1,0 +1,117 @@
+"""Similarity analyses: CKA between layers and models, and the blind test."""
+
+import pyarrow as pa
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AutomationCondition,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from lens_assets.blind import blind_test_rows
+from lens_assets.catalog import dataset_configs
+from lens_assets.datasets import BlankDataset, load_dataset_config
+from lens_assets.layer_pairs import similarity_rows
+from lens_assets.orchestration.assets import activations
+from lens_assets.orchestration.behaviour import answers
+from lens_assets.orchestration.partitions import MODELS
+from resources.configurable import WarehouseResource
+
+LAYER_SIMILARITY = AssetKey("layer_similarity")
+BLIND_TEST = AssetKey("blind_test")
+SIMILARITY_VERSION = "1"
+
+_TEXT, _INT, _FLOAT = pa.string(), pa.int32(), pa.float64()
+LAYER_ROWS = pa.schema(
+    [("model_a", _TEXT), ("layer_a", _TEXT), ("model_b", _TEXT), ("layer_b", _TEXT),
+     ("dataset", _TEXT), ("pooling", _TEXT), ("n", _INT), ("cka", _FLOAT),
+     ("cka_unbiased", _FLOAT)]
+)  # fmt: skip
+BLIND_ROWS = pa.schema(
+    [("model", _TEXT), ("dataset", _TEXT), ("blank_dataset", _TEXT), ("concept", _TEXT),
+     ("n_real", _INT), ("n_blank", _INT), ("accuracy_real", _FLOAT), ("accuracy_blank", _FLOAT),
+     ("tv_real_labels", _FLOAT), ("tv_blank_labels", _FLOAT), ("tv_real_blank", _FLOAT)]
+)  # fmt: skip
+
+
+def _table(rows: list[dict[str, object]]) -> str:
+    if not rows:
+        return "(no rows)"
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+@asset(
+    partitions_def=MODELS,
+    deps=[activations],
+    group_name="analyses",
+    code_version=SIMILARITY_VERSION,
+    automation_condition=AutomationCondition.eager(),
+    kinds={"duckdb"},
+    description="Linear CKA (and its unbiased-HSIC variant) between every pair of this model's "
+    "layers and between its layers and every other model's on the same images. A model's "
+    "partition computes only the pairs that involve it (views closest_layers, "
+    "layer_similarity_pairs).",
+)
+def layer_similarity(
+    context: AssetExecutionContext, warehouse: WarehouseResource
+) -> MaterializeResult:
+    name = context.partition_key
+    with warehouse.session() as wh:
+        rows = list(similarity_rows(wh, name))
+        wh.replace_rows(
+            "model_a = ? OR model_b = ?", [name, name],
+            {"layer_similarity": pa.Table.from_pylist(rows, LAYER_ROWS)},
+        )  # fmt: skip
+        closest = wh.fetch_arrow(
+            "SELECT layer, other_model, other_layer, round(cka, 4) AS cka FROM closest_layers "
+            "WHERE model = ? AND rank = 1 ORDER BY ALL LIMIT 40",
+            [name],
+        ).to_pylist()
+    others = sorted({r["model_b"] for r in rows if r["model_b"] != name})
+    return MaterializeResult(
+        metadata={
+            "pairs": len(rows),
+            "other_models": MetadataValue.json(others),
+            "closest_layers": MetadataValue.md(_table(closest)),
+        }
+    )
+
+
+def blank_sources() -> dict[str, str]:
+    """Each blank dataset config and the dataset whose questions it borrows."""
+    found = {}
+    for name, file in dataset_configs().items():
+        config = load_dataset_config(file.path)
+        if isinstance(config, BlankDataset):
+            found[name] = config.of
+    return found
+
+
+@asset(
+    partitions_def=MODELS,
+    deps=[answers],
+    group_name="analyses",
+    code_version=SIMILARITY_VERSION,
+    automation_condition=AutomationCondition.eager(),
+    kinds={"duckdb"},
+    description="The same questions on real and on blank images: accuracy on both and the "
+    "total-variation distances real-vs-labels, blank-vs-labels, real-vs-blank (answer "
+    "distributions: view answer_distribution).",
+)
+def blind_test(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+    name = context.partition_key
+    with warehouse.session() as wh:
+        rows = blind_test_rows(wh, name, blank_sources())
+        wh.replace_model_rows("blind_test", name, pa.Table.from_pylist(rows, BLIND_ROWS))
+    shown = [
+        {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "model"}
+        for r in rows
+    ]
+    return MaterializeResult(
+        metadata={"rows": len(rows), "preview": MetadataValue.md(_table(shown))}
+    )
