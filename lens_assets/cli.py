@@ -193,7 +193,8 @@ def maintain(older_than_hours: float, warehouse_root: str | None) -> None:
 @main.command()
 @click.option(
     "--select", "selected",
-    default="images,activations,answers,probe_results,layer_similarity,blind_test",
+    default="images,activations,answers,probe_results,layer_similarity,blind_test,"
+    "concept_similarity",
     show_default=True, help="Comma-separated assets to bring up to date.",
 )  # fmt: skip
 @click.option("--model", "models", multiple=True, help="Only these model partitions.")
@@ -211,7 +212,10 @@ def materialize(
     from lens_assets.orchestration.materialize import materialize_missing
 
     assets = {a.strip() for a in selected.split(",") if a.strip()}
-    known = {"images", "activations", "answers", "probe_results", "layer_similarity", "blind_test"}
+    known = {
+        "images", "activations", "answers", "probe_results", "layer_similarity", "blind_test",
+        "concept_similarity",
+    }  # fmt: skip
     if assets - known:
         _fail(
             f"unknown assets {sorted(assets - known)} in --select; "

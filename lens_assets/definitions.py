@@ -9,7 +9,11 @@ from lens_assets.orchestration.behaviour import answers
 from lens_assets.orchestration.checks import ACTIVATION_CHECKS, CHECK_JOB
 from lens_assets.orchestration.probes import probe_results
 from lens_assets.orchestration.sensors import model_configs_sensor
-from lens_assets.orchestration.similarity import blind_test, layer_similarity
+from lens_assets.orchestration.similarity import (
+    blind_test,
+    concept_similarity,
+    layer_similarity,
+)
 from lens_assets.orchestration.sources import dataset_configs_source, model_config
 from resources.configurable import VLMRuntimeResource, WarehouseResource
 
@@ -23,6 +27,7 @@ defs = Definitions(
         probe_results,
         layer_similarity,
         blind_test,
+        concept_similarity,
     ],
     asset_checks=ACTIVATION_CHECKS,
     jobs=[CHECK_JOB],

@@ -64,3 +64,34 @@ def probe_curves(rows: Sequence[dict[str, Any]], model: str, out: Path) -> Path 
 def _short(layer: str) -> str:
     parts = layer.split(".")
     return ".".join(parts[-3:]) if len(parts) > 3 else layer
+
+
+def dominance_by_layer(rows: Sequence[dict[str, Any]], model: str, out: Path) -> Path | None:
+    """Share of disagreeing Stroop items following each cue, by layer, one panel per
+    (dataset, pooling)."""
+    panels: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["share"] is not None:
+            panels[(row["dataset"], row["pooling"])].append(row)
+    if not panels:
+        return None
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), squeeze=False)
+    for axis, ((dataset, pooling), members) in zip(axes.flat, sorted(panels.items()), strict=True):
+        layers = sorted({r["layer"] for r in members}, key=natural_key)
+        for cue in ("word", "font", "background", "none"):
+            points = {r["layer"]: r["share"] for r in members if r["cue"] == cue}
+            axis.plot(range(len(layers)), [points.get(layer, 0.0) for layer in layers], "-o",
+                      label=cue)  # fmt: skip
+        axis.set_title(f"{dataset} / {pooling}", fontsize=9)
+        axis.set_xticks(range(len(layers)))
+        axis.set_xticklabels([_short(layer) for layer in layers], rotation=30, ha="right",
+                             fontsize=7)  # fmt: skip
+        axis.set_ylim(0, 1.02)
+        axis.set_ylabel("share of conflicting items", fontsize=8)
+        axis.legend(fontsize=7)
+    figure.suptitle(f"{model}: which cue the representation follows", fontsize=11)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=90)
+    plt.close(figure)
+    return out

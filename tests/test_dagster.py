@@ -314,3 +314,29 @@ def test_blind_test_sets_blank_answers_beside_real_ones(project: Project) -> Non
     assert row["concept"] == "colour" and row["n_real"] == row["n_blank"] == 4
     for key in ("tv_real_labels", "tv_blank_labels", "tv_real_blank"):
         assert 0 <= row[key] <= 1
+
+
+def test_concept_similarity_measures_the_stroop_cues_per_layer(project: Project) -> None:
+    (project.configs / "datasets" / "stroop.yaml").write_text("kind: stroop\nsize: 24\n")
+    sync_configs(project.instance)
+    project.materialize(
+        assets={"images", "activations", "concept_similarity"}, models={"tiny-llava"}
+    )
+    rows = project.warehouse.fetch_arrow(
+        "SELECT layer, cue, share FROM concept_dominance "
+        "WHERE model = 'tiny-llava' AND dataset = 'stroop' AND pooling = 'last'"
+    ).to_pylist()
+    layers = {r["layer"] for r in rows}
+    assert layers == set(HOOK_POINTS["llava"])
+    for layer in layers:
+        shares = [r["share"] for r in rows if r["layer"] == layer]
+        assert sum(shares) == pytest.approx(1.0)  # word + font + background + none
+    curve = (
+        project.warehouse.fetch_arrow(
+            "SELECT DISTINCT cue FROM concept_similarity WHERE model = 'tiny-llava'"
+        )
+        .column(0)
+        .to_pylist()
+    )
+    assert sorted(curve) == ["background", "font", "word"]
+    assert (project.warehouse.root / "reports" / "tiny-llava" / "dominance.png").is_file()

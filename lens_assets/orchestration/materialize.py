@@ -24,8 +24,10 @@ from lens_assets.orchestration.probes import PROBE_RESULTS, probe_results
 from lens_assets.orchestration.sensors import sync_configs
 from lens_assets.orchestration.similarity import (
     BLIND_TEST,
+    CONCEPT_SIMILARITY,
     LAYER_SIMILARITY,
     blind_test,
+    concept_similarity,
     layer_similarity,
 )
 from lens_assets.orchestration.sources import dataset_configs_source, model_config
@@ -40,11 +42,13 @@ PER_MODEL = {
     "probe_results": PROBE_RESULTS,
     "layer_similarity": LAYER_SIMILARITY,
     "blind_test": BLIND_TEST,
+    "concept_similarity": CONCEPT_SIMILARITY,
 }
 # A re-run upstream re-runs what reads it in the same partition.
 DOWNSTREAM = (
     ("activations", "probe_results"),
     ("activations", "layer_similarity"),
+    ("activations", "concept_similarity"),
     ("answers", "blind_test"),
 )
 EVERY_ASSET = [
@@ -56,6 +60,7 @@ EVERY_ASSET = [
     probe_results,
     layer_similarity,
     blind_test,
+    concept_similarity,
     *ACTIVATION_CHECKS,
 ]
 

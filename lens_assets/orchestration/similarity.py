@@ -17,10 +17,13 @@ from lens_assets.layer_pairs import similarity_rows
 from lens_assets.orchestration.assets import activations
 from lens_assets.orchestration.behaviour import answers
 from lens_assets.orchestration.partitions import MODELS
+from lens_assets.reports import dominance_by_layer
+from lens_assets.stroop_analysis import concept_similarity_rows
 from resources.configurable import WarehouseResource
 
 LAYER_SIMILARITY = AssetKey("layer_similarity")
 BLIND_TEST = AssetKey("blind_test")
+CONCEPT_SIMILARITY = AssetKey("concept_similarity")
 SIMILARITY_VERSION = "1"
 
 _TEXT, _INT, _FLOAT = pa.string(), pa.int32(), pa.float64()
@@ -80,6 +83,45 @@ def layer_similarity(
             "closest_layers": MetadataValue.md(_table(closest)),
         }
     )
+
+
+CURVE_ROWS = pa.schema(
+    [("model", _TEXT), ("dataset", _TEXT), ("layer", _TEXT), ("pooling", _TEXT),
+     ("cue", _TEXT), ("components", _INT), ("nearest_centroid_accuracy", _FLOAT),
+     ("knn_accuracy", _FLOAT)]
+)  # fmt: skip
+SHARE_ROWS = pa.schema(
+    [("model", _TEXT), ("dataset", _TEXT), ("layer", _TEXT), ("pooling", _TEXT),
+     ("cue", _TEXT), ("share", _FLOAT), ("components_needed", _INT)]
+)  # fmt: skip
+
+
+@asset(
+    partitions_def=MODELS,
+    deps=[activations],
+    group_name="analyses",
+    code_version=SIMILARITY_VERSION,
+    automation_condition=AutomationCondition.eager(),
+    kinds={"scikitlearn", "duckdb"},
+    description="The Stroop study per layer: PCA separation of word, font and background "
+    "(tables concept_similarity, concept_dominance) and which cue wins when they disagree.",
+)
+def concept_similarity(
+    context: AssetExecutionContext, warehouse: WarehouseResource
+) -> MaterializeResult:
+    name = context.partition_key
+    with warehouse.session() as wh:
+        curves, shares = concept_similarity_rows(wh, name)
+        wh.replace_rows(
+            "model = ?", [name],
+            {"concept_similarity": pa.Table.from_pylist(curves, CURVE_ROWS),
+             "concept_dominance": pa.Table.from_pylist(shares, SHARE_ROWS)},
+        )  # fmt: skip
+        picture = dominance_by_layer(shares, name, wh.root / "reports" / name / "dominance.png")
+    metadata: dict[str, object] = {"curve_rows": len(curves), "dominance_rows": len(shares)}
+    if picture is not None:
+        metadata["dominance_by_layer"] = MetadataValue.path(str(picture))
+    return MaterializeResult(metadata=metadata)
 
 
 def blank_sources() -> dict[str, str]:
