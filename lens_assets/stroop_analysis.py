@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import numpy as np
+
 from lens_assets.probing import load_labels, load_vectors
 from lens_assets.similarity import components_to_separate, dominance, separation_curve
 from resources.warehouse import Warehouse
@@ -44,6 +46,8 @@ def concept_similarity_rows(
             labels = load_labels(con, dataset)
             for layer, pooling in _layer_poolings(con, model, dataset):
                 ids, X = load_vectors(con, model, dataset, layer, pooling)
+                if np.ptp(X, axis=0).max(initial=0.0) == 0.0:
+                    continue  # the same vector for every image (a text tower): nothing to see
                 keep = [i for i, image in enumerate(ids) if all(image in labels[c] for c in CUES)]
                 cues = {c: [labels[c][ids[i]] for i in keep] for c in CUES}
                 smallest = min(min(Counter(v).values()) for v in cues.values())

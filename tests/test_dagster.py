@@ -319,9 +319,7 @@ def test_blind_test_sets_blank_answers_beside_real_ones(project: Project) -> Non
 def test_concept_similarity_measures_the_stroop_cues_per_layer(project: Project) -> None:
     (project.configs / "datasets" / "stroop.yaml").write_text("kind: stroop\nsize: 24\n")
     sync_configs(project.instance)
-    project.materialize(
-        assets={"images", "activations", "concept_similarity"}, models={"tiny-llava"}
-    )
+    project.materialize(assets={"images", "activations", "concept_similarity"})
     rows = project.warehouse.fetch_arrow(
         "SELECT layer, cue, share FROM concept_dominance "
         "WHERE model = 'tiny-llava' AND dataset = 'stroop' AND pooling = 'last'"
@@ -340,3 +338,12 @@ def test_concept_similarity_measures_the_stroop_cues_per_layer(project: Project)
     )
     assert sorted(curve) == ["background", "font", "word"]
     assert (project.warehouse.root / "reports" / "tiny-llava" / "dominance.png").is_file()
+    # CLIP's text tower sees one prompt for every image: a constant layer is skipped, not fatal
+    clip_layers = (
+        project.warehouse.fetch_arrow(
+            "SELECT DISTINCT layer FROM concept_dominance WHERE model = 'tiny-clip' ORDER BY 1"
+        )
+        .column(0)
+        .to_pylist()
+    )
+    assert clip_layers == ["vision_model.encoder.layers.1", "visual_projection"]
