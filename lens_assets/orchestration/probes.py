@@ -1,6 +1,5 @@
 """The probe_results asset: per model, does each layer encode each labelled concept?"""
 
-import base64
 import hashlib
 
 import pyarrow as pa
@@ -17,6 +16,7 @@ from pydantic import ValidationError
 
 from lens_assets.config import ConfigError, configs_dir
 from lens_assets.orchestration.assets import IMAGE_LABELS, activations
+from lens_assets.orchestration.metadata import markdown_image
 from lens_assets.orchestration.partitions import MODELS
 from lens_assets.probing import ProbeSettings, probe_layers
 from lens_assets.reports import probe_curves
@@ -82,9 +82,6 @@ def probe_results(
         "most_selective": MetadataValue.md("\n".join(table)),
     }
     if picture is not None:
-        encoded = base64.b64encode(picture.read_bytes()).decode()
-        metadata["probe_curves"] = MetadataValue.md(
-            f"![probe curves](data:image/png;base64,{encoded})"
-        )
+        metadata["probe_curves"] = markdown_image(picture, "probe curves")
         metadata["probe_curves_path"] = MetadataValue.path(str(picture))
     return MaterializeResult(metadata=metadata)

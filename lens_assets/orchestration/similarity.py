@@ -16,6 +16,7 @@ from lens_assets.datasets import BlankDataset, load_dataset_config
 from lens_assets.layer_pairs import similarity_rows
 from lens_assets.orchestration.assets import activations
 from lens_assets.orchestration.behaviour import answers
+from lens_assets.orchestration.metadata import markdown_image
 from lens_assets.orchestration.partitions import MODELS
 from lens_assets.reports import dominance_by_layer
 from lens_assets.stroop_analysis import concept_similarity_rows
@@ -120,7 +121,8 @@ def concept_similarity(
         picture = dominance_by_layer(shares, name, wh.root / "reports" / name / "dominance.png")
     metadata: dict[str, object] = {"curve_rows": len(curves), "dominance_rows": len(shares)}
     if picture is not None:
-        metadata["dominance_by_layer"] = MetadataValue.path(str(picture))
+        metadata["dominance_by_layer"] = markdown_image(picture, "cue dominance by layer")
+        metadata["dominance_by_layer_path"] = MetadataValue.path(str(picture))
     return MaterializeResult(metadata=metadata)
 
 
