@@ -16,6 +16,7 @@ from lens_assets.catalog import dataset_configs, model_configs
 from lens_assets.config import ConfigError, ModelConfig, load_model_config
 from lens_assets.datasets import collect_all, load_dataset_config
 from lens_assets.extraction import extract_loaded
+from lens_assets.orchestration.metadata import markdown_table
 from lens_assets.orchestration.partitions import MODELS
 from lens_assets.orchestration.sources import DATASET_CONFIGS, MODEL_CONFIG
 from resources.configurable import VLMRuntimeResource, WarehouseResource
@@ -80,18 +81,18 @@ def images(context: AssetExecutionContext, warehouse: WarehouseResource):
     for c in collected:
         for error in c.errors:
             context.log.warning(f"{c.name}: {error['error']}")
-    per_dataset = "\n".join(
-        f"| {c.name} | {len(c.rows)} | {len({r['concept'] for r in c.labels})} | "
-        f"{len(c.prompts)} | {len(c.errors)} |"
+    per_dataset = [
+        {"dataset": c.name, "images": len(c.rows),
+         "concepts": len({r["concept"] for r in c.labels}), "prompts": len(c.prompts),
+         "errors": len(c.errors)}
         for c in collected
-    )
-    preview = "| dataset | images | concepts | prompts | errors |\n|---|---|---|---|---|\n"
+    ]  # fmt: skip
     yield MaterializeResult(
         asset_key=IMAGES,
         metadata={
             "rows": tables["images"].num_rows,
             "datasets": MetadataValue.json({c.name: len(c.rows) for c in collected}),
-            "preview": MetadataValue.md(preview + per_dataset),
+            "preview": markdown_table(per_dataset),
         },
     )
     for key, table in ((IMAGE_LABELS, "image_labels"), (PROMPTS, "prompts"),
@@ -142,7 +143,7 @@ def activations(
             "images": result.n_images,
             "layers": MetadataValue.json(result.modules),
             "datasets": MetadataValue.json(list(sources)),
-            "preview": MetadataValue.md(_markdown(summary)),
+            "preview": markdown_table(summary, limit=40),
         }
     )
 
@@ -185,12 +186,3 @@ def _partition_bytes(warehouse: Warehouse, model: str) -> int:
         [f"%model={model}/%"],
     )
     return int(stored.column(0)[0].as_py())
-
-
-def _markdown(rows: list[dict[str, object]]) -> str:
-    if not rows:
-        return "(no rows)"
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows[:40]]
-    return "\n".join(lines)

@@ -5,13 +5,13 @@ from dagster import (
     AssetKey,
     AutomationCondition,
     MaterializeResult,
-    MetadataValue,
     asset,
 )
 
 from lens_assets.answers import ANSWER_ROWS, answer_questions
 from lens_assets.behaviour import BehaviourNotSupported, require_generation
 from lens_assets.orchestration.assets import IMAGES, PROMPTS, datasets_of, model_config_of
+from lens_assets.orchestration.metadata import markdown_table
 from lens_assets.orchestration.partitions import MODELS
 from lens_assets.orchestration.sources import MODEL_CONFIG
 from resources.configurable import VLMRuntimeResource, WarehouseResource
@@ -55,9 +55,6 @@ def answers(
             "round(unparsed, 3) AS unparsed FROM answer_accuracy WHERE model = ? ORDER BY ALL",
             [name],
         ).to_pylist()
-    lines = ["| dataset | concept | n | accuracy | unparsed |", "|---|---|---|---|---|"]
-    lines += [f"| {r['dataset']} | {r['concept']} | {r['n']} | {r['accuracy']} | "
-              f"{r['unparsed']} |" for r in accuracy]  # fmt: skip
     return MaterializeResult(
-        metadata={"rows": table.num_rows, "accuracy": MetadataValue.md("\n".join(lines))}
+        metadata={"rows": table.num_rows, "accuracy": markdown_table(accuracy)}
     )

@@ -1,6 +1,7 @@
 """Materialization metadata the Dagster UI renders."""
 
 import base64
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from dagster import MetadataValue
@@ -10,3 +11,13 @@ def markdown_image(path: Path, title: str) -> MetadataValue:
     """A PNG inlined in markdown metadata, so the UI shows the picture itself."""
     encoded = base64.b64encode(path.read_bytes()).decode()
     return MetadataValue.md(f"![{title}](data:image/png;base64,{encoded})")
+
+
+def markdown_table(rows: Sequence[Mapping[str, object]], limit: int | None = None) -> MetadataValue:
+    """Rows (dicts with the same keys) as a markdown table, the first `limit` of them."""
+    if not rows:
+        return MetadataValue.md("(no rows)")
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows[:limit]]
+    return MetadataValue.md("\n".join(lines))

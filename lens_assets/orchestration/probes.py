@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from lens_assets.config import ConfigError, configs_dir
 from lens_assets.orchestration.assets import IMAGE_LABELS, activations
-from lens_assets.orchestration.metadata import markdown_image
+from lens_assets.orchestration.metadata import markdown_image, markdown_table
 from lens_assets.orchestration.partitions import MODELS
 from lens_assets.probing import ProbeSettings, probe_layers
 from lens_assets.reports import probe_curves
@@ -72,14 +72,15 @@ def probe_results(
         wh.replace_model_rows("probe_results", name, pa.Table.from_pylist(rows, RESULT_COLUMNS))
         picture = probe_curves(rows, name, wh.root / "reports" / name / "probe_curves.png")
     best = sorted(rows, key=lambda r: -r["selectivity"])[:10]
-    table = ["| dataset | layer | pooling | concept | accuracy | control | p |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    table += [f"| {r['dataset']} | {r['layer']} | {r['pooling']} | {r['concept']} | "
-              f"{r['accuracy']:.3f} | {r['control_accuracy']:.3f} | {r['p_value']:.3g} |"
-              for r in best]  # fmt: skip
+    shown = [
+        {"dataset": r["dataset"], "layer": r["layer"], "pooling": r["pooling"],
+         "concept": r["concept"], "accuracy": f"{r['accuracy']:.3f}",
+         "control": f"{r['control_accuracy']:.3f}", "p": f"{r['p_value']:.3g}"}
+        for r in best
+    ]  # fmt: skip
     metadata: dict[str, object] = {
         "rows": len(rows),
-        "most_selective": MetadataValue.md("\n".join(table)),
+        "most_selective": markdown_table(shown),
     }
     if picture is not None:
         metadata["probe_curves"] = markdown_image(picture, "probe curves")

@@ -16,7 +16,7 @@ from lens_assets.datasets import BlankDataset, load_dataset_config
 from lens_assets.layer_pairs import similarity_rows
 from lens_assets.orchestration.assets import activations
 from lens_assets.orchestration.behaviour import answers
-from lens_assets.orchestration.metadata import markdown_image
+from lens_assets.orchestration.metadata import markdown_image, markdown_table
 from lens_assets.orchestration.partitions import MODELS
 from lens_assets.reports import dominance_by_layer
 from lens_assets.stroop_analysis import concept_similarity_rows
@@ -38,15 +38,6 @@ BLIND_ROWS = pa.schema(
      ("n_real", _INT), ("n_blank", _INT), ("accuracy_real", _FLOAT), ("accuracy_blank", _FLOAT),
      ("tv_real_labels", _FLOAT), ("tv_blank_labels", _FLOAT), ("tv_real_blank", _FLOAT)]
 )  # fmt: skip
-
-
-def _table(rows: list[dict[str, object]]) -> str:
-    if not rows:
-        return "(no rows)"
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 @asset(
@@ -81,7 +72,7 @@ def layer_similarity(
         metadata={
             "pairs": len(rows),
             "other_models": MetadataValue.json(others),
-            "closest_layers": MetadataValue.md(_table(closest)),
+            "closest_layers": markdown_table(closest),
         }
     )
 
@@ -156,6 +147,4 @@ def blind_test(context: AssetExecutionContext, warehouse: WarehouseResource) -> 
         {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "model"}
         for r in rows
     ]
-    return MaterializeResult(
-        metadata={"rows": len(rows), "preview": MetadataValue.md(_table(shown))}
-    )
+    return MaterializeResult(metadata={"rows": len(rows), "preview": markdown_table(shown)})
