@@ -17,18 +17,21 @@ from lens_assets.orchestration.similarity import (
 from lens_assets.orchestration.sources import dataset_configs_source, model_config
 from resources.configurable import VLMRuntimeResource, WarehouseResource
 
+# Every asset of the graph; `lens materialize` runs from this same list.
+ASSETS = [
+    model_config,
+    dataset_configs_source,
+    images,
+    activations,
+    answers,
+    probe_results,
+    layer_similarity,
+    blind_test,
+    concept_similarity,
+]
+
 defs = Definitions(
-    assets=[
-        model_config,
-        dataset_configs_source,
-        images,
-        activations,
-        answers,
-        probe_results,
-        layer_similarity,
-        blind_test,
-        concept_similarity,
-    ],
+    assets=ASSETS,
     asset_checks=ACTIVATION_CHECKS,
     jobs=[CHECK_JOB],
     sensors=[model_configs_sensor],

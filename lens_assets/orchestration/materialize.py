@@ -16,21 +16,18 @@ from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, Temp
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._time import get_current_datetime
 
-from lens_assets.orchestration.assets import IMAGES, activations, images
-from lens_assets.orchestration.behaviour import ANSWERS, answers
+from lens_assets.definitions import ASSETS, defs
+from lens_assets.orchestration.assets import IMAGES
+from lens_assets.orchestration.behaviour import ANSWERS
 from lens_assets.orchestration.checks import ACTIVATION_CHECKS
 from lens_assets.orchestration.partitions import MODELS
-from lens_assets.orchestration.probes import PROBE_RESULTS, probe_results
+from lens_assets.orchestration.probes import PROBE_RESULTS
 from lens_assets.orchestration.sensors import sync_configs
 from lens_assets.orchestration.similarity import (
     BLIND_TEST,
     CONCEPT_SIMILARITY,
     LAYER_SIMILARITY,
-    blind_test,
-    concept_similarity,
-    layer_similarity,
 )
-from lens_assets.orchestration.sources import dataset_configs_source, model_config
 from resources.configurable import VLMRuntimeResource, WarehouseResource
 from resources.warehouse import WarehouseLocation
 
@@ -44,25 +41,7 @@ PER_MODEL = {
     "blind_test": BLIND_TEST,
     "concept_similarity": CONCEPT_SIMILARITY,
 }
-# A re-run upstream re-runs what reads it in the same partition.
-DOWNSTREAM = (
-    ("activations", "probe_results"),
-    ("activations", "layer_similarity"),
-    ("activations", "concept_similarity"),
-    ("answers", "blind_test"),
-)
-EVERY_ASSET = [
-    model_config,
-    dataset_configs_source,
-    images,
-    activations,
-    answers,
-    probe_results,
-    layer_similarity,
-    blind_test,
-    concept_similarity,
-    *ACTIVATION_CHECKS,
-]
+EVERY_ASSET = [*ASSETS, *ACTIVATION_CHECKS]
 
 
 def dagster_home(warehouse_root: str | Path | None = None) -> Path:
@@ -79,8 +58,6 @@ def open_instance(warehouse_root: str | Path | None = None) -> DagsterInstance:
 
 def stale_resolver(instance: DagsterInstance) -> CachingStaleStatusResolver:
     """The resolver behind the UI's "stale" badges, for one point in time."""
-    from lens_assets.definitions import defs
-
     graph = defs.resolve_asset_graph()
     view = AssetGraphView(
         temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
@@ -116,9 +93,10 @@ def _needs(
 def plan(
     instance: DagsterInstance, assets: set[str] | None = None, models: set[str] | None = None
 ) -> Plan:
-    """What is missing or stale, restricted to the selected assets and models. A model whose
-    activations re-run also re-runs its probes, which read them."""
+    """What is missing or stale, restricted to the selected assets and models. An asset that
+    re-runs takes along the selected assets that read it (activations: probes, similarity)."""
     resolver = stale_resolver(instance)
+    graph = defs.resolve_asset_graph()
     wanted = assets or {"images", *PER_MODEL}
     need_images = "images" in wanted and (
         instance.get_latest_materialization_event(IMAGES) is None
@@ -128,12 +106,13 @@ def plan(
     for name in instance.get_dynamic_partitions(MODELS.name):
         if models and name not in models:
             continue
-        needed = [
+        stale = {
             a for a in PER_MODEL if a in wanted and _needs(instance, resolver, PER_MODEL[a], name)
-        ]
-        for upstream, downstream in DOWNSTREAM:
-            if upstream in needed and downstream in wanted and downstream not in needed:
-                needed.append(downstream)
+        }
+        readers = {
+            child.to_user_string() for a in stale for child in graph.get(PER_MODEL[a]).child_keys
+        }
+        needed = [a for a in PER_MODEL if a in stale or (a in readers and a in wanted)]
         if needed:
             per_model[name] = needed
     return Plan(need_images, per_model)
