@@ -44,12 +44,7 @@ def probe_curves(rows: Sequence[dict[str, Any]], model: str, out: Path) -> Path 
             colour = f"C{index % 10}"
             axis.plot(x, [r["accuracy"] for r in points], "-o", color=colour, label=concept)
             axis.plot(x, [r["control_accuracy"] for r in points], "--", color=colour, alpha=0.6)
-        axis.set_title(f"{dataset} / {pooling} / {kind}", fontsize=9)
-        axis.set_xticks(range(len(layers)))
-        axis.set_xticklabels([_short(layer) for layer in layers], rotation=30, ha="right",
-                             fontsize=7)  # fmt: skip
-        axis.set_ylim(0, 1.02)
-        axis.set_ylabel("accuracy (dashed: control)", fontsize=8)
+        _layer_axis(axis, layers, f"{dataset} / {pooling} / {kind}", "accuracy (dashed: control)")
         axis.legend(fontsize=7, loc="lower right")
     for axis in list(axes.flat)[len(panels) :]:
         axis.axis("off")
@@ -59,6 +54,15 @@ def probe_curves(rows: Sequence[dict[str, Any]], model: str, out: Path) -> Path 
     figure.savefig(out, dpi=90)
     plt.close(figure)
     return out
+
+
+def _layer_axis(axis: Any, layers: Sequence[str], title: str, ylabel: str) -> None:
+    """Layers along x (short names), a share or accuracy from 0 to 1 along y."""
+    axis.set_title(title, fontsize=9)
+    axis.set_xticks(range(len(layers)))
+    axis.set_xticklabels([_short(layer) for layer in layers], rotation=30, ha="right", fontsize=7)
+    axis.set_ylim(0, 1.02)
+    axis.set_ylabel(ylabel, fontsize=8)
 
 
 def _short(layer: str) -> str:
@@ -82,12 +86,7 @@ def dominance_by_layer(rows: Sequence[dict[str, Any]], model: str, out: Path) ->
             points = {r["layer"]: r["share"] for r in members if r["cue"] == cue}
             axis.plot(range(len(layers)), [points.get(layer, 0.0) for layer in layers], "-o",
                       label=cue)  # fmt: skip
-        axis.set_title(f"{dataset} / {pooling}", fontsize=9)
-        axis.set_xticks(range(len(layers)))
-        axis.set_xticklabels([_short(layer) for layer in layers], rotation=30, ha="right",
-                             fontsize=7)  # fmt: skip
-        axis.set_ylim(0, 1.02)
-        axis.set_ylabel("share of conflicting items", fontsize=8)
+        _layer_axis(axis, layers, f"{dataset} / {pooling}", "share of conflicting items")
         axis.legend(fontsize=7)
     figure.suptitle(f"{model}: which cue the representation follows", fontsize=11)
     figure.tight_layout()
