@@ -15,6 +15,7 @@ from lens_assets.orchestration.similarity import (
     layer_similarity,
 )
 from lens_assets.orchestration.sources import dataset_configs_source, model_config
+from lens_assets.orchestration.vision import vision_vs_vlm
 from resources.configurable import VLMRuntimeResource, WarehouseResource
 
 # Every asset of the graph; `lens materialize` runs from this same list.
@@ -28,6 +29,7 @@ ASSETS = [
     layer_similarity,
     blind_test,
     concept_similarity,
+    vision_vs_vlm,
 ]
 
 defs = Definitions(

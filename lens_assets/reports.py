@@ -94,3 +94,33 @@ def dominance_by_layer(rows: Sequence[dict[str, Any]], model: str, out: Path) ->
     figure.savefig(out, dpi=90)
     plt.close(figure)
     return out
+
+
+def vision_vs_vlm_by_layer(rows: Sequence[dict[str, Any]], model: str, out: Path) -> Path | None:
+    """Accuracy from each layer's features (vision, projector, LLM along x), with the model's
+    own answers and chance as horizontal lines; one panel per dataset."""
+    panels: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        panels[(row["dataset"], row["task"])].append(row)
+    if not panels:
+        return None
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 3.8), squeeze=False)
+    for axis, ((dataset, task), members) in zip(axes.flat, sorted(panels.items()), strict=True):
+        members = sorted(members, key=lambda r: r["layer_order"])
+        x = range(len(members))
+        axis.plot(x, [r["feature_accuracy"] for r in members], "-o", label="from features")
+        axis.axhline(members[0]["chance"], color="grey", linestyle=":", label="chance")
+        vlm = members[0]["vlm_accuracy"]
+        if vlm is not None:
+            axis.axhline(vlm, color="C3", linestyle="--", label="VLM answer")
+        for index in range(1, len(members)):
+            if members[index]["stage"] != members[index - 1]["stage"]:
+                axis.axvline(index - 0.5, color="black", linewidth=0.6, alpha=0.4)
+        _layer_axis(axis, [r["layer"] for r in members], f"{dataset} ({task})", "accuracy")
+        axis.legend(fontsize=7)
+    figure.suptitle(f"{model}: the task solved from each layer's patch features", fontsize=11)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=90)
+    plt.close(figure)
+    return out

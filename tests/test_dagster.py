@@ -347,3 +347,47 @@ def test_concept_similarity_measures_the_stroop_cues_per_layer(project: Project)
         .to_pylist()
     )
     assert clip_layers == ["vision_model.encoder.layers.1", "visual_projection"]
+
+
+def test_vision_vs_vlm_solves_the_visual_tasks_at_every_layer_beside_the_answers(
+    project: Project,
+) -> None:
+    datasets = project.configs / "datasets"
+    (datasets / "correspondence.yaml").write_text("kind: correspondence\nsize: 4\n")
+    (datasets / "odd.yaml").write_text("kind: odd_one_out\nsize: 4\npanel_size: 48\n")
+    sync_configs(project.instance)
+    project.materialize(assets={"images", "answers", "vision_vs_vlm"})
+
+    def rows(sql: str) -> list[dict]:
+        return project.warehouse.fetch_arrow(sql).to_pylist()
+
+    counts = rows(
+        "SELECT model, dataset, task, stage, count(DISTINCT layer) AS layers, count(*) AS n "
+        "FROM vision_vs_vlm_items GROUP BY ALL ORDER BY ALL"
+    )
+    expected = [
+        ("tiny-clip", "correspondence", "correspondence", "vision", 2),
+        ("tiny-clip", "odd", "odd_one_out", "vision", 2),
+        *[
+            ("tiny-llava", dataset, task, stage, layers)
+            for dataset, task in (("correspondence", "correspondence"), ("odd", "odd_one_out"))
+            for stage, layers in (("llm", 2), ("projector", 1), ("vision", 2))
+        ],
+    ]
+    assert [(r["model"], r["dataset"], r["task"], r["stage"], r["layers"]) for r in counts] == (
+        expected
+    )
+    summary = rows("SELECT * FROM vision_vs_vlm ORDER BY model, dataset, layer_order")
+    llava = [r for r in summary if r["model"] == "tiny-llava" and r["dataset"] == "odd"]
+    assert [r["stage"] for r in llava] == ["vision", "vision", "projector", "llm", "llm"]
+    (answered,) = rows(
+        "SELECT avg(correct::INTEGER) AS accuracy FROM answers "
+        "WHERE model = 'tiny-llava' AND dataset = 'odd'"
+    )
+    assert all(r["vlm_accuracy"] == pytest.approx(answered["accuracy"]) for r in llava)
+    assert all(r["vlm_accuracy"] is None for r in summary if r["model"] == "tiny-clip")
+    assert all(r["chance"] == 0.25 and r["items"] == 4 for r in summary)
+    picture = project.warehouse.root / "reports" / "tiny-llava" / "vision_vs_vlm.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    event = project.instance.get_latest_materialization_event(dg.AssetKey("vision_vs_vlm"))
+    assert "accuracy_by_layer" in event.asset_materialization.metadata

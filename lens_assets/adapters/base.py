@@ -6,10 +6,12 @@ vision outputs are split per image, how its prompt is built.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -26,6 +28,24 @@ CLS_PARAMETERS = ("class_embedding", "cls_token")
 
 class ActivationShapeError(ValueError):
     """A captured output whose shape cannot be mapped back to the samples of the batch."""
+
+
+class PatchGridError(ValueError):
+    """Image positions that cannot be laid out on the image's patch grid."""
+
+
+@dataclass(frozen=True)
+class PatchCells:
+    """Where each image position of one sample sits on its patch grid, in sequence order."""
+
+    rows: int
+    cols: int
+    cells: np.ndarray  # (positions, 2) int: row, col
+
+
+def raster_cells(rows: int, cols: int) -> PatchCells:
+    row, col = np.divmod(np.arange(rows * cols), cols)
+    return PatchCells(rows, cols, np.stack([row, col], axis=1))
 
 
 @dataclass
@@ -180,3 +200,20 @@ class Adapter:
         if has_cls:
             roles[:, 0] = TokenRole.CLS
         return Sequences(output, roles)
+
+    def patch_cells(
+        self, name: str, count: int, inputs: BatchFeature, layout: ModelLayout, sample: int
+    ) -> PatchCells:
+        """The grid cell of each of a sample's `count` image positions at module `name`.
+
+        The generic path: a ViT's patches (class token excluded), and the LLM's image tokens
+        that a projector made from them one to one, in raster order on a square grid.
+        """
+        side = math.isqrt(count)
+        if side * side != count:
+            raise PatchGridError(
+                f"module {name!r} has {count} image positions for sample {sample}, not a square "
+                "grid; this family tiles images or adds separator tokens, which needs an "
+                "adapter with its own patch_cells"
+            )
+        return raster_cells(side, side)

@@ -7,8 +7,10 @@ says how many belong to which image.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import BatchFeature
@@ -18,7 +20,10 @@ from lens_assets.adapters.base import (
     ActivationShapeError,
     Adapter,
     ModelLayout,
+    PatchCells,
+    PatchGridError,
     Sequences,
+    raster_cells,
 )
 from lens_assets.pooling import TokenRole
 
@@ -63,6 +68,32 @@ class PackedVisionAdapter(Adapter):
         for index, count in enumerate(counts):
             roles[index, :count] = TokenRole.IMAGE
         return Sequences(hidden, roles)
+
+    def patch_cells(
+        self, name: str, count: int, inputs: BatchFeature, layout: ModelLayout, sample: int
+    ) -> PatchCells:
+        """Before the merger, patches come in merge-size blocks (each block's patches in a row,
+        blocks in raster order); the merger and the LLM's image tokens hold one token per
+        block, in raster order."""
+        grid = inputs.get("image_grid_thw")
+        if grid is None:
+            return super().patch_cells(name, count, inputs, layout, sample)
+        frames, rows, cols = (int(v) for v in grid[sample])
+        if frames != 1:
+            raise PatchGridError(f"sample {sample} has {frames} frames; patch grids need images")
+        tokens = int((inputs["input_ids"][sample] == layout.image_token_id).sum())
+        merge = math.isqrt(rows * cols // tokens) if tokens else 1
+        if count == rows * cols // (merge * merge):
+            return raster_cells(rows // merge, cols // merge)
+        if count != rows * cols:
+            raise PatchGridError(
+                f"module {name!r} has {count} image positions for a {rows}x{cols} patch grid"
+            )
+        block, within = np.divmod(np.arange(count), merge * merge)
+        block_row, block_col = np.divmod(block, cols // merge)
+        row = block_row * merge + within // merge
+        col = block_col * merge + within % merge
+        return PatchCells(rows, cols, np.stack([row, col], axis=1))
 
 
 QWEN_VL = PackedVisionAdapter(vision_segments=VISION_SEGMENTS)

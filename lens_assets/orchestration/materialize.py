@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dagster import (
     AssetKey,
+    AssetsDefinition,
     AssetSelection,
     DagsterInstance,
     ExecuteInProcessResult,
@@ -18,28 +19,21 @@ from dagster._time import get_current_datetime
 
 from lens_assets.definitions import ASSETS, defs
 from lens_assets.orchestration.assets import IMAGES
-from lens_assets.orchestration.behaviour import ANSWERS
 from lens_assets.orchestration.checks import ACTIVATION_CHECKS
 from lens_assets.orchestration.partitions import MODELS
-from lens_assets.orchestration.probes import PROBE_RESULTS
 from lens_assets.orchestration.sensors import sync_configs
-from lens_assets.orchestration.similarity import (
-    BLIND_TEST,
-    CONCEPT_SIMILARITY,
-    LAYER_SIMILARITY,
-)
 from resources.configurable import VLMRuntimeResource, WarehouseResource
 from resources.warehouse import WarehouseLocation
 
 ACTIVATIONS = AssetKey("activations")
-# Assets with one partition per model, in the order a run needs them.
+# Assets with one partition per model, in the order of the Definitions' list (the order a run
+# needs them); the config source is observed, not run.
 PER_MODEL = {
-    "activations": ACTIVATIONS,
-    "answers": ANSWERS,
-    "probe_results": PROBE_RESULTS,
-    "layer_similarity": LAYER_SIMILARITY,
-    "blind_test": BLIND_TEST,
-    "concept_similarity": CONCEPT_SIMILARITY,
+    key.to_user_string(): key
+    for asset in ASSETS
+    if isinstance(asset, AssetsDefinition) and asset.partitions_def == MODELS
+    if not asset.is_observable
+    for key in asset.keys
 }
 EVERY_ASSET = [*ASSETS, *ACTIVATION_CHECKS]
 
