@@ -150,8 +150,11 @@ def test_demo_runs_end_to_end_from_a_fresh_warehouse(tmp_path: Path) -> None:
     datasets = lens("sql", "SELECT DISTINCT dataset FROM activations ORDER BY 1", "--format",
                     "csv", "--warehouse", str(tmp_path / "demo-wh"))  # fmt: skip
     assert datasets.stdout.splitlines()[1:] == [
-        "blank-clevr", "clevr-lite", "correspondence", "stroop",
+        "blank-clevr", "clevr-lite", "correspondence", "odd-one-out", "stroop",
     ]  # fmt: skip
+    solved = lens("sql", "SELECT DISTINCT model FROM vision_vs_vlm ORDER BY 1", "--format", "csv",
+                  "--warehouse", str(tmp_path / "demo-wh"))  # fmt: skip
+    assert solved.stdout.splitlines()[1:] == ["tiny-clip", "tiny-llava", "tiny-qwen2-vl"]
     assert (tmp_path / "demo-wh" / "models" / "tiny-qwen2-vl" / "model.safetensors").is_file()
 
 
