@@ -10,6 +10,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from lens_assets.config import ConfigError, configs_dir
 
 
@@ -35,9 +37,23 @@ def _discover(folder: Path) -> dict[str, ConfigFile]:
     return found
 
 
-def model_configs(root: Path | None = None) -> dict[str, ConfigFile]:
-    """Every `models/**/*.yaml` under the configs folder, by name."""
-    return _discover((root or configs_dir()) / "models")
+def model_configs(
+    root: Path | None = None, include_disabled: bool = False
+) -> dict[str, ConfigFile]:
+    """Every `models/**/*.yaml` under the configs folder, by name, except those that say
+    `enabled: false` (a file that does not parse counts as enabled, so its error shows)."""
+    found = _discover((root or configs_dir()) / "models")
+    if include_disabled:
+        return found
+    return {name: file for name, file in found.items() if _enabled(file.path)}
+
+
+def _enabled(path: Path) -> bool:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return True
+    return not (isinstance(data, dict) and data.get("enabled") is False)
 
 
 def dataset_configs(root: Path | None = None) -> dict[str, ConfigFile]:

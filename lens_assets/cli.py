@@ -156,6 +156,21 @@ def sql(query: str, fmt: str, warehouse_root: str | None) -> None:
 
 
 @main.command()
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]), default="table"
+)
+def models(fmt: str) -> None:
+    """Print the coverage table: every family, its class, tiny checkpoint, tests, extras."""
+    from lens_assets.families import coverage_markdown, coverage_rows
+
+    if fmt == "markdown":
+        click.echo(coverage_markdown(), nl=False)
+        return
+    rows = coverage_rows()
+    click.echo(format_table(list(rows[0]), rows, fmt), nl=False)
+
+
+@main.command()
 @click.argument("architecture")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option(

@@ -69,6 +69,11 @@ class ModelConfig(BaseModel):
     pooling: NameList = Field(default_factory=lambda: list(DEFAULT_POOLINGS))
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1)
     trust_remote_code: bool = False
+    enabled: bool = Field(
+        default=True,
+        description="false keeps the model out of the asset graph (no partition); `lens "
+        "extract` still runs it. Real-model example configs ship disabled.",
+    )
     datasets: NameList = Field(default_factory=list)
     input_dir: str | None = None
     # VLM-Lens keys, accepted so its files load unchanged.

@@ -76,7 +76,7 @@ def capture_batch(
                 samples = torch.arange(batch_size, device=output.device)
                 pieces.append((name, Pooled(VECTOR_POOLING, samples, seq.hidden)))
             else:
-                pieces.extend((name, p) for p in pool(seq.hidden, seq.roles, poolings))
+                pieces.extend((name, p) for p in pool(seq.hidden, seq.roles, poolings, seq.tiles))
     return pieces
 
 
@@ -88,7 +88,7 @@ def pieces_to_table(
     if not pieces:
         return ACTIVATION_ROWS.empty_table()
     values = torch.cat([p.vectors.float().reshape(-1) for _, p in pieces]).cpu().numpy()
-    samples, token_index, token_role = (
+    samples, token_index, token_role, tile = (
         torch.cat([p.positions() for _, p in pieces], dim=1).cpu().numpy()
     )
     counts = [len(p.samples) for _, p in pieces]
@@ -108,6 +108,7 @@ def pieces_to_table(
             pa.array(poolings, pa.string()),
             pa.array(np.where(has_token, token_index, 0).astype(np.int32), mask=~has_token),
             pa.array([ROLE_NAMES[int(r)] if r >= 0 else None for r in token_role], pa.string()),
+            pa.array(np.where(tile >= 0, tile, 0).astype(np.int32), mask=tile < 0),
             pa.array(dims),
             pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
         ],

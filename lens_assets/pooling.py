@@ -34,13 +34,15 @@ class Pooled:
     vectors: torch.Tensor  # (n, dim)
     token_index: torch.Tensor | None = None  # (n,) position among non-pad tokens (`tokens`)
     token_role: torch.Tensor | None = None  # (n,) TokenRole values (`tokens`)
+    tile: torch.Tensor | None = None  # (n,) which tile of its image a `tokens` row is from
 
     def positions(self) -> torch.Tensor:
-        """(3, n) long: sample, token index, token role; -1 where a row has no position."""
+        """(4, n) long: sample, token index, token role, tile; -1 where a row has none."""
         missing = torch.full_like(self.samples, -1)
         index = missing if self.token_index is None else self.token_index
         role = missing if self.token_role is None else self.token_role
-        return torch.stack([self.samples, index, role]).long()
+        tile = missing if self.tile is None else self.tile
+        return torch.stack([self.samples, index, role, tile]).long()
 
 
 def _masked_mean(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -68,8 +70,16 @@ MEAN_SELECTORS = {
 POSITION_SELECTORS = {"last": _last_real_position, "cls": _cls_position}
 
 
-def pool(hidden: torch.Tensor, roles: torch.Tensor, poolings: Sequence[str]) -> list[Pooled]:
+def pool(
+    hidden: torch.Tensor,
+    roles: torch.Tensor,
+    poolings: Sequence[str],
+    tiles: torch.Tensor | None = None,
+) -> list[Pooled]:
     """Apply each pooling to `hidden` (batch, positions, dim) given `roles` (batch, positions).
+
+    `tiles` (batch, positions) says which tile of its image each position came from, for
+    families that cut an image into tiles; poolings run over all of an image's tiles.
 
     A pooling that has nothing to pool for a sample (no image tokens for `mean_image`, no class
     token for `cls`) yields no vector for that sample rather than a made-up one.
@@ -86,8 +96,9 @@ def pool(hidden: torch.Tensor, roles: torch.Tensor, poolings: Sequence[str]) -> 
             samples, positions = real.nonzero(as_tuple=True)
             token_index = real.long().cumsum(dim=1)[samples, positions] - 1
             vectors = hidden[samples, positions]
+            tile = None if tiles is None else tiles[samples, positions]
             results.append(
-                Pooled(pooling, samples, vectors, token_index, roles[samples, positions])
+                Pooled(pooling, samples, vectors, token_index, roles[samples, positions], tile)
             )
         elif pooling in POSITION_SELECTORS:
             position = POSITION_SELECTORS[pooling](roles)

@@ -16,6 +16,7 @@ from torch import nn
 
 from lens_assets.adapters import Architecture, ModelLayout, get_architecture
 from lens_assets.config import ModelConfig
+from lens_assets.families import get_family, require_packages
 
 TINY_SCHEME = "tiny:"
 DTYPES: dict[str, torch.dtype] = {
@@ -57,6 +58,28 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+class RemoteCodeError(RuntimeConfigError):
+    """A checkpoint that runs its own code, loaded without the config's consent."""
+
+
+def checkpoint_config(config: ModelConfig, path: str) -> Any:
+    """The checkpoint's transformers config; remote code only with `trust_remote_code: true`."""
+    import transformers
+
+    try:
+        return transformers.AutoConfig.from_pretrained(
+            path, trust_remote_code=config.remote_code_requested
+        )
+    except ValueError as error:
+        if "trust_remote_code" not in str(error) or config.remote_code_requested:
+            raise
+        raise RemoteCodeError(
+            f"the checkpoint at {path} runs its own modeling code (config.json `auto_map`); "
+            "LensFlow runs it only when the model config says `trust_remote_code: true`. Read "
+            "that code first, then add the line to the config"
+        ) from None
+
+
 def resolve_model_path(model_path: str, models_dir: Path) -> str:
     """`tiny:<architecture>` names the tiny checkpoint built under the warehouse (built on first
     use); anything else is a hub id or a folder, handed to `from_pretrained` as is."""
@@ -96,11 +119,14 @@ def load_model(
     dtype: str | None = None,
 ) -> LoadedModel:
     """Load through the same `from_pretrained` path for a hub id, a folder or a tiny model."""
-    architecture = get_architecture(config.architecture)
+    get_family(config.architecture)  # an unknown name fails here, listing the known ones
     target = resolve_device(device or config.device)
     kwargs = config.model_kwargs
     chosen = resolve_dtype(dtype or _dtype_name(kwargs.pop("dtype", None)), target)
     path = resolve_model_path(config.model_path, models_dir)
+    architecture = get_architecture(config.architecture, checkpoint_config(config, path))
+    if architecture.family is not None:
+        require_packages(architecture.family)
     model, processor = architecture.adapter.load(
         path, {**kwargs, "dtype": chosen}, config.remote_code_requested
     )
@@ -160,11 +186,9 @@ def skeleton(config: ModelConfig, models_dir: Path) -> nn.Module:
     of a 70B model must not load 70B parameters."""
     import transformers
 
-    architecture = get_architecture(config.architecture)
     path = resolve_model_path(config.model_path, models_dir)
-    model_config = transformers.AutoConfig.from_pretrained(
-        path, trust_remote_code=config.remote_code_requested
-    )
+    model_config = checkpoint_config(config, path)
+    architecture = get_architecture(config.architecture, model_config)
     auto = getattr(transformers, architecture.adapter.model_class)
     with torch.device("meta"):
         return auto.from_config(model_config, trust_remote_code=config.remote_code_requested)

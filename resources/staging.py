@@ -22,6 +22,7 @@ ACTIVATION_ROWS = pa.schema(
         ("pooling", pa.string()),
         ("token_index", pa.int32()),
         ("token_role", pa.string()),
+        ("tile", pa.int32()),
         ("dim", pa.int32()),
         ("vector", pa.list_(pa.float32())),
     ]

@@ -259,9 +259,9 @@ class Warehouse:
                     con.execute(f"DELETE FROM activations WHERE {scope}", scope_params)
                     con.execute(
                         """
-                        INSERT INTO activations
-                        SELECT ?, ?, dataset, image_id, prompt, layer, pooling, token_index,
-                               token_role, dim, vector
+                        INSERT INTO activations BY NAME
+                        SELECT ? AS model, ? AS architecture, dataset, image_id, prompt, layer,
+                               pooling, token_index, token_role, tile, dim, vector
                         FROM staging.activations
                         ORDER BY dataset, layer, pooling, image_id, token_index
                         """,

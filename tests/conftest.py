@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from lens_assets.config import ModelConfig, parse_model_config
+from lens_assets.families import BY_NAME
 from lens_assets.tiny import build_tiny
 from resources.runtime import LoadedModel, load_model
 from resources.warehouse import Warehouse
@@ -71,7 +72,7 @@ def tiny_config(architecture: str, tiny_dir: Path, **overrides: object) -> Model
     data: dict[str, object] = {
         "architecture": architecture,
         "model_path": str(tiny_dir / architecture),
-        "modules": HOOK_POINTS[architecture],
+        "modules": HOOK_POINTS.get(architecture) or list(BY_NAME[architecture].hook_points),
         "prompt": "What colour is the shape?",
         "pooling": ALL_POOLINGS,
     }

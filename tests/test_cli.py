@@ -114,7 +114,8 @@ def test_unknown_architecture_lists_the_known_ones(tmp_path: Path, image_dir: Pa
     result = lens("extract", str(path), "--warehouse", str(tmp_path / "wh"))
     assert result.exit_code != 0
     assert "unknown architecture 'lava'" in result.output
-    assert "clip, llava, qwen, qwen2-vl" in result.output
+    assert "llava, llava-next, llava-onevision" in result.output
+    assert "did you mean 'llava'?" in result.output
 
 
 def test_tiny_writes_a_loadable_checkpoint(tmp_path: Path) -> None:

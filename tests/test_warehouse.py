@@ -38,7 +38,7 @@ def test_schema_comes_from_the_sql_folder(warehouse: Warehouse) -> None:
     assert "tensors" in views
     assert columns == [
         "model", "architecture", "dataset", "image_id", "prompt", "layer", "pooling",
-        "token_index", "token_role", "dim", "vector",
+        "token_index", "token_role", "dim", "vector", "tile",
     ]  # fmt: skip
 
 

@@ -1,64 +1,77 @@
-"""The architecture registry: each name maps to its adapter and an example hub id.
+"""Adapters by checkpoint: `config.model_type` picks how a loaded model is prompted and read.
 
-Adding a family that transformers supports natively is one entry here with the generic
-adapter; a family-specific adapter only where the family truly differs.
+The generic adapter serves every family transformers supports natively; a family gets its own
+adapter only where it truly differs. Keys are `config.model_type`, optionally refined by the
+vision tower's type ("llava/pixtral": a LLaVA whose tower is Pixtral). Values name the adapter
+as "module:attribute" and are imported on first use, so one family's optional dependency
+cannot stop another from loading.
 """
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass, field
+import importlib
+from dataclasses import dataclass
+from typing import Any
 
 from lens_assets.adapters.base import Adapter, ModelLayout, Sequences
-from lens_assets.adapters.dual_encoder import DualEncoderAdapter
-from lens_assets.adapters.qwen_vl import QWEN_VL
+from lens_assets.families import Family, UnknownArchitectureError, get_family
 
 GENERIC = Adapter()
+
+ADAPTERS: dict[str, str] = {
+    "qwen2_vl": "lens_assets.adapters.qwen_vl:QWEN_VL",
+    "qwen2_5_vl": "lens_assets.adapters.qwen_vl:QWEN_VL",
+    "qwen3_vl": "lens_assets.adapters.qwen_vl:QWEN_VL",
+    "clip": "lens_assets.adapters.dual_encoder:DUAL_ENCODER",
+    "siglip": "lens_assets.adapters.dual_encoder:DUAL_ENCODER",
+    "siglip2": "lens_assets.adapters.dual_encoder:DUAL_ENCODER",
+}
 
 
 @dataclass(frozen=True)
 class Architecture:
+    """A loaded model's family and the adapter its checkpoint selected."""
+
     name: str
     adapter: Adapter
     hub_example: str
-    aliases: tuple[str, ...] = field(default=())
+    family: Family | None = None
 
 
-ARCHITECTURES: dict[str, Architecture] = {
-    arch.name: arch
-    for arch in (
-        Architecture("llava", GENERIC, "llava-hf/llava-1.5-7b-hf"),
-        Architecture("qwen2-vl", QWEN_VL, "Qwen/Qwen2-VL-2B-Instruct", aliases=("qwen",)),
-        Architecture("clip", DualEncoderAdapter(), "openai/clip-vit-base-patch32"),
-    )
-}
-ALIASES: dict[str, str] = {
-    alias: arch.name for arch in ARCHITECTURES.values() for alias in arch.aliases
-}
+def adapter_for(model_type: str | None, vision_type: str | None = None) -> Adapter:
+    """The adapter registered for this checkpoint type, else the generic path."""
+    for key in (f"{model_type}/{vision_type}", model_type):
+        if key in ADAPTERS:
+            module, _, attribute = ADAPTERS[key].partition(":")
+            return getattr(importlib.import_module(module), attribute)
+    return GENERIC
 
 
-class UnknownArchitectureError(ValueError):
-    """An architecture name the registry does not know."""
+def checkpoint_types(model_config: Any) -> tuple[str | None, str | None]:
+    """(model_type, vision tower model_type) of a transformers config."""
+    vision = getattr(model_config, "vision_config", None)
+    return getattr(model_config, "model_type", None), getattr(vision, "model_type", None)
 
 
-def get_architecture(name: str) -> Architecture:
-    key = ALIASES.get(name.lower(), name.lower())
-    if key in ARCHITECTURES:
-        return ARCHITECTURES[key]
-    known = sorted([*ARCHITECTURES, *ALIASES])
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise UnknownArchitectureError(
-        f"unknown architecture {name!r}{hint}; known architectures: {', '.join(known)}"
-    )
+def get_architecture(name: str, model_config: Any = None) -> Architecture:
+    """The family `name` names, with the adapter its checkpoint's config selects (the family's
+    own checkpoint type when no config is given yet)."""
+    family = get_family(name)
+    if model_config is not None:
+        adapter = adapter_for(*checkpoint_types(model_config))
+    else:
+        adapter = adapter_for(family.model_types[0] if family.model_types else None)
+    return Architecture(family.name, adapter, family.hub_example, family)
 
 
 __all__ = [
-    "ARCHITECTURES",
+    "ADAPTERS",
     "Adapter",
     "Architecture",
     "ModelLayout",
     "Sequences",
     "UnknownArchitectureError",
+    "adapter_for",
+    "checkpoint_types",
     "get_architecture",
 ]

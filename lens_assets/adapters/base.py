@@ -62,6 +62,7 @@ class Sequences:
 
     hidden: torch.Tensor  # (batch, positions, dim), or (batch, dim) when there is no position axis
     roles: torch.Tensor | None = None  # (batch, positions) TokenRole values; None for vectors
+    tiles: torch.Tensor | None = None  # (batch, positions) tile of the image, for tiled towers
 
 
 @dataclass
@@ -189,17 +190,42 @@ class Adapter:
         else:
             has_cls = any(name == t or name.startswith(t + ".") for t in layout.cls_towers)
         if output.shape[0] != batch_size:
-            raise ActivationShapeError(
-                f"vision module {name!r} produced {output.shape[0]} rows for {batch_size} "
-                "images; this family splits images into tiles or packs patches, which needs "
-                "an adapter that maps them back to images"
-            )
+            counts = self.tile_counts(name, output.shape[0], inputs, layout, batch_size)
+            return join_tiles(output, counts, has_cls)
         if output.dim() == 2:
             return Sequences(output)
         roles = torch.full(output.shape[:2], TokenRole.IMAGE, device=output.device)
         if has_cls:
             roles[:, 0] = TokenRole.CLS
         return Sequences(output, roles)
+
+    def tile_counts(
+        self, name: str, rows: int, inputs: BatchFeature, layout: ModelLayout, batch_size: int
+    ) -> list[int]:
+        """How many of a vision module's `rows` belong to each sample, for families that put
+        an image's tiles on the vision batch axis.
+
+        The generic rule: every tile becomes the same number of image tokens in the LLM, so a
+        sample's share of the rows is its share of the image tokens (InternVL, Aya-Vision,
+        Idefics3, SmolVLM, PerceptionLM). Families whose tiles give unequal token counts
+        override this.
+        """
+        ids = inputs.get("input_ids")
+        if ids is None or layout.image_token_id is None:
+            raise ActivationShapeError(
+                f"vision module {name!r} produced {rows} rows for {batch_size} images and the "
+                "inputs say nothing of how they split; this family needs an adapter that maps "
+                "its tiles back to images"
+            )
+        tokens = (ids == layout.image_token_id).sum(dim=1).tolist()
+        total = sum(tokens)
+        counts = [rows * count // total if total else 0 for count in tokens]
+        if total == 0 or sum(counts) != rows or any(rows * t % total for t in tokens):
+            raise ActivationShapeError(
+                f"vision module {name!r} produced {rows} rows for {batch_size} images holding "
+                f"{tokens} image tokens, which do not split into whole tiles per image"
+            )
+        return counts
 
     def patch_cells(
         self, name: str, count: int, inputs: BatchFeature, layout: ModelLayout, sample: int
@@ -217,3 +243,29 @@ class Adapter:
                 "adapter with its own patch_cells"
             )
         return raster_cells(side, side)
+
+
+def join_tiles(output: torch.Tensor, counts: Sequence[int], has_cls: bool) -> Sequences:
+    """One sequence per image from its tiles' sequences laid end to end, each position marked
+    with its tile; a per-tile vector (no position axis) becomes one position per tile."""
+    if output.dim() == 2:
+        output = output.unsqueeze(1)
+    elif output.dim() > 3:  # e.g. (tiles, h, w, dim) after a spatial projector
+        output = output.flatten(1, -2)
+    per_tile = output.shape[1]
+    longest = max(counts) * per_tile
+    hidden = output.new_zeros((len(counts), longest, output.shape[-1]))
+    roles = torch.full((len(counts), longest), TokenRole.PAD, device=output.device)
+    tiles = torch.full((len(counts), longest), -1, device=output.device, dtype=torch.long)
+    start = 0
+    for sample, count in enumerate(counts):
+        length = count * per_tile
+        hidden[sample, :length] = output[start : start + count].reshape(length, -1)
+        roles[sample, :length] = TokenRole.IMAGE
+        tiles[sample, :length] = torch.arange(count, device=output.device).repeat_interleave(
+            per_tile
+        )
+        if has_cls:
+            roles[sample, 0:length:per_tile] = TokenRole.CLS
+        start += count
+    return Sequences(hidden, roles, tiles)

@@ -32,3 +32,6 @@ class DualEncoderAdapter(Adapter):
         if "input_ids" not in inputs:
             return model.get_image_features(pixel_values=inputs["pixel_values"], **extra)
         return model(**inputs, **extra)
+
+
+DUAL_ENCODER = DualEncoderAdapter()

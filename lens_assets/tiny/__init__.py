@@ -8,13 +8,20 @@ through the same ``from_pretrained(folder)`` path a hub id takes.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedConfig, PreTrainedModel, ProcessorMixin
 
-from . import clip, llava, qwen2_vl
+from lens_assets.families import (
+    FAMILIES,
+    UnknownArchitectureError,
+    get_family,
+    require_packages,
+)
 
 __all__ = ["TINY_PRESETS", "build_tiny", "tiny_architectures"]
 
@@ -22,16 +29,29 @@ TINY_PRESETS = ("tiny", "small", "base")
 
 Builder = Callable[[str], tuple[type[PreTrainedModel], PreTrainedConfig, ProcessorMixin]]
 
-_BUILDERS: dict[str, Builder] = {
-    "llava": llava.build,
-    "qwen2-vl": qwen2_vl.build,
-    "clip": clip.build,
-}
+
+def _builder_module(tiny: str) -> str:
+    return f"{__name__}.{tiny}"
 
 
 def tiny_architectures() -> list[str]:
-    """Names accepted by :func:`build_tiny`."""
-    return sorted(_BUILDERS)
+    """Family names :func:`build_tiny` can build (each family's builder is a module here)."""
+    return sorted(
+        family.name
+        for family in FAMILIES
+        if family.tiny and importlib.util.find_spec(_builder_module(family.tiny)) is not None
+    )
+
+
+def _builder(architecture: str) -> Builder | None:
+    try:
+        family = get_family(architecture)
+    except UnknownArchitectureError:
+        return None
+    if family.name not in tiny_architectures():
+        return None
+    require_packages(family)
+    return importlib.import_module(_builder_module(family.tiny)).build  # type: ignore[arg-type]
 
 
 def build_tiny(architecture: str, out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
@@ -40,7 +60,7 @@ def build_tiny(architecture: str, out_dir: str | Path, preset: str = "tiny", see
     The same ``seed`` gives a byte-identical ``model.safetensors``: the global RNG is forked (so
     the caller's random state is untouched) and seeded right before the model is constructed.
     """
-    builder = _BUILDERS.get(architecture)
+    builder = _builder(architecture)
     if builder is None:
         known = ", ".join(tiny_architectures())
         raise ValueError(f"unknown tiny architecture {architecture!r}; known: {known}")
