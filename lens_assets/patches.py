@@ -9,6 +9,7 @@ points and boxes labelled on the image can be matched to patches for any archite
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,8 @@ from lens_assets.hooks import capture
 from lens_assets.pooling import TokenRole
 from lens_assets.reports import natural_key
 from resources.runtime import LoadedModel
+
+log = logging.getLogger(__name__)
 
 # Modules that hand the vision tower's features to the LLM, kept as a layer of their own.
 PROJECTORS = frozenset({"multi_modal_projector", "merger", "connector", "aligner"})
@@ -103,7 +106,8 @@ def patch_grids(
     """Per image, the patch grid of each layer that holds image positions (one forward pass).
 
     Layers without image positions for an image (a text tower, a layer after the image tokens
-    were dropped) are left out of that image's dict.
+    were dropped), or whose positions the adapter cannot place on a patch grid (tiles, separator
+    tokens), are left out of that image's dict.
     """
     adapter, layout = loaded.architecture.adapter, loaded.layout
     inputs = to_device(
@@ -130,7 +134,11 @@ def patch_grids(
                 positions = image_positions[sample].nonzero().squeeze(1)
                 if len(positions) == 0:
                     continue
-                cells = adapter.patch_cells(name, len(positions), inputs, layout, sample)
+                try:
+                    cells = adapter.patch_cells(name, len(positions), inputs, layout, sample)
+                except PatchGridError as reason:
+                    log.info("%s left out of patch features: %s", name, reason)
+                    continue
                 features = seq.hidden[sample, positions].float().cpu().numpy()
                 grids[sample][name] = PatchGrid(features, _centres(cells, box))
     return grids
