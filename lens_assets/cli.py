@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,7 +50,7 @@ def modules(config_path: str, patterns: Sequence[str], warehouse_root: str | Non
 
     config = _config(config_path)
     location = WarehouseLocation.resolve(warehouse_root)
-    model = skeleton(config, location.models_dir)
+    model = _run(lambda: skeleton(config, location.models_dir))
     try:
         infos = list_modules(model, list(patterns) or config.modules)
     except ModuleSelectionError as error:
@@ -70,6 +71,11 @@ def modules(config_path: str, patterns: Sequence[str], warehouse_root: str | Non
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per forward pass.")
 @click.option("--device", default=None, help="auto, cpu or cuda[:N] (default: auto).")
 @click.option("--dtype", default=None, help="auto, float32, float16 or bfloat16.")
+@click.option(
+    "--memory-budget",
+    default=None,
+    help="Cap on the activations held per batch, e.g. 4GiB (env LENS_MEMORY_BUDGET).",
+)
 @WAREHOUSE_OPTION
 def extract(
     config_path: str,
@@ -79,10 +85,12 @@ def extract(
     batch_size: int | None,
     device: str | None,
     dtype: str | None,
+    memory_budget: str | None,
     warehouse_root: str | None,
 ) -> None:
     """Extract one model config over a folder of images into the warehouse."""
     from lens_assets.extraction import extract_to_warehouse
+    from resources.runtime import parse_bytes
     from resources.warehouse import Warehouse
 
     config = _config(config_path)
@@ -98,6 +106,7 @@ def extract(
             batch_size=batch_size,
             device=device,
             dtype=dtype,
+            memory_budget=parse_bytes(memory_budget or os.environ.get("LENS_MEMORY_BUDGET")),
         )
     )
     click.echo(

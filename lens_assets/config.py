@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -114,6 +115,20 @@ class ModelConfig(BaseModel):
         self.pooling = [mapped]
         return self
 
+    @model_validator(mode="after")
+    def _trust_flag_is_a_boolean(self) -> ModelConfig:
+        """VLM-Lens's `model: [{trust_remote_code: ...}]` must say yes or no: a quoted "false"
+        must not grant remote code by being a non-empty string."""
+        if "trust_remote_code" in self.model:
+            value = self.model["trust_remote_code"]
+            try:
+                self.model["trust_remote_code"] = TypeAdapter(bool).validate_python(value)
+            except ValidationError:
+                raise ValueError(
+                    f"model: trust_remote_code must be true or false (got {value!r})"
+                ) from None
+        return self
+
     @property
     def model_kwargs(self) -> dict[str, Any]:
         """from_pretrained kwargs; VLM-Lens's `torch_dtype` is transformers 5's `dtype`."""
@@ -125,7 +140,8 @@ class ModelConfig(BaseModel):
 
     @property
     def remote_code_requested(self) -> bool:
-        return bool(self.trust_remote_code or self.model.get("trust_remote_code", False))
+        """Granted by `trust_remote_code: true`, or by VLM-Lens's entry under `model:`."""
+        return self.trust_remote_code or self.model.get("trust_remote_code") is True
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(ModelConfig.model_fields)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from transformers import BatchFeature
 
 from lens_assets.config import ModelConfig
-from lens_assets.hooks import capture
+from lens_assets.hooks import StopForward, capture
 from lens_assets.images import ImageReadError, LoadedImage, load_image
 from lens_assets.modules import select_modules
 from lens_assets.pooling import ROLE_NAMES, Pooled, pool
@@ -53,15 +54,27 @@ def capture_batch(
     modules: Sequence[str],
     poolings: Sequence[str],
     forward_kwargs: dict[str, Any] | None = None,
+    stop_early: bool = True,
 ) -> list[tuple[str, Pooled]]:
-    """Run one batch and return (module name, pooled vectors) pairs, still on the device."""
+    """Run one batch and return (module name, pooled vectors) pairs, still on the device.
+
+    The first pass over a set of modules runs the whole model and notes the last hooked call;
+    later passes stop right after it (`stop_early`), so hooking only vision-tower layers does
+    not pay for the LLM.
+    """
     adapter = loaded.architecture.adapter
     inputs = to_device(
         adapter.prepare(loaded.processor, images, prompts), loaded.device, loaded.dtype
     )
     batch_size = len(images)
-    with capture(loaded.model, modules) as store, torch.inference_mode():
-        adapter.forward(loaded.model, inputs, forward_kwargs or {})
+    key = tuple(modules)
+    stop_at = loaded.stop_points.get(key) if stop_early else None
+    with capture(loaded.model, modules, stop_at) as store, torch.inference_mode():
+        with suppress(StopForward):  # the pass ended after the last hooked module
+            adapter.forward(loaded.model, inputs, forward_kwargs or {})
+        if key not in loaded.stop_points:
+            loaded.stop_points[key] = store.last_call
+        loaded.capture_bytes[key] = store.output_bytes / max(batch_size, 1)
         pieces: list[tuple[str, Pooled]] = []
         for name in modules:
             output = store.outputs.get(name)
@@ -140,6 +153,9 @@ class DatasetRun:
     seconds: float
     peak_memory_bytes: int
     skipped: list[str] = field(default_factory=list)
+    batch_size: int = 0  # what the run ended with (lowered by the memory guard or an OOM)
+    requested_batch_size: int = 0
+    oom_retries: int = 0
 
     @property
     def per_image_seconds(self) -> float:
@@ -171,11 +187,6 @@ class ExtractionResult:
         return [reason for run in self.runs for reason in run.skipped]
 
 
-def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _readable(paths: Iterable[Path], skipped: list[str]) -> list[LoadedImage]:
     images = []
     for path in paths:
@@ -203,6 +214,46 @@ def _image_rows(images: Sequence[LoadedImage], dataset: str) -> pa.Table:
     )
 
 
+@dataclass
+class BatchSizer:
+    """The batch size a run can afford.
+
+    With a memory budget, the first batch is a single image: the bytes its hooks hold give a
+    per-image estimate, and later batches are as large as the budget allows (never above the
+    requested size). A CUDA out-of-memory error halves the size and the batch is run again.
+    """
+
+    requested: int
+    budget_bytes: int | None = None
+    oom_retries: int = 0
+    size: int = field(init=False)
+    estimated: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.size = 1 if self.budget_bytes else self.requested
+
+    def learn(self, bytes_per_image: float) -> None:
+        if not self.budget_bytes or self.estimated or bytes_per_image <= 0:
+            return
+        self.estimated = True
+        affordable = max(1, int(self.budget_bytes // bytes_per_image))
+        self.size = min(self.requested, affordable)
+        if affordable < self.requested:
+            log.info(
+                "batch size %d -> %d: the hooks hold %.1f MiB per image, the budget is %.1f MiB",
+                self.requested, self.size, bytes_per_image / 2**20, self.budget_bytes / 2**20,
+            )  # fmt: skip
+
+    def out_of_memory(self, error: BaseException) -> None:
+        if self.size == 1:
+            raise error
+        self.size //= 2
+        self.oom_retries += 1
+        log.warning("out of device memory; retrying the batch at size %d", self.size)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def stage_dataset(
     loaded: LoadedModel,
     config: ModelConfig,
@@ -212,34 +263,49 @@ def stage_dataset(
     paths: Sequence[Path],
     batch_size: int,
     progress: bool = True,
+    memory_budget: int | None = None,
 ) -> DatasetRun:
     """Run one dataset through the hooked model, batch by batch, into the stage."""
     skipped: list[str] = []
     n_images = 0
+    sizer = BatchSizer(batch_size, memory_budget)
     clock = time.perf_counter()
-    with PeakMemory(loaded.device) as peak:
-        batches = tqdm(
-            list(_chunks(paths, batch_size)),
-            desc=f"{loaded.name} x {dataset}",
-            unit="batch",
-            disable=not progress,
-        )
-        for batch in batches:
-            images = _readable(batch, skipped)
-            if not images:
-                continue
-            table = extract_batch(
-                loaded, images, config.prompt, modules, config.pooling, config.forward
-            )
-            stage.add_activations(table.append_column("dataset", pa.array([dataset] * len(table))))
-            stage.add_images(_image_rows(images, dataset))
-            n_images += len(images)
+    with (
+        PeakMemory(loaded.device) as peak,
+        tqdm(total=len(paths), desc=f"{loaded.name} x {dataset}", unit="image",
+             disable=not progress) as bar,
+    ):  # fmt: skip
+        start = 0
+        while start < len(paths):
+            batch = paths[start : start + sizer.size]
+            start += len(batch)
+            pending = _readable(batch, skipped)
+            while pending:
+                part = pending[: sizer.size]
+                try:
+                    table = extract_batch(
+                        loaded, part, config.prompt, modules, config.pooling, config.forward
+                    )
+                except torch.OutOfMemoryError as error:
+                    sizer.out_of_memory(error)
+                    continue
+                stage.add_activations(
+                    table.append_column("dataset", pa.array([dataset] * len(table)))
+                )
+                stage.add_images(_image_rows(part, dataset))
+                n_images += len(part)
+                pending = pending[len(part) :]
+                sizer.learn(loaded.capture_bytes.get(tuple(modules), 0.0))
+            bar.update(len(batch))
     if n_images == 0:
         raise ValueError(
             f"none of the {len(paths)} images of dataset {dataset!r} could be read: "
             + "; ".join(skipped[:3])
         )
-    return DatasetRun(dataset, n_images, time.perf_counter() - clock, peak.bytes, skipped)
+    return DatasetRun(
+        dataset, n_images, time.perf_counter() - clock, peak.bytes, skipped,
+        batch_size=sizer.size, requested_batch_size=batch_size, oom_retries=sizer.oom_retries,
+    )  # fmt: skip
 
 
 def extract_loaded(
@@ -251,19 +317,23 @@ def extract_loaded(
     whole_model: bool = False,
     batch_size: int | None = None,
     progress: bool = True,
+    memory_budget: int | None = None,
 ) -> ExtractionResult:
     """Stage every dataset, then replace the rows in one transaction: the model's whole
-    partition (`whole_model`), or only the rows of these datasets."""
+    partition (`whole_model`), or only the rows of these datasets. `memory_budget` (bytes)
+    caps what the hooks hold per batch (see BatchSizer)."""
     if not sources or not any(sources.values()):
         raise ValueError(f"no images to extract for model {loaded.name!r}")
     if config.output_db:
         log.info("output_db %s: rows go to the warehouse at %s", config.output_db, warehouse.root)
-    modules = select_modules(loaded.module_names, config.modules)
+    modules = select_modules(loaded.module_names, config.modules, loaded.model)
     size = batch_size or config.batch_size
     started_at = datetime.now(UTC)
     with ActivationStage(warehouse.location.staging_dir) as stage:
         runs = [
-            stage_dataset(loaded, config, modules, stage, dataset, paths, size, progress)
+            stage_dataset(
+                loaded, config, modules, stage, dataset, paths, size, progress, memory_budget
+            )
             for dataset, paths in sources.items()
         ]
         stage.close()
@@ -278,7 +348,9 @@ def extract_loaded(
                     "dataset": run.dataset,
                     "device": str(loaded.device),
                     "dtype": str(loaded.dtype).removeprefix("torch."),
-                    "batch_size": size,
+                    "batch_size": run.batch_size,
+                    "requested_batch_size": run.requested_batch_size,
+                    "oom_retries": run.oom_retries,
                     "n_images": run.n_images,
                     "seconds": run.seconds,
                     "per_image_seconds": run.per_image_seconds,
@@ -302,6 +374,7 @@ def extract_to_warehouse(
     device: str | None = None,
     dtype: str | None = None,
     progress: bool = True,
+    memory_budget: int | None = None,
 ) -> ExtractionResult:
     """Load the model, extract every dataset, replace its rows in the warehouse."""
     loaded = load_model(config, name, warehouse.location.models_dir, device, dtype)
@@ -309,6 +382,7 @@ def extract_to_warehouse(
         return extract_loaded(
             loaded, config, warehouse, sources,
             whole_model=whole_model, batch_size=batch_size, progress=progress,
+            memory_budget=memory_budget,
         )  # fmt: skip
     finally:
         release(loaded)

@@ -3,17 +3,27 @@
 `*` matches within one dotted segment (`model.language_model.layers.*` is every decoder
 layer, not every linear inside them); `**` matches across segments. A name without glob
 characters must match exactly.
+
+A name that matches nothing as written may be a transformers 4.x name (VLM-Lens's configs):
+given the model, it is renamed the way transformers renames that model's old checkpoint keys
+(`lens_assets.legacy_names`), and a notice names the new name so the config can be updated.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from torch import nn
+
+from lens_assets.legacy_names import current_names, key_renamings, rename
+
+log = logging.getLogger(__name__)
 
 
 class ModuleSelectionError(ValueError):
@@ -54,21 +64,53 @@ def closest_names(pattern: str, names: Sequence[str], n: int = 5) -> list[str]:
     return close
 
 
-def select_modules(names: Sequence[str], patterns: Iterable[str]) -> list[str]:
-    """Module names matched by any pattern, in model order; a pattern matching none raises."""
+def select_modules(
+    names: Sequence[str], patterns: Iterable[str], model: nn.Module | None = None
+) -> list[str]:
+    """Module names matched by any pattern, in model order; a pattern matching none raises.
+
+    With `model`, a pattern matching none is tried under its transformers 5 name (see the
+    module docstring), so VLM-Lens configs written for transformers 4.x keep working.
+    """
     patterns = list(patterns)
+    real = [name for name in names if name]
+    renamings: list[Any] | None = None
     selected: set[str] = set()
     for pattern in patterns:
-        hits = [name for name in names if name and matches(pattern, name)]
+        hits = [name for name in real if matches(pattern, name)]
+        renamed = pattern
+        if not hits and model is not None:
+            renamings = key_renamings(model) if renamings is None else renamings
+            renamed = rename(pattern, renamings)
+            for candidate in current_names(pattern, model, renamings):
+                hits = [name for name in real if matches(candidate, name)]
+                if hits:
+                    log.warning(
+                        "module name %r is a transformers 4.x name: %s's checkpoint conversion "
+                        "renames it to %r, which is hooked instead; update the config to the new "
+                        "name",
+                        pattern,
+                        type(model).__name__,
+                        candidate,
+                    )
+                    break
         if not hits:
-            suggestions = closest_names(pattern, [n for n in names if n])
-            hint = "; closest module names: " + ", ".join(suggestions) if suggestions else ""
-            raise ModuleSelectionError(
-                f"module pattern {pattern!r} matches no module of this model{hint}. "
-                "Run `lens modules CONFIG` to list every module name."
-            )
+            raise ModuleSelectionError(_no_match(pattern, renamed, real))
         selected.update(hits)
     return [name for name in names if name in selected]
+
+
+def _no_match(pattern: str, renamed: str, names: Sequence[str]) -> str:
+    """The error for a pattern matching nothing, as written or renamed; the renamed pattern is
+    nearer today's names, so the closest names are looked up from it first."""
+    probes = [renamed, pattern] if renamed != pattern else [pattern]
+    suggestions = list(dict.fromkeys(s for probe in probes for s in closest_names(probe, names)))
+    hint = "; closest module names: " + ", ".join(suggestions[:5]) if suggestions else ""
+    also = f" (nor does its transformers 5 name {renamed!r})" if renamed != pattern else ""
+    return (
+        f"module pattern {pattern!r} matches no module of this model{also}{hint}. "
+        "Run `lens modules CONFIG` to list every module name."
+    )
 
 
 @dataclass(frozen=True)
@@ -81,7 +123,7 @@ class ModuleInfo:
 def list_modules(model: nn.Module, patterns: Sequence[str] = ()) -> list[ModuleInfo]:
     """Every named module with its class, marking those the patterns select."""
     names = [name for name, _ in model.named_modules() if name]
-    chosen = set(select_modules(names, patterns)) if patterns else set()
+    chosen = set(select_modules(names, patterns, model)) if patterns else set()
     return [
         ModuleInfo(name, type(module).__name__, name in chosen)
         for name, module in model.named_modules()

@@ -115,10 +115,9 @@ def patch_grids(
         loaded.device,
         loaded.dtype,
     )
-    boxes = [
-        frame_box(getattr(loaded.processor, "image_processor", None), *image.size)
-        for image in images
-    ]
+    # An image-only encoder's processor (DINOv2) is its image processor.
+    image_processor = getattr(loaded.processor, "image_processor", loaded.processor)
+    boxes = [frame_box(image_processor, *image.size) for image in images]
     grids: list[dict[str, PatchGrid]] = [{} for _ in images]
     with capture(loaded.model, layers) as store, torch.inference_mode():
         adapter.forward(loaded.model, inputs, {})

@@ -12,7 +12,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from lens_assets.config import ModelConfig
-from resources.runtime import LoadedModel, load_model, release
+from resources.runtime import LoadedModel, load_model, parse_bytes, release
 from resources.warehouse import Warehouse, WarehouseLocation
 
 
@@ -44,6 +44,14 @@ class VLMRuntimeResource(ConfigurableResource):
     device: str | None = Field(default=None, description="auto, cpu or cuda[:N]")
     dtype: str | None = Field(default=None, description="auto, float32, float16, bfloat16")
     batch_size: int | None = Field(default=None, ge=1, description="Images per forward pass.")
+    memory_budget: str | None = Field(
+        default=None,
+        description="Cap on the activations the hooks hold per batch, e.g. 4GiB (env "
+        "LENS_MEMORY_BUDGET); the batch size is lowered to fit.",
+    )
+
+    def memory_budget_bytes(self) -> int | None:
+        return parse_bytes(self.memory_budget or os.environ.get("LENS_MEMORY_BUDGET"))
 
     def effective_batch_size(self, config: ModelConfig) -> int:
         env = os.environ.get("LENS_BATCH_SIZE")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import resource
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,27 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10,
+              "mib": 2**20, "gib": 2**30}  # fmt: skip
+
+
+def parse_bytes(text: str | int | None) -> int | None:
+    """`4GiB`, `512MB`, `1000000` -> bytes; None or empty -> None (no budget)."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, int):
+        return text
+    import re
+
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in BYTE_UNITS:
+        raise RuntimeConfigError(
+            f"memory budget {text!r} is not a size; write e.g. 4GiB, 512MB or a number of bytes"
+        )
+    return int(float(match.group(1)) * BYTE_UNITS[unit])
+
+
 class RemoteCodeError(RuntimeConfigError):
     """A checkpoint that runs its own code, loaded without the config's consent."""
 
@@ -105,6 +126,10 @@ class LoadedModel:
     layout: ModelLayout
     device: torch.device
     dtype: torch.dtype
+    # Learnt from the first full pass per set of hooked modules: where later passes may stop
+    # (None: they must run to the end), and the bytes the hooks hold per sample.
+    stop_points: dict[tuple[str, ...], Any] = field(default_factory=dict)
+    capture_bytes: dict[tuple[str, ...], float] = field(default_factory=dict)
 
     @property
     def module_names(self) -> list[str]:

@@ -40,6 +40,8 @@ RUN_COLUMNS = (
     "per_image_seconds",
     "peak_memory_bytes",
     "started_at",
+    "oom_retries",
+    "requested_batch_size",
 )
 
 
@@ -280,7 +282,7 @@ class Warehouse:
                     )
                     con.executemany(
                         f"INSERT INTO runs ({columns}) VALUES ({placeholders})",
-                        [[run[c] for c in RUN_COLUMNS] for run in runs],
+                        [[run.get(c) for c in RUN_COLUMNS] for run in runs],
                     )
                     rows = con.execute(
                         "SELECT count(*) FROM activations WHERE model = ?", [model]

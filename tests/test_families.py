@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from lens_assets.extraction import capture_batch, to_device
-from lens_assets.families import BY_NAME, coverage_markdown
+from lens_assets.families import BY_NAME, coverage_markdown, get_family
 from lens_assets.pooling import TokenRole
 from lens_assets.tiny import build_tiny, tiny_architectures
 from resources.runtime import LoadedModel, load_model
@@ -140,6 +140,19 @@ def test_every_tiny_family_has_a_tiny_config_and_a_disabled_real_model_config() 
         assert tiny, f"configs/models/{name}/ has no tiny config"
         assert [d["model_path"] for d in real] == [BY_NAME[name].hub_example], name
         assert all(d.get("enabled") is False for d in real), name
+
+
+VLM_LENS_ARCHITECTURES = (
+    "llava", "llavanext", "qwen", "blip2", "clip", "paligemma", "internvl", "janus",
+    "aya-vision", "pixtral", "plm", "minicpm", "molmo", "cogvlm", "glamm", "internlm-xcomposer",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", VLM_LENS_ARCHITECTURES)
+def test_every_vlm_lens_architecture_name_is_accepted(name: str) -> None:
+    family = get_family(name)
+    assert family.remote_code == (name in {"minicpm", "molmo", "cogvlm", "glamm",
+                                           "internlm-xcomposer"})  # fmt: skip
 
 
 def test_the_readme_shows_the_coverage_table_lens_models_prints() -> None:

@@ -20,11 +20,37 @@ GENERIC = Adapter()
 
 ADAPTERS: dict[str, str] = {
     "qwen2_vl": "lens_assets.adapters.qwen_vl:QWEN_VL",
-    "qwen2_5_vl": "lens_assets.adapters.qwen_vl:QWEN_VL",
+    "qwen2_5_vl": "lens_assets.adapters.qwen2_5_vl:QWEN2_5_VL",
     "qwen3_vl": "lens_assets.adapters.qwen_vl:QWEN_VL",
+    "internvl": "lens_assets.adapters.internvl_aya:DYNAMIC_TILES",
+    "aya_vision": "lens_assets.adapters.internvl_aya:DYNAMIC_TILES",
+    "llava_next": "lens_assets.adapters.llava_next:ANYRES",
+    "llava_onevision": "lens_assets.adapters.llava_next:ANYRES",
+    "blip-2": "lens_assets.adapters.blip2:BLIP",
+    "instructblip": "lens_assets.adapters.blip2:BLIP",
+    "paligemma": "lens_assets.adapters.paligemma:PALIGEMMA",
+    "gemma3": "lens_assets.adapters.gemma3:GEMMA3",
+    "llava/pixtral": "lens_assets.adapters.pixtral:PIXTRAL",
+    "mistral3": "lens_assets.adapters.pixtral:PIXTRAL",
+    "minicpmv4_6": "lens_assets.adapters.minicpm_v:MINICPM_V",
+    "molmo2": "lens_assets.adapters.molmo2:MOLMO2",
+    "idefics3": "lens_assets.adapters.idefics3:SUB_IMAGES",
+    "smolvlm": "lens_assets.adapters.idefics3:SUB_IMAGES",
+    "perception_lm": "lens_assets.adapters.perception_lm:PACKED_TILES",
     "clip": "lens_assets.adapters.dual_encoder:DUAL_ENCODER",
-    "siglip": "lens_assets.adapters.dual_encoder:DUAL_ENCODER",
+    "siglip": "lens_assets.adapters.siglip:SIGLIP",
     "siglip2": "lens_assets.adapters.dual_encoder:DUAL_ENCODER",
+    "dinov2": "lens_assets.adapters.vision_encoder:VISION_ENCODER",
+    # Remote-code families (lens_assets.adapters.remote_code). Their config classes decide
+    # model_type: "minicpmv", "minicpmo", "molmo" and "internlmxcomposer2" are what their
+    # public config classes set; "cogvlm" and "glamm" are LensFlow's keys, reached through the
+    # family (CogVLM's config class sets no model_type, GLaMM's checkpoints say "llava").
+    "cogvlm": "lens_assets.adapters.remote_code:COGVLM",
+    "minicpmv": "lens_assets.adapters.remote_code:MINICPM",
+    "minicpmo": "lens_assets.adapters.remote_code:MINICPM",
+    "molmo": "lens_assets.adapters.remote_code:MOLMO",
+    "internlmxcomposer2": "lens_assets.adapters.remote_code:XCOMPOSER",
+    "glamm": "lens_assets.adapters.remote_code:GLAMM",
 }
 
 
@@ -58,7 +84,12 @@ def get_architecture(name: str, model_config: Any = None) -> Architecture:
     own checkpoint type when no config is given yet)."""
     family = get_family(name)
     if model_config is not None:
-        adapter = adapter_for(*checkpoint_types(model_config))
+        model_type, vision_type = checkpoint_types(model_config)
+        if family.remote_code and family.model_types and model_type not in family.model_types:
+            # A remote-code checkpoint's own config class decides its model_type (none at all,
+            # or a native one such as GLaMM's "llava"): the family the config names decides.
+            model_type, vision_type = family.model_types[0], None
+        adapter = adapter_for(model_type, vision_type)
     else:
         adapter = adapter_for(family.model_types[0] if family.model_types else None)
     return Architecture(family.name, adapter, family.hub_example, family)

@@ -126,7 +126,13 @@ class Adapter:
         self, processor: Any, images: Sequence[Image.Image], prompts: Sequence[str]
     ) -> BatchFeature:
         texts = [self.prompt_text(processor, prompt) for prompt in prompts]
-        return processor(images=list(images), text=texts, padding=True, return_tensors="pt")
+        return processor(
+            images=list(images),
+            text=texts,
+            padding=True,
+            padding_side=padding_side_of(processor),
+            return_tensors="pt",
+        )
 
     def forward(self, model: nn.Module, inputs: BatchFeature, extra: dict[str, Any]) -> Any:
         return model(**inputs, **extra)
@@ -243,6 +249,14 @@ class Adapter:
                 "adapter with its own patch_cells"
             )
         return raster_cells(side, side)
+
+
+def padding_side_of(processor: Any) -> str:
+    """The side the tokenizer pads on now: right for extraction (set at load), left inside
+    generation's scoped switch. Passed to the processor explicitly, because some processors
+    (InternVL's, Aya's) default to left padding whatever the tokenizer says."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return str(getattr(tokenizer, "padding_side", None) or "right")
 
 
 def join_tiles(output: torch.Tensor, counts: Sequence[int], has_cls: bool) -> Sequences:

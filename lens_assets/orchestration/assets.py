@@ -130,6 +130,7 @@ def activations(
             result = extract_loaded(
                 loaded, config, wh, sources, whole_model=True,
                 batch_size=runtime.effective_batch_size(config), progress=False,
+                memory_budget=runtime.memory_budget_bytes(),
             )  # fmt: skip
         summary = _partition_summary(wh, name)
         stored_bytes = _partition_bytes(wh, name)

@@ -1,0 +1,122 @@
+"""BLIP-2 layout: ViT (with a class token) -> Q-Former -> linear projection -> OPT decoder.
+
+The Q-Former's learned queries cross-attend to the ViT's patches and come out as a fixed
+``num_query_tokens`` vectors per image, whatever the image size; ``language_projection`` maps
+them onto the LLM width, and the LLM sees them in place of ``num_query_tokens`` ``<image>``
+tokens that the processor puts before the text (even before BOS). The tokenizer must not carry
+``image_token`` itself: ``Blip2Processor`` adds ``<image>`` as an ``AddedToken`` and reads its
+``.content``, which a plain string on the tokenizer lacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import (
+    Blip2Config,
+    Blip2ForConditionalGeneration,
+    Blip2Processor,
+    Blip2QFormerConfig,
+    Blip2VisionConfig,
+    BlipImageProcessor,
+    OPTConfig,
+    PreTrainedConfig,
+)
+
+from .tokenizer import build_tokenizer
+
+IMAGE_TOKEN = "<image>"  # added by the processor; config.image_token_index is its id
+
+
+@dataclass(frozen=True)
+class Blip2Sizes:
+    vision_hidden: int
+    vision_intermediate: int
+    vision_layers: int
+    vision_heads: int
+    image_size: int
+    patch_size: int
+    qformer_hidden: int
+    qformer_layers: int
+    qformer_heads: int
+    query_tokens: int
+    text_hidden: int
+    text_layers: int
+    text_heads: int
+
+
+# Parameters (vocab ~310): tiny 0.21 M (0.9 MB on disk), small 10 M, base 1.14 B: the real
+# EVA ViT-g/14 tower (986 M, 39 layers of 1408) and Q-Former (105 M, 32 queries) of
+# Salesforce/blip2-opt-2.7b, with a 4-layer, 1024-wide OPT (51 M) in place of OPT-2.7B.
+PRESETS: dict[str, Blip2Sizes] = {
+    "tiny": Blip2Sizes(32, 64, 2, 2, 32, 8, 32, 2, 2, 4, 64, 2, 4),
+    "small": Blip2Sizes(256, 1024, 6, 4, 112, 14, 256, 4, 4, 16, 256, 2, 4),
+    "base": Blip2Sizes(1408, 6144, 39, 16, 224, 14, 768, 12, 12, 32, 1024, 4, 16),
+}
+
+
+def vision_and_qformer(
+    s: Blip2Sizes,
+    vision_class: type[PreTrainedConfig] = Blip2VisionConfig,
+    qformer_class: type[PreTrainedConfig] = Blip2QFormerConfig,
+    **qformer_fields: int,
+) -> tuple[PreTrainedConfig, PreTrainedConfig]:
+    """The ViT and Q-Former configs BLIP-2 and InstructBLIP share (same shapes, each family's
+    own config classes); the Q-Former's cross-attention width follows the ViT's."""
+    vision = vision_class(
+        hidden_size=s.vision_hidden,
+        intermediate_size=s.vision_intermediate,
+        num_hidden_layers=s.vision_layers,
+        num_attention_heads=s.vision_heads,
+        image_size=s.image_size,
+        patch_size=s.patch_size,
+    )
+    qformer = qformer_class(
+        hidden_size=s.qformer_hidden,
+        intermediate_size=4 * s.qformer_hidden,
+        num_hidden_layers=s.qformer_layers,
+        num_attention_heads=s.qformer_heads,
+        encoder_hidden_size=s.vision_hidden,
+        **qformer_fields,
+    )
+    return vision, qformer
+
+
+def image_processor(s: Blip2Sizes) -> BlipImageProcessor:
+    """BLIP squashes every image onto a square (no crop), normalised with CLIP's statistics."""
+    return BlipImageProcessor(size={"height": s.image_size, "width": s.image_size})
+
+
+def build(
+    preset: str,
+) -> tuple[type[Blip2ForConditionalGeneration], Blip2Config, Blip2Processor]:
+    """Return the model class, its config and a matching processor for ``preset``."""
+    s = PRESETS[preset]
+    # OPT's tokenizer starts every text with "</s>", its BOS and EOS at once.
+    tokenizer = build_tokenizer(bos="</s>", eos="</s>", pad="<pad>", unk="<unk>", add_bos=True)
+    processor = Blip2Processor(
+        image_processor=image_processor(s),
+        tokenizer=tokenizer,
+        num_query_tokens=s.query_tokens,
+    )
+    vision, qformer = vision_and_qformer(s)
+    text = OPTConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=s.text_hidden,
+        word_embed_proj_dim=s.text_hidden,
+        ffn_dim=4 * s.text_hidden,
+        num_hidden_layers=s.text_layers,
+        num_attention_heads=s.text_heads,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = Blip2Config(
+        vision_config=vision.to_dict(),
+        qformer_config=qformer.to_dict(),
+        text_config=text.to_dict(),
+        num_query_tokens=s.query_tokens,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+    )
+    return Blip2ForConditionalGeneration, config, processor
