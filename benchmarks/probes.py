@@ -181,7 +181,7 @@ def _insert_activations(
         """
         INSERT INTO activations
         SELECT ?, 'synthetic', ?, image_id, 'Describe the image.', ?, ?, NULL, NULL, ?,
-               vector::FLOAT[]
+               vector::FLOAT[], NULL  -- tile
         FROM incoming
         """,
         [MODEL, DATASET, layer, pooling, dim],

@@ -202,7 +202,7 @@ def insert_activations(
             """
             INSERT INTO activations
             SELECT 'tiny', 'synthetic', 'shapes', image_id, 'Describe.', ?, ?, NULL, NULL, ?,
-                   vector::FLOAT[]
+                   vector::FLOAT[], NULL  -- tile
             FROM incoming
             """,
             [layer, pooling, vectors.shape[1]],

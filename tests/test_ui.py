@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -22,7 +23,9 @@ from tests.browser import dagster_dev, headless_chromium, missing_browser, save_
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACT = REPO / "tests" / "artifacts" / "ui-asset-graph.png"
 LINEAGE = "/asset-groups"  # "Lineage" in the side bar: the global asset graph
-EXPECTED_ASSETS = {"images", "activations"}
+EXPECTED_ASSETS = {"images", "activations", "vision_vs_vlm"}
+WINDOW = (1600, 1200)
+ZOOM_STEPS = 3
 LOADING = "Loading..."  # an asset node's status rows until its live data arrives
 
 # In the graph's <svg>, every node is a <foreignObject>; group boxes carry class "group" (a
@@ -44,7 +47,9 @@ def asset_node_texts(driver: WebDriver) -> set[str]:
 
 def show_asset_nodes(driver: WebDriver, names: set[str], timeout: float = 90) -> set[str]:
     """Wait for the graph, expand its groups if all are collapsed, then wait until `names` are
-    asset nodes whose status has loaded. Returns the texts of all asset nodes."""
+    asset nodes whose status has loaded, zooming out a step (Ctrl + wheel, as a user would)
+    while some are out of view: the graph draws only the nodes in view. Returns the texts of
+    all asset nodes."""
     wait = WebDriverWait(driver, timeout, poll_frequency=0.25)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, GRAPH_NODES))
     if not asset_node_texts(driver):
@@ -55,6 +60,15 @@ def show_asset_nodes(driver: WebDriver, names: set[str], timeout: float = 90) ->
         texts = asset_node_texts(d)
         return texts if texts >= names and LOADING not in texts else None
 
+    for _ in range(ZOOM_STEPS):
+        try:
+            return WebDriverWait(driver, timeout / (ZOOM_STEPS + 1), poll_frequency=0.25).until(
+                shown
+            )
+        except TimeoutException:
+            centre = ScrollOrigin.from_viewport(*(v // 2 for v in WINDOW))
+            zoom_out = ActionChains(driver).key_down(Keys.CONTROL)
+            zoom_out.scroll_from_origin(centre, 0, 150).key_up(Keys.CONTROL).perform()
     return wait.until(shown)
 
 
@@ -62,7 +76,7 @@ def test_asset_graph_shows_the_assets(tmp_path: Path) -> None:
     env = {"LENS_WAREHOUSE": str(tmp_path / "warehouse")}
     with (
         dagster_dev(REPO, tmp_path / "dagster-home", tmp_path / "dagster-dev.log", env) as server,
-        headless_chromium(tmp_path / "chromium-profile") as driver,
+        headless_chromium(tmp_path / "chromium-profile", WINDOW) as driver,
     ):
         try:
             driver.get(server.url + LINEAGE)
