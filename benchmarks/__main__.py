@@ -15,6 +15,7 @@ from pathlib import Path
 
 BENCHMARKS = {
     "probes": "benchmarks.probes",
+    "extraction": "benchmarks.extraction",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.names or list(BENCHMARKS):
         print(f"== {name}{' (quick)' if args.quick else ''}", flush=True)
         summary = importlib.import_module(BENCHMARKS[name]).run(quick=args.quick, out_dir=args.out)
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2, default=str))
     return 0
 
 

@@ -1,18 +1,20 @@
 """A run's rows spooled on local disk until the lake commit succeeds.
 
-Inference and the lake transaction are decoupled: batches stream into a private DuckDB file
-(memory stays flat however many images), and the commit (delete the partition's old rows,
-insert the new ones) can be retried as a whole when a concurrent writer holds the catalog,
-without recomputing anything.
+Inference and the lake transaction are decoupled: batches stream into private, uncompressed
+Parquet files (memory stays flat however many images; writing them costs next to nothing
+beside the forward pass), and the commit (delete the partition's old rows, insert the new
+ones) reads them back and can be retried as a whole when a concurrent writer holds the
+catalog, without recomputing anything.
 """
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 ACTIVATION_ROWS = pa.schema(
     [
@@ -37,66 +39,68 @@ IMAGE_ROWS = pa.schema(
         ("height", pa.int32()),
     ]
 )
-FLUSH_BYTES = 64 * 1024 * 1024
+FLUSH_BYTES = 16 * 1024 * 1024  # a row group of the stage file
 
 
-def _ddl(table: str, schema: pa.Schema) -> str:
-    types = {
-        pa.string(): "VARCHAR",
-        pa.int32(): "INTEGER",
-        pa.list_(pa.float32()): "FLOAT[]",
-    }
-    columns = ", ".join(f"{f.name} {types[f.type]}" for f in schema)
-    return f"CREATE TABLE {table} ({columns})"
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with `schema`'s columns in its order; a column it lacks is all NULL."""
+    columns = [
+        table.column(field.name).cast(field.type)
+        if field.name in table.column_names
+        else pa.nulls(table.num_rows, field.type)
+        for field in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 class ActivationStage:
-    """Collects Arrow batches and spills them into a per-run DuckDB file."""
+    """Collects Arrow batches into a per-run folder of Parquet files (`activations.parquet`,
+    `images.parquet`) that the lake commit reads."""
 
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / f"run-{uuid.uuid4().hex}.duckdb"
-        self._con: duckdb.DuckDBPyConnection | None = duckdb.connect(str(self.path))
-        self._con.execute(_ddl("activations", STAGED_ACTIVATIONS))
-        self._con.execute(_ddl("images", IMAGE_ROWS))
+        self.path = directory / f"run-{uuid.uuid4().hex}"
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
+            self.path / "activations.parquet", STAGED_ACTIVATIONS, compression="none"
+        )
         self._pending: list[pa.Table] = []
         self._pending_bytes = 0
+        self._images: list[pa.Table] = []
         self.rows = 0
 
     def add_activations(self, table: pa.Table) -> None:
-        self._pending.append(table)
+        self._pending.append(conform(table, STAGED_ACTIVATIONS))
         self._pending_bytes += table.nbytes
         self.rows += table.num_rows
         if self._pending_bytes >= FLUSH_BYTES:
             self.flush()
 
     def add_images(self, rows: pa.Table) -> None:
-        assert self._con is not None, "stage already closed"
-        self._con.execute("INSERT INTO images BY NAME SELECT * FROM rows")
+        self._images.append(conform(rows, IMAGE_ROWS))
 
     def flush(self) -> None:
         if not self._pending:
             return
-        assert self._con is not None, "stage already closed"
-        batch = pa.concat_tables(self._pending)  # noqa: F841 - read by DuckDB below
-        self._con.execute("INSERT INTO activations BY NAME SELECT * FROM batch")
+        assert self._writer is not None, "stage already closed"
+        self._writer.write_table(pa.concat_tables(self._pending))
         self._pending.clear()
         self._pending_bytes = 0
 
     def close(self) -> Path:
-        """Flush and close, leaving the file for the lake commit to read."""
-        self.flush()
-        if self._con is not None:
-            self._con.close()
-            self._con = None
+        """Flush and close, leaving the files for the lake commit to read."""
+        if self._writer is not None:
+            self.flush()
+            self._writer.close()
+            self._writer = None
+            images = pa.concat_tables(self._images) if self._images else IMAGE_ROWS.empty_table()
+            pq.write_table(images, self.path / "images.parquet", compression="none")
         return self.path
 
     def discard(self) -> None:
-        if self._con is not None:
-            self._con.close()
-            self._con = None
-        for suffix in ("", ".wal"):
-            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        shutil.rmtree(self.path, ignore_errors=True)
 
     def __enter__(self) -> ActivationStage:
         return self

@@ -253,37 +253,39 @@ class Warehouse:
         columns = ", ".join(RUN_COLUMNS)
         placeholders = ", ".join("?" for _ in RUN_COLUMNS)
         with self.connect() as con:
-            con.execute(f"ATTACH '{stage}' AS staging (READ_ONLY)")
+            activations = _quoted(stage / "activations.parquet")
+            images = _quoted(stage / "images.parquet")
 
             def commit() -> int:
                 con.execute("BEGIN")
                 try:
                     con.execute(f"DELETE FROM activations WHERE {scope}", scope_params)
                     con.execute(
-                        """
+                        f"""
                         INSERT INTO activations BY NAME
                         SELECT ? AS model, ? AS architecture, dataset, image_id, prompt, layer,
                                pooling, token_index, token_role, tile, dim, vector
-                        FROM staging.activations
+                        FROM read_parquet({activations})
                         ORDER BY dataset, layer, pooling, image_id, token_index
                         """,
                         [model, architecture],
                     )
                     con.execute(
-                        """
+                        f"""
                         INSERT INTO images
                         SELECT DISTINCT s.image_id, s.dataset, s.path, s.width, s.height, NULL
-                        FROM staging.images AS s
+                        FROM read_parquet({images}) AS s
                         WHERE NOT EXISTS (
                             SELECT 1 FROM images AS i
                             WHERE i.image_id = s.image_id AND i.dataset = s.dataset
                         )
                         """
                     )
-                    con.executemany(
-                        f"INSERT INTO runs ({columns}) VALUES ({placeholders})",
-                        [[run.get(c) for c in RUN_COLUMNS] for run in runs],
-                    )
+                    if runs:  # rows written by hand (benchmarks, imports) log no run
+                        con.executemany(
+                            f"INSERT INTO runs ({columns}) VALUES ({placeholders})",
+                            [[run.get(c) for c in RUN_COLUMNS] for run in runs],
+                        )
                     rows = con.execute(
                         "SELECT count(*) FROM activations WHERE model = ?", [model]
                     ).fetchone()
@@ -293,10 +295,7 @@ class Warehouse:
                     raise
                 return int(rows[0]) if rows else 0
 
-            try:
-                return retry_transaction(commit)
-            finally:
-                con.execute("DETACH staging")
+            return retry_transaction(commit)
 
     def replace_rows(self, where: str, params: Sequence[Any], tables: dict[str, Any]) -> None:
         """For each table (name -> Arrow rows): delete the rows `where` selects, insert the new
@@ -352,6 +351,11 @@ class Warehouse:
             "snapshots_expired": len(expired),
             "files_removed": len(removed) + len(orphans),
         }
+
+
+def _quoted(path: Path) -> str:
+    """A path as a SQL string literal."""
+    return "'" + str(path).replace("'", "''") + "'"
 
 
 def _rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:

@@ -1,0 +1,390 @@
+"""Extraction against the physical limit, the model's own forward pass, measured side by side.
+
+Everything in one run, on one checkpoint, with the same images and batch size; model load
+excluded from every timing:
+- bare forward (no hooks) against full extraction (hooks on 3 and on 30 modules, pooling,
+  staging and the commit to the warehouse), per preset;
+- throughput by batch size (1, 4, 8, 16), bare and extracted;
+- pay only for what is asked: hooking vision-tower blocks only, the pass that stops after the
+  deepest one against the full pass;
+- peak memory with 100 against 1,000 images (each in a fresh process, peak RSS);
+- bytes on disk per stored float against the raw float32 size, pooled rows of 32 to 4,096
+  dimensions and `tokens` rows;
+- reading one layer's vectors into numpy, and a top-10 cosine query in SQL over 10,000
+  vectors of 768 dimensions;
+- the `efficiency` view (per model, device, dtype) after the runs above.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from PIL import Image
+
+from benchmarks.probes import _load_average, _machine
+from lens_assets.config import ModelConfig
+from lens_assets.extraction import capture_batch, extract_loaded, to_device
+from lens_assets.images import load_image
+from lens_assets.modules import select_modules
+from lens_assets.patches import stack_layers
+from lens_assets.probing import load_vectors
+from lens_assets.tiny import build_tiny
+from resources.runtime import LoadedModel, load_model, release
+from resources.staging import ActivationStage
+from resources.warehouse import Warehouse
+
+ARCHITECTURE = "llava"
+POOLINGS = ["mean_image", "mean_text", "last", "cls"]
+PROMPT = "What colour is the shape in this image?"
+
+
+def write_images(folder: Path, count: int, size: int = 224, seed: int = 0) -> list[Path]:
+    """Synthetic photos-to-be: smooth colour fields with noise, PNG, all the same size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    ys, xs = np.mgrid[0:size, 0:size] / size
+    for index in range(count):
+        base = rng.uniform(0, 255, size=3)
+        field = base + 60 * np.sin(6 * xs[..., None] * rng.uniform(0.5, 2, 3) + ys[..., None])
+        pixels = np.clip(field + rng.normal(0, 12, size=(size, size, 3)), 0, 255)
+        path = folder / f"image-{index:05d}.png"
+        Image.fromarray(pixels.astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _stack(loaded: LoadedModel) -> list[Any]:
+    return stack_layers(loaded.model, loaded.architecture.adapter.is_vision)
+
+
+def three_modules(loaded: LoadedModel) -> list[str]:
+    """A vision-tower block, the projector and the last LLM layer."""
+    layers = _stack(loaded)
+    vision = [layer.name for layer in layers if layer.stage == "vision"]
+    projector = [layer.name for layer in layers if layer.stage == "projector"]
+    llm = [layer.name for layer in layers if layer.stage == "llm"]
+    return [vision[len(vision) // 2], *projector[:1], llm[-1]]
+
+
+def thirty_modules(loaded: LoadedModel) -> list[str]:
+    """Every block of both stacks, then their MLPs, then attention, until 30."""
+    layers = [
+        layer.name for layer in stack_layers(loaded.model, loaded.architecture.adapter.is_vision)
+    ]
+    names = set(loaded.module_names)
+    chosen = list(layers)
+    for suffix in ("mlp", "self_attn", "layer_norm1", "input_layernorm"):
+        chosen += [f"{layer}.{suffix}" for layer in layers if f"{layer}.{suffix}" in names]
+    return chosen[:30]
+
+
+def config_for(path: Path, modules: Sequence[str], batch_size: int) -> ModelConfig:
+    return ModelConfig(
+        architecture=ARCHITECTURE, model_path=str(path), prompt=PROMPT, modules=list(modules),
+        pooling=POOLINGS, batch_size=batch_size,
+    )  # fmt: skip
+
+
+def bare_forward(loaded: LoadedModel, paths: Sequence[Path], batch_size: int) -> float:
+    """Seconds for decode + preprocess + forward of every image, nothing hooked or kept."""
+    adapter = loaded.architecture.adapter
+    started = time.perf_counter()
+    for start in range(0, len(paths), batch_size):
+        images = [load_image(p).image for p in paths[start : start + batch_size]]
+        inputs = to_device(
+            adapter.prepare(loaded.processor, images, [PROMPT] * len(images)),
+            loaded.device,
+            loaded.dtype,
+        )
+        with torch.inference_mode():
+            adapter.forward(loaded.model, inputs, {})
+    return time.perf_counter() - started
+
+
+def full_extraction(
+    loaded: LoadedModel, config: ModelConfig, paths: Sequence[Path], warehouse: Warehouse
+) -> float:
+    """Seconds for hooked extraction into the warehouse, the final commit included."""
+    started = time.perf_counter()
+    extract_loaded(loaded, config, warehouse, {"bench": paths}, whole_model=True, progress=False)
+    return time.perf_counter() - started
+
+
+def best_of(repeats: int, measure: Callable[[], float]) -> float:
+    return min(measure() for _ in range(repeats))
+
+
+def forward_vs_extraction(
+    preset: str, images: int, batch_size: int, root: Path, repeats: int
+) -> dict[str, Any]:
+    folder = build_tiny(ARCHITECTURE, root / f"{ARCHITECTURE}-{preset}", preset=preset)
+    paths = write_images(root / f"images-{images}", images)
+    probe = config_for(folder, ["**"], batch_size)
+    loaded = load_model(probe, f"{ARCHITECTURE}-{preset}", root, device="cpu", dtype="float32")
+    parameters = sum(p.numel() for p in loaded.model.parameters())
+    warehouse = Warehouse.at(root / f"warehouse-{preset}")
+    configs = {
+        "3": config_for(folder, three_modules(loaded), batch_size),
+        "30": config_for(folder, thirty_modules(loaded), batch_size),
+    }
+    bare_forward(loaded, paths[:batch_size], batch_size)  # warm-up
+    for config in configs.values():
+        full_extraction(loaded, config, paths[:batch_size], warehouse)
+    result: dict[str, Any] = {"preset": preset, "parameters": parameters, "images": images,
+                              "batch_size": batch_size}  # fmt: skip
+    bare = best_of(repeats, lambda: bare_forward(loaded, paths, batch_size))
+    result["bare_images_per_s"] = images / bare
+    for hooked, config in configs.items():
+        seconds = best_of(repeats, lambda c=config: full_extraction(loaded, c, paths, warehouse))
+        result[f"extract_{hooked}_images_per_s"] = images / seconds
+        result[f"extract_{hooked}_vs_bare"] = bare / seconds
+    result["efficiency"] = warehouse.fetch_arrow("SELECT * FROM efficiency").to_pylist()
+    release(loaded)
+    return result
+
+
+def by_batch_size(
+    preset: str, images: int, root: Path, sizes: Sequence[int] = (1, 4, 8, 16)
+) -> list[dict[str, Any]]:
+    folder = build_tiny(ARCHITECTURE, root / f"{ARCHITECTURE}-{preset}", preset=preset)
+    paths = write_images(root / f"images-{images}", images)
+    loaded = load_model(config_for(folder, ["**"], 1), "batching", root, "cpu", "float32")
+    warehouse = Warehouse.at(root / "warehouse-batching")
+    rows = []
+    for size in sizes:
+        config = config_for(folder, three_modules(loaded), size)
+        full_extraction(loaded, config, paths[:size], warehouse)  # warm-up
+        bare = bare_forward(loaded, paths, size)
+        extracted = full_extraction(loaded, config, paths, warehouse)
+        rows.append({"batch_size": size, "bare_images_per_s": images / bare,
+                     "extract_images_per_s": images / extracted})  # fmt: skip
+    release(loaded)
+    return rows
+
+
+def early_stop(preset: str, images: int, batch_size: int, root: Path) -> dict[str, Any]:
+    """Vision-tower blocks only: the pass that stops after the deepest one against the whole."""
+    folder = build_tiny(ARCHITECTURE, root / f"{ARCHITECTURE}-{preset}", preset=preset)
+    pictures = [load_image(p).image for p in write_images(root / f"images-{images}", images)]
+    loaded = load_model(config_for(folder, ["**"], 1), "stop", root, "cpu", "float32")
+    vision = [layer.name for layer in _stack(loaded) if layer.stage == "vision"]
+    modules = select_modules(loaded.module_names, vision)
+
+    def run(stop: bool) -> float:
+        started = time.perf_counter()
+        for start in range(0, images, batch_size):
+            part = pictures[start : start + batch_size]
+            capture_batch(loaded, part, [PROMPT] * len(part), modules, ["mean_image"],
+                          stop_early=stop)  # fmt: skip
+        return time.perf_counter() - started
+
+    run(True)  # learns where the pass may stop
+    whole, stopped = best_of(2, lambda: run(False)), best_of(2, lambda: run(True))
+    release(loaded)
+    return {"preset": preset, "modules": len(modules), "whole_pass_s": whole,
+            "stopped_pass_s": stopped, "saving": 1 - stopped / whole}  # fmt: skip
+
+
+def peak_memory(images: int, root: Path) -> dict[str, Any]:
+    """Peak RSS of a fresh process extracting `images` images (tiny preset, batch 8)."""
+    code = (
+        "import resource, sys; from pathlib import Path; "
+        "from benchmarks.extraction import memory_child; "
+        "memory_child(Path(sys.argv[1]), int(sys.argv[2])); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(root), str(images)],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    return {"images": images, "peak_rss_bytes": int(done.stdout.strip().splitlines()[-1])}
+
+
+def memory_child(root: Path, images: int) -> None:
+    folder = build_tiny(ARCHITECTURE, root / "memory-model", preset="tiny")
+    paths = write_images(root / f"memory-images-{images}", images, size=96)
+    config = config_for(folder, ["**.layers.*"], 8)
+    loaded = load_model(config, "memory", root, "cpu", "float32")
+    warehouse = Warehouse.at(root / f"memory-warehouse-{images}")
+    extract_loaded(loaded, config, warehouse, {"bench": paths}, whole_model=True, progress=False)
+
+
+def storage(root: Path, rows: int = 1_000) -> list[dict[str, Any]]:
+    """Parquet bytes per stored float against 4 bytes raw, random normal vectors (which do not
+    compress: a floor) and real `tokens` rows of a small model's vision block."""
+    warehouse = Warehouse.at(root / "warehouse-storage")
+    rng = np.random.default_rng(0)
+    results = []
+    for dim in (32, 256, 1024, 4096):
+        vectors = rng.normal(size=(rows, dim)).astype(np.float32)
+        stored = _store(warehouse, f"dim-{dim}", vectors, "mean_image")
+        results.append({"rows": f"pooled, {dim} dims", "floats": vectors.size,
+                        "bytes_per_float": stored / vectors.size})  # fmt: skip
+    folder = build_tiny(ARCHITECTURE, root / f"{ARCHITECTURE}-small", preset="small")
+    config = config_for(folder, ["model.vision_tower.encoder.layers.3"], 8)
+    config.pooling = ["tokens"]
+    loaded = load_model(config, "tokens", root, "cpu", "float32")
+    paths = write_images(root / "images-32", 32)
+    extract_loaded(loaded, config, warehouse, {"bench": paths}, whole_model=True, progress=False)
+    release(loaded)
+    floats = (
+        warehouse.fetch_arrow(
+            "SELECT sum(dim)::BIGINT AS n FROM activations WHERE model = 'tokens'"
+        )
+        .column(0)[0]
+        .as_py()
+    )
+    results.append({"rows": "tokens (small preset, vision block)", "floats": floats,
+                    "bytes_per_float": _model_bytes(warehouse, "tokens") / floats})  # fmt: skip
+    return results
+
+
+def _store(warehouse: Warehouse, model: str, vectors: np.ndarray, pooling: str) -> int:
+    table = pa.table(
+        {
+            "image_id": [f"img-{i}" for i in range(len(vectors))],
+            "prompt": ["p"] * len(vectors),
+            "layer": ["layer"] * len(vectors),
+            "pooling": [pooling] * len(vectors),
+            "token_index": pa.nulls(len(vectors), pa.int32()),
+            "token_role": pa.nulls(len(vectors), pa.string()),
+            "tile": pa.nulls(len(vectors), pa.int32()),
+            "dim": pa.array([vectors.shape[1]] * len(vectors), pa.int32()),
+            "vector": pa.ListArray.from_arrays(
+                pa.array(np.arange(0, vectors.size + 1, vectors.shape[1], dtype=np.int32)),
+                pa.array(vectors.reshape(-1)),
+            ),
+            "dataset": ["bench"] * len(vectors),
+        }
+    )
+    with ActivationStage(warehouse.location.staging_dir) as stage:
+        stage.add_activations(table)
+        stage.close()
+        warehouse.replace_partition(stage.path, model, "synthetic", None, [])
+    return _model_bytes(warehouse, model)
+
+
+def _model_bytes(warehouse: Warehouse, model: str) -> int:
+    return int(
+        warehouse.fetch_arrow(
+            "SELECT coalesce(sum(data_file_size_bytes), 0) FROM ducklake_list_files('lake', "
+            "'activations') WHERE data_file LIKE ?",
+            [f"%model={model}/%"],
+        )
+        .column(0)[0]
+        .as_py()
+    )
+
+
+def reading(root: Path, count: int = 10_000, dim: int = 768) -> dict[str, Any]:
+    """One layer's vectors into numpy, and the ten nearest to one image by cosine in SQL."""
+    warehouse = Warehouse.at(root / "warehouse-reading")
+    vectors = np.random.default_rng(1).normal(size=(count, dim)).astype(np.float32)
+    _store(warehouse, "reading", vectors, "last")
+    started = time.perf_counter()
+    _, loaded = load_vectors(warehouse, "reading", "bench", "layer", "last")
+    load_s = time.perf_counter() - started
+    assert loaded.shape == (count, dim)
+    started = time.perf_counter()
+    top = warehouse.fetch_arrow(
+        "SELECT * FROM nearest_images('reading', 'layer', 'last', 'img-0', 10)"
+    ).to_pylist()
+    query_s = time.perf_counter() - started
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    expected = {f"img-{i}" for i in np.argsort(-(unit @ unit[0]))[1:11]}
+    return {"vectors": count, "dim": dim, "load_s": load_s,
+            "load_mb_per_s": vectors.nbytes / 1e6 / load_s, "top10_cosine_s": query_s,
+            "top10_matches_numpy": {r["image_id"] for r in top} == expected}  # fmt: skip
+
+
+def run(quick: bool = False, out_dir: Path | None = None) -> dict[str, Any]:
+    load_before = _load_average()
+    with tempfile.TemporaryDirectory(prefix="lens-bench-extraction-") as folder:
+        root = Path(folder)
+        presets = [("small", 32, 2)] if quick else [("small", 256, 2), ("base", 16, 1)]
+        report: dict[str, Any] = {
+            "benchmark": "extraction",
+            "quick": quick,
+            "machine": {**_machine(), "load_average_before": load_before},
+            "forward_vs_extraction": [
+                forward_vs_extraction(preset, images, 8, root, repeats)
+                for preset, images, repeats in presets
+            ],
+            "tiny_efficiency": forward_vs_extraction("tiny", 64, 8, root, 1)["efficiency"],
+            "batch_sizes": by_batch_size("small", 32 if quick else 128, root),
+            "early_stop": early_stop("small", 16 if quick else 32, 8, root),
+            "peak_memory": [peak_memory(n, root) for n in ((50, 200) if quick else (100, 1000))],
+            "storage": storage(root),
+            "reading": reading(root, 2_000 if quick else 10_000),
+        }
+    memory = report["peak_memory"]
+    report["peak_memory_growth"] = memory[1]["peak_rss_bytes"] / memory[0]["peak_rss_bytes"] - 1
+    if out_dir is not None:
+        stem = "extraction-quick" if quick else "extraction"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        (out_dir / f"{stem}.md").write_text(markdown(report))
+    return {key: report[key] for key in ("forward_vs_extraction", "early_stop",
+                                         "peak_memory_growth", "reading")}  # fmt: skip
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Extraction benchmark{' (quick)' if report['quick'] else ''}", "",
+             f"Machine: {report['machine']}", "",
+             "## Bare forward against full extraction (batch 8, CPU, float32)", "",
+             "| preset | parameters | images | bare img/s | 3 modules img/s | ratio | "
+             "30 modules img/s | ratio |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in report["forward_vs_extraction"]:
+        lines.append(
+            f"| {r['preset']} | {r['parameters'] / 1e6:.1f} M | {r['images']} | "
+            f"{r['bare_images_per_s']:.2f} | {r['extract_3_images_per_s']:.2f} | "
+            f"{r['extract_3_vs_bare']:.2f}x | {r['extract_30_images_per_s']:.2f} | "
+            f"{r['extract_30_vs_bare']:.2f}x |"
+        )
+    lines += ["", "## Throughput by batch size (small preset, 3 modules)", "",
+              "| batch | bare img/s | extraction img/s |", "|---|---|---|"]  # fmt: skip
+    for r in report["batch_sizes"]:
+        lines.append(f"| {r['batch_size']} | {r['bare_images_per_s']:.2f} | "
+                     f"{r['extract_images_per_s']:.2f} |")  # fmt: skip
+    stop = report["early_stop"]
+    lines += ["", "## Pay only for what is asked (vision-tower blocks only, small preset)", "",
+              f"{stop['modules']} modules: whole pass {stop['whole_pass_s']:.2f} s, stopped "
+              f"after the deepest hooked block {stop['stopped_pass_s']:.2f} s "
+              f"({stop['saving']:.0%} saved).", "",
+              "## Peak memory (fresh process, tiny preset, every layer hooked)", "",
+              "| images | peak RSS MiB |", "|---|---|"]  # fmt: skip
+    for r in report["peak_memory"]:
+        lines.append(f"| {r['images']} | {r['peak_rss_bytes'] / 2**20:.0f} |")
+    lines += [f"\nGrowth: {report['peak_memory_growth']:.1%}", "",
+              "## Bytes on disk per stored float (raw float32: 4)", "",
+              "| rows | floats | bytes/float |", "|---|---|---|"]  # fmt: skip
+    for r in report["storage"]:
+        lines.append(f"| {r['rows']} | {r['floats']} | {r['bytes_per_float']:.2f} |")
+    read = report["reading"]
+    lines += ["", "## Reading", "",
+              f"One layer, {read['vectors']} x {read['dim']} float32 into numpy: "
+              f"{read['load_s']:.3f} s ({read['load_mb_per_s']:.0f} MB/s). Top-10 cosine in "
+              f"SQL (`nearest_images`): {read['top10_cosine_s']:.3f} s, same ten as numpy: "
+              f"{read['top10_matches_numpy']}.", "",
+              "## The efficiency view (tiny and base presets, CPU)", "",
+              "| model | device | dtype | images | img/s | ms/image | peak MiB |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = list(report["tiny_efficiency"])
+    rows += [e for r in report["forward_vs_extraction"] for e in r["efficiency"]
+             if r["preset"] == "base"]  # fmt: skip
+    for e in rows:
+        lines.append(f"| {e['model']} | {e['device']} | {e['dtype']} | {e['images']} | "
+                     f"{e['images_per_second']:.2f} | {e['ms_per_image']:.1f} | "
+                     f"{e['peak_memory_bytes'] / 2**20:.0f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
