@@ -197,12 +197,15 @@ def early_stop(preset: str, images: int, batch_size: int, root: Path) -> dict[st
 
 
 def peak_memory(images: int, root: Path) -> dict[str, Any]:
-    """Peak RSS of a fresh process extracting `images` images (tiny preset, batch 8)."""
+    """Peak RSS of a fresh process extracting `images` images (tiny preset, batch 8). VmHWM,
+    not ru_maxrss: Linux carries ru_maxrss across exec, so a child would report its parent's
+    peak."""
     code = (
-        "import resource, sys; from pathlib import Path; "
+        "import sys; from pathlib import Path; "
         "from benchmarks.extraction import memory_child; "
+        "from resources.runtime import _status_kib; "
         "memory_child(Path(sys.argv[1]), int(sys.argv[2])); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+        "print(_status_kib('VmHWM') * 1024)"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, str(root), str(images)],

@@ -185,14 +185,20 @@ def _dtype_name(value: Any) -> str | None:
 
 
 class PeakMemory:
-    """CUDA peak allocation on CUDA; the process's peak resident set size otherwise."""
+    """The peak of one block: CUDA's peak allocation on CUDA; on CPU the resident set's high
+    -water mark, reset on entry where Linux allows it (/proc/self/clear_refs), so a run does
+    not report an earlier, larger run of the same process. Elsewhere the process's lifetime
+    peak (ru_maxrss) is the best there is."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        self.scoped = False
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self.scoped = _reset_rss_peak()
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -202,8 +208,30 @@ class PeakMemory:
     def bytes(self) -> int:
         if self.device.type == "cuda":
             return int(torch.cuda.max_memory_allocated(self.device))
+        if self.scoped:
+            high_water = _status_kib("VmHWM")
+            if high_water is not None:
+                return high_water * 1024
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _reset_rss_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return _status_kib("VmHWM") is not None
+
+
+def _status_kib(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def skeleton(config: ModelConfig, models_dir: Path) -> nn.Module:

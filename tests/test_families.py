@@ -159,3 +159,33 @@ def test_the_readme_shows_the_coverage_table_lens_models_prints() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     block = readme.split("<!-- models:start -->\n")[1].split("<!-- models:end -->")[0]
     assert block == coverage_markdown()
+
+
+def test_tiles_land_in_the_warehouse_tile_column(
+    load_family: Callable[[str], LoadedModel], tmp_path: Path
+) -> None:
+    """InternVL cuts a wide image into crops plus a thumbnail: its vision `tokens` rows carry
+    their tile, pooled rows carry none, and `mean_image` is one row per image over all tiles."""
+    from lens_assets.extraction import extract_loaded
+    from resources.warehouse import Warehouse
+
+    loaded = load_family("internvl")
+    vision = BY_NAME["internvl"].hook_points[0]
+    paths = []
+    for index, size in enumerate([(96, 32), (32, 32)]):  # 3 crops + thumbnail; one tile
+        paths.append(tmp_path / f"image-{index}.png")
+        Image.new("RGB", size, (40 * index, 120, 200)).save(paths[-1])
+    config = tiny_config("internvl", tmp_path, modules=[vision], pooling=["tokens", "mean_image"])
+    warehouse = Warehouse.at(tmp_path / "warehouse")
+    extract_loaded(loaded, config, warehouse, {"tiles": paths}, progress=False)
+    rows = warehouse.fetch_arrow(
+        "SELECT i.path, a.pooling, count(*) AS n, count(DISTINCT a.tile) AS tiles, "
+        "count(a.tile) AS with_tile FROM activations a JOIN images i USING (image_id, dataset) "
+        "GROUP BY ALL ORDER BY ALL"
+    ).to_pylist()
+    assert [(Path(r["path"]).name, r["pooling"], r["tiles"]) for r in rows] == [
+        ("image-0.png", "mean_image", 0), ("image-0.png", "tokens", 4),
+        ("image-1.png", "mean_image", 0), ("image-1.png", "tokens", 1),
+    ]  # fmt: skip
+    assert all(r["with_tile"] == (r["n"] if r["pooling"] == "tokens" else 0) for r in rows)
+    assert [r["n"] for r in rows if r["pooling"] == "mean_image"] == [1, 1]

@@ -115,3 +115,19 @@ def test_out_of_memory_halves_the_batch_and_loses_no_image(
     assert [(r["model"], r["oom_retries"], r["images"]) for r in efficiency] == [
         ("llava", 2, 2 * len(paths))
     ]
+
+
+def test_cpu_peak_memory_is_the_runs_own_not_the_process_lifetime() -> None:
+    import numpy as np
+
+    from resources.runtime import PeakMemory, _status_kib
+
+    earlier = np.ones(400_000_000 // 8)  # an earlier, larger run of the same process
+    del earlier
+    resident = (_status_kib("VmRSS") or 0) * 1024
+    with PeakMemory(torch.device("cpu")) as peak:
+        current = np.ones(100_000_000 // 8)
+        del current
+    if not peak.scoped:
+        pytest.skip("this kernel offers no resettable peak (/proc/self/clear_refs)")
+    assert resident + 90_000_000 <= peak.bytes <= resident + 160_000_000
