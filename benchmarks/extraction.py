@@ -18,6 +18,7 @@ excluded from every timing:
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,9 @@ from resources.warehouse import Warehouse
 ARCHITECTURE = "llava"
 POOLINGS = ["mean_image", "mean_text", "last", "cls"]
 PROMPT = "What colour is the shape in this image?"
+# CPU float32 by default; on a GPU machine: LENS_DEVICE=cuda LENS_DTYPE=bfloat16.
+DEVICE = os.environ.get("LENS_DEVICE", "cpu")
+DTYPE = os.environ.get("LENS_DTYPE", "float32")
 
 
 def write_images(folder: Path, count: int, size: int = 224, seed: int = 0) -> list[Path]:
@@ -141,7 +145,7 @@ def forward_vs_extraction(
     folder = build_tiny(ARCHITECTURE, root / f"{ARCHITECTURE}-{preset}", preset=preset)
     paths = write_images(root / f"images-{images}", images)
     probe = config_for(folder, ["**"], batch_size)
-    loaded = load_model(probe, f"{ARCHITECTURE}-{preset}", root, device="cpu", dtype="float32")
+    loaded = load_model(probe, f"{ARCHITECTURE}-{preset}", root, device=DEVICE, dtype=DTYPE)
     parameters = sum(p.numel() for p in loaded.model.parameters())
     warehouse = Warehouse.at(root / f"warehouse-{preset}")
     configs = {
@@ -172,7 +176,7 @@ def by_batch_size(
 ) -> list[dict[str, Any]]:
     folder = build_tiny(ARCHITECTURE, root / f"{ARCHITECTURE}-{preset}", preset=preset)
     paths = write_images(root / f"images-{images}", images)
-    loaded = load_model(config_for(folder, ["**"], 1), "batching", root, "cpu", "float32")
+    loaded = load_model(config_for(folder, ["**"], 1), "batching", root, DEVICE, DTYPE)
     warehouse = Warehouse.at(root / "warehouse-batching")
     rows = []
     for size in sizes:
@@ -190,7 +194,7 @@ def early_stop(preset: str, images: int, batch_size: int, root: Path) -> dict[st
     """Vision-tower blocks only: the pass that stops after the deepest one against the whole."""
     folder = build_tiny(ARCHITECTURE, root / f"{ARCHITECTURE}-{preset}", preset=preset)
     pictures = [load_image(p).image for p in write_images(root / f"images-{images}", images)]
-    loaded = load_model(config_for(folder, ["**"], 1), "stop", root, "cpu", "float32")
+    loaded = load_model(config_for(folder, ["**"], 1), "stop", root, DEVICE, DTYPE)
     vision = [layer.name for layer in _stack(loaded) if layer.stage == "vision"]
     modules = select_modules(loaded.module_names, vision)
 
@@ -231,7 +235,7 @@ def memory_child(root: Path, images: int) -> None:
     folder = build_tiny(ARCHITECTURE, root / "memory-model", preset="tiny")
     paths = write_images(root / f"memory-images-{images}", images, size=96)
     config = config_for(folder, ["**.layers.*"], 8)
-    loaded = load_model(config, "memory", root, "cpu", "float32")
+    loaded = load_model(config, "memory", root, DEVICE, DTYPE)
     warehouse = Warehouse.at(root / f"memory-warehouse-{images}")
     extract_loaded(loaded, config, warehouse, {"bench": paths}, whole_model=True, progress=False)
 
@@ -250,7 +254,7 @@ def storage(root: Path, rows: int = 1_000) -> list[dict[str, Any]]:
     folder = build_tiny(ARCHITECTURE, root / f"{ARCHITECTURE}-small", preset="small")
     config = config_for(folder, ["model.vision_tower.encoder.layers.3"], 8)
     config.pooling = ["tokens"]
-    loaded = load_model(config, "tokens", root, "cpu", "float32")
+    loaded = load_model(config, "tokens", root, DEVICE, DTYPE)
     paths = write_images(root / "images-32", 32)
     extract_loaded(loaded, config, warehouse, {"bench": paths}, whole_model=True, progress=False)
     release(loaded)
@@ -358,7 +362,7 @@ def run(quick: bool = False, out_dir: Path | None = None) -> dict[str, Any]:
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Extraction benchmark{' (quick)' if report['quick'] else ''}", "",
              f"Machine: {report['machine']}", "",
-             "## Bare forward against full extraction (batch 8, CPU, float32)", "",
+             f"## Bare forward against full extraction (batch 8, {DEVICE}, {DTYPE})", "",
              "Ratio: extraction throughput over bare throughput, end to end (the warehouse "
              "attach and the lake commit included) and, in brackets, without those fixed "
              "per-run costs.", "",
