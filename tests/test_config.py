@@ -97,3 +97,23 @@ def test_shipped_tiny_configs_validate() -> None:
     assert len(paths) >= 3
     for path in paths:
         assert load_model_config(path).modules
+
+
+def test_a_disabled_config_gets_no_partition_but_still_parses(tmp_path: Path) -> None:
+    from lens_assets.catalog import model_configs
+
+    models = tmp_path / "models" / "llava"
+    models.mkdir(parents=True)
+    body = "architecture: llava\nmodel_path: x\nmodules: [a]\n"
+    (models / "on.yaml").write_text(body)
+    (models / "off.yaml").write_text("enabled: false\n" + body)
+    (models / "broken.yaml").write_text("enabled: [\n")  # shows its error where it is used
+    assert sorted(model_configs(tmp_path)) == ["broken", "on"]
+    assert sorted(model_configs(tmp_path, include_disabled=True)) == ["broken", "off", "on"]
+    assert load_model_config(models / "off.yaml").enabled is False
+
+
+def test_the_repo_enables_only_the_three_demo_models() -> None:
+    from lens_assets.catalog import model_configs
+
+    assert sorted(model_configs()) == ["tiny-clip", "tiny-llava", "tiny-qwen2-vl"]
