@@ -9,6 +9,7 @@ catalog, without recomputing anything.
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -53,12 +54,36 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def remove_stale_stages(directory: Path) -> list[Path]:
+    """Delete the stages of runs whose process is gone (killed before its commit); a live
+    run's stage, here or in another process, is left alone. Stages are per machine, so the
+    process id in the folder name says whose it is."""
+    removed = []
+    for stage in directory.glob("run-*-*") if directory.is_dir() else []:
+        pid = stage.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stage, ignore_errors=True)
+            removed.append(stage)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 class ActivationStage:
     """Collects Arrow batches into a per-run folder of Parquet files (`activations.parquet`,
     `images.parquet`) that the lake commit reads."""
 
     def __init__(self, directory: Path) -> None:
-        self.path = directory / f"run-{uuid.uuid4().hex}"
+        remove_stale_stages(directory)
+        self.path = directory / f"run-{os.getpid()}-{uuid.uuid4().hex}"
         self.path.mkdir(parents=True, exist_ok=True)
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
             self.path / "activations.parquet", STAGED_ACTIVATIONS, compression="none"
