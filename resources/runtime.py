@@ -79,6 +79,31 @@ def parse_bytes(text: str | int | None) -> int | None:
     return int(float(match.group(1)) * BYTE_UNITS[unit])
 
 
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+class PickleWeightsError(RuntimeConfigError):
+    """A checkpoint whose weights exist only as pickle files, loaded without the opt-in."""
+
+
+def require_safetensors(path: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Weights load from safetensors only, unless the config opts in with
+    `model: {use_safetensors: false}`: unpickling a `.bin` file can run code."""
+    if kwargs.get("use_safetensors") is False:
+        return kwargs
+    folder = Path(path)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")):
+        pickled = sorted(p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern))
+        if pickled:
+            raise PickleWeightsError(
+                f"the checkpoint at {path} has its weights only as pickle files "
+                f"({', '.join(pickled[:3])}), and unpickling can run code; LensFlow loads "
+                "safetensors. Convert the weights (save_pretrained writes safetensors), or, if "
+                "you trust the file, opt in with `model: {use_safetensors: false}` in the config"
+            )
+    return {**kwargs, "use_safetensors": True}
+
+
 class RemoteCodeError(RuntimeConfigError):
     """A checkpoint that runs its own code, loaded without the config's consent."""
 
@@ -152,6 +177,7 @@ def load_model(
     architecture = get_architecture(config.architecture, checkpoint_config(config, path))
     if architecture.family is not None:
         require_packages(architecture.family)
+    kwargs = require_safetensors(path, kwargs)
     model, processor = architecture.adapter.load(
         path, {**kwargs, "dtype": chosen}, config.remote_code_requested
     )

@@ -148,3 +148,30 @@ def test_readers_see_the_old_partition_or_the_new_one_never_a_mix(
     assert len(seen) >= 5
     assert all(rows in whole and rows == images * ROWS_PER_IMAGE for rows, images in seen), seen
     assert seen[0][0] == 6 * ROWS_PER_IMAGE and seen[-1][0] == 40 * ROWS_PER_IMAGE
+
+
+def pickle_only_checkpoint(tiny_dir: Path, folder: Path) -> Path:
+    """The tiny LLaVA with its weights as a pickle (`pytorch_model.bin`) and no safetensors."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    shutil.copytree(tiny_dir / "llava", folder)
+    weights = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(weights, folder / "pytorch_model.bin")
+    return folder
+
+
+def test_pickle_only_weights_are_refused_without_an_opt_in(tmp_path: Path, tiny_dir: Path) -> None:
+    from lens_assets.config import parse_model_config
+    from resources.runtime import PickleWeightsError, load_model
+
+    folder = pickle_only_checkpoint(tiny_dir, tmp_path / "pickled")
+    base = {"architecture": "llava", "model_path": str(folder), "modules": MODULES}
+    with pytest.raises(PickleWeightsError, match=r"use_safetensors: false"):
+        load_model(parse_model_config(base), "pickled", tmp_path, "cpu")
+    opted_in = parse_model_config({**base, "model": [{"use_safetensors": False}]})
+    loaded = load_model(opted_in, "pickled", tmp_path, "cpu")
+    assert type(loaded.model).__name__ == "LlavaForConditionalGeneration"

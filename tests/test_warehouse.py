@@ -204,6 +204,29 @@ def test_concurrent_writers_each_land_whole(tmp_path: Path) -> None:
     assert count(warehouse, "SELECT count(*) FROM runs") == 12
 
 
+def test_two_writers_of_the_same_model_leave_one_whole_result(tmp_path: Path) -> None:
+    root = tmp_path / "warehouse"
+    with Warehouse.at(root).connect():
+        pass
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=write_partitions, args=(str(root), "same", 4, offset))
+        for offset in (0.0, 100.0)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    (row,) = (
+        Warehouse.at(root)
+        .fetch_arrow("SELECT count(*) AS n, list(DISTINCT vector[1]) AS values FROM activations")
+        .to_pylist()
+    )
+    assert row["n"] == 50  # one writer's last replacement, whole: no mix, no duplicate
+    assert row["values"] in ([3.0], [103.0])
+
+
 def test_a_failed_extraction_leaves_the_previous_partition_intact(
     warehouse: Warehouse, tiny_dir: Path, image_dir: Path
 ) -> None:

@@ -8,7 +8,7 @@ from resources.staging import ActivationStage
 from resources.warehouse import Warehouse
 
 
-def write_partitions(root: str, model: str, repeats: int) -> None:
+def write_partitions(root: str, model: str, repeats: int, offset: float = 0.0) -> None:
     warehouse = Warehouse.at(root)
     for repeat in range(repeats):
         with ActivationStage(warehouse.location.staging_dir) as stage:
@@ -22,7 +22,7 @@ def write_partitions(root: str, model: str, repeats: int) -> None:
                         "token_index": pa.array([None] * 50, pa.int32()),
                         "token_role": pa.array([None] * 50, pa.string()),
                         "dim": pa.array([2] * 50, pa.int32()),
-                        "vector": pa.array([[float(repeat), 1.0]] * 50, pa.list_(pa.float32())),
+                        "vector": pa.array([[offset + repeat, 1.0]] * 50, pa.list_(pa.float32())),
                         "dataset": ["d"] * 50,
                     }
                 )
