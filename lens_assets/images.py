@@ -18,6 +18,9 @@ from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
 MAX_PIXELS = 64_000_000  # far beyond any VLM's input size, far below a decompression bomb
+# Longer side over shorter side: beyond this, resizing to any VLM input leaves less than a
+# patch on the short side (Qwen2-VL's processor itself refuses ratios over 200).
+MAX_ASPECT = 100
 
 
 class ImageReadError(ValueError):
@@ -84,6 +87,13 @@ def decode(data: bytes, source: str) -> Image.Image:
                     raise ImageReadError(
                         f"cannot read image {source}: {opened.width}x{opened.height} is over the "
                         f"pixel limit of {MAX_PIXELS:,} (a possible decompression bomb)"
+                    )
+                longer, shorter = max(opened.size), max(min(opened.size), 1)
+                if longer / shorter > MAX_ASPECT:
+                    raise ImageReadError(
+                        f"cannot read image {source}: {opened.width}x{opened.height} has an "
+                        f"aspect ratio over {MAX_ASPECT}:1, which leaves less than a patch on "
+                        "its short side at any model's input size; crop or pad it first"
                     )
                 opened.load()
                 return to_rgb(opened)

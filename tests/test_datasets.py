@@ -174,7 +174,7 @@ CONVERTED = {
     "palette": Image.new("RGB", (8, 8), (10, 200, 30)).convert("P"),
     "alpha": Image.new("RGBA", (8, 8), (255, 0, 0, 0)),
     "sixteen_bit": Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)),
-    "long_strip": Image.new("RGB", (4000, 2), (5, 5, 5)),
+    "wide": Image.new("RGB", (1000, 10), (5, 5, 5)),  # 100:1, the widest still accepted
 }
 
 
@@ -197,6 +197,7 @@ BAD = {
     "empty": b"",
     "truncated": png((1, 1, 1), (64, 64))[:60],
     "not an image": b"this is text with a .png name",
+    "extreme aspect ratio": png((1, 1, 1), (2020, 20)),
 }
 
 
@@ -223,7 +224,7 @@ def test_a_folder_of_bad_files_records_each_and_keeps_the_good_ones(
                                                         "t"), tmp_path)  # fmt: skip
     assert len(out.rows) == 3
     assert sorted(Path(e["path"]).name for e in out.errors) == [
-        "empty.png", "not-an-image.png", "truncated.png",
+        "empty.png", "extreme-aspect-ratio.png", "not-an-image.png", "truncated.png",
     ]  # fmt: skip
 
 
