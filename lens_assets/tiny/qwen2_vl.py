@@ -8,8 +8,10 @@ position.  The processor always needs a real video processor, which needs torchv
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from transformers import (
+    PreTrainedTokenizerFast,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessor,
@@ -72,12 +74,9 @@ def mrope_section(head_dim: int) -> list[int]:
     return [temporal, height, half - temporal - height]
 
 
-def build(
-    preset: str,
-) -> tuple[type[Qwen2VLForConditionalGeneration], Qwen2VLConfig, Qwen2VLProcessor]:
-    """Return the model class, its config and a matching processor for ``preset``."""
-    s = PRESETS[preset]
-    tokenizer = build_tokenizer(
+def qwen_tokenizer() -> PreTrainedTokenizerFast:
+    """The Qwen-VL chat tokens: shared by Qwen2-VL, Qwen2.5-VL and Qwen3-VL."""
+    return build_tokenizer(
         eos="<|im_end|>",
         pad="<|endoftext|>",
         named_tokens={
@@ -88,12 +87,25 @@ def build(
         },
         other_special_tokens=["<|im_start|>"],
     )
-    patches = {
-        "patch_size": s.patch_size,
+
+
+def patch_settings(patch_size: int, min_pixels: int, max_pixels: int) -> dict[str, Any]:
+    """Image and video processor settings; the pixel budget is `size` in transformers 5."""
+    return {
+        "patch_size": patch_size,
         "merge_size": MERGE_SIZE,
         "temporal_patch_size": TEMPORAL_PATCH_SIZE,
-        "size": {"shortest_edge": s.min_pixels, "longest_edge": s.max_pixels},
+        "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels},
     }
+
+
+def build(
+    preset: str,
+) -> tuple[type[Qwen2VLForConditionalGeneration], Qwen2VLConfig, Qwen2VLProcessor]:
+    """Return the model class, its config and a matching processor for ``preset``."""
+    s = PRESETS[preset]
+    tokenizer = qwen_tokenizer()
+    patches = patch_settings(s.patch_size, s.min_pixels, s.max_pixels)
     processor = Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(**patches),
         video_processor=Qwen2VLVideoProcessor(**patches),

@@ -22,11 +22,15 @@ from transformers import (
     Qwen3VLVisionConfig,
 )
 
-from .qwen2_vl import CHAT_TEMPLATE, mrope_section
-from .tokenizer import build_tokenizer
+from .qwen2_vl import (
+    CHAT_TEMPLATE,
+    MERGE_SIZE,
+    TEMPORAL_PATCH_SIZE,
+    mrope_section,
+    patch_settings,
+    qwen_tokenizer,
+)
 
-MERGE_SIZE = 2
-TEMPORAL_PATCH_SIZE = 2
 ROPE_THETA = 5_000_000.0
 
 
@@ -68,23 +72,8 @@ def build(
 ) -> tuple[type[Qwen3VLForConditionalGeneration], Qwen3VLConfig, Qwen3VLProcessor]:
     """Return the model class, its config and a matching processor for ``preset``."""
     s = PRESETS[preset]
-    tokenizer = build_tokenizer(
-        eos="<|im_end|>",
-        pad="<|endoftext|>",
-        named_tokens={
-            "image_token": "<|image_pad|>",
-            "video_token": "<|video_pad|>",
-            "vision_start_token": "<|vision_start|>",
-            "vision_end_token": "<|vision_end|>",
-        },
-        other_special_tokens=["<|im_start|>"],
-    )
-    patches = {
-        "patch_size": s.patch_size,
-        "merge_size": MERGE_SIZE,
-        "temporal_patch_size": TEMPORAL_PATCH_SIZE,
-        "size": {"shortest_edge": s.min_pixels, "longest_edge": s.max_pixels},
-    }
+    tokenizer = qwen_tokenizer()
+    patches = patch_settings(s.patch_size, s.min_pixels, s.max_pixels)
     processor = Qwen3VLProcessor(
         image_processor=Qwen2VLImageProcessor(**patches),
         video_processor=Qwen3VLVideoProcessor(**patches),
