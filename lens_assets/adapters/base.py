@@ -143,13 +143,11 @@ class Adapter:
 
     def text_roles(self, inputs: BatchFeature, layout: ModelLayout) -> torch.Tensor:
         ids = inputs["input_ids"]
-        mask = inputs.get("attention_mask")
-        roles = torch.full_like(ids, TokenRole.TEXT)
-        if layout.image_token_id is not None:
-            roles[ids == layout.image_token_id] = TokenRole.IMAGE
-        if mask is not None:
-            roles[mask == 0] = TokenRole.PAD
-        return roles
+        if layout.image_token_id is None:
+            return token_roles(
+                inputs.get("attention_mask"), torch.zeros_like(ids, dtype=torch.bool)
+            )
+        return token_roles(inputs.get("attention_mask"), ids == layout.image_token_id)
 
     def sequences(
         self,
@@ -249,6 +247,16 @@ class Adapter:
                 "adapter with its own patch_cells"
             )
         return raster_cells(side, side)
+
+
+def token_roles(attention_mask: torch.Tensor | None, image: torch.Tensor) -> torch.Tensor:
+    """Roles from a boolean map of image positions: image there, pad where the mask is 0,
+    text elsewhere."""
+    roles = torch.full(image.shape, TokenRole.TEXT, device=image.device)
+    roles[image.bool()] = TokenRole.IMAGE
+    if attention_mask is not None:
+        roles[attention_mask.to(image.device) == 0] = TokenRole.PAD
+    return roles
 
 
 def padding_side_of(processor: Any) -> str:

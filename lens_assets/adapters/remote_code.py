@@ -30,6 +30,7 @@ from lens_assets.adapters.base import (
     ModelLayout,
     Sequences,
     join_tiles,
+    token_roles,
 )
 from lens_assets.pooling import TokenRole
 
@@ -65,16 +66,6 @@ def pad_stack(rows: Sequence[torch.Tensor], value: float, side: str = "right") -
         else:
             out[index][tuple(slice(0, size) for size in row.shape)] = row
     return out
-
-
-def token_roles(attention_mask: torch.Tensor | None, image: torch.Tensor) -> torch.Tensor:
-    """Roles from a boolean map of image positions: image there, pad where the mask is 0,
-    text elsewhere."""
-    roles = torch.full(image.shape, TokenRole.TEXT, device=image.device)
-    roles[image.bool()] = TokenRole.IMAGE
-    if attention_mask is not None:
-        roles[attention_mask.to(image.device) == 0] = TokenRole.PAD
-    return roles
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:
