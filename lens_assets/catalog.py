@@ -10,9 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from lens_assets.config import ConfigError, configs_dir
+from lens_assets.config import ConfigError, configs_dir, read_yaml
 
 
 @dataclass(frozen=True)
@@ -50,8 +48,8 @@ def model_configs(
 
 def _enabled(path: Path) -> bool:
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
+        data = read_yaml(path, "model config")
+    except ConfigError:
         return True
     return not (isinstance(data, dict) and data.get("enabled") is False)
 

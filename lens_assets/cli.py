@@ -124,11 +124,16 @@ def _extract_images(config, config_path: str, input_dir: str | None, dataset: st
     """The images `lens extract` runs on: --input-dir, else `input_dir`, else VLM-Lens's
     `dataset:` block (a Hugging Face dataset, its images written under the warehouse)."""
     from lens_assets.datasets import collect_images, vlm_lens_dataset
-    from lens_assets.images import folder_images
+    from lens_assets.images import escapes_root, folder_images
 
     folder = input_dir or config.input_dir
     if folder is not None:
-        paths = folder_images(folder)
+        paths = []
+        for path in folder_images(folder):
+            if refused := escapes_root(Path(folder), path):
+                click.echo(f"skipped: {refused}", err=True)
+            else:
+                paths.append(path)
         if not paths:
             raise FileNotFoundError(f"no image files in {folder}")
         return dataset or Path(folder).resolve().name, paths
@@ -274,21 +279,13 @@ def _config(path: str):
 
 
 def _run(work):
-    """Turn the domain's own errors (each names its cause) into a clean CLI failure."""
-    from lens_assets.adapters import UnknownArchitectureError
-    from lens_assets.modules import ModuleSelectionError
-    from resources.runtime import RuntimeConfigError
+    """Turn the domain's own errors (each names its cause) into a clean CLI failure.
+
+    The domain's errors (config, module selection, architecture, runtime) are ValueErrors,
+    so naming them here would only import torch into `lens sql`."""
     from resources.warehouse import WarehouseError
 
-    expected = (
-        ConfigError,
-        ModuleSelectionError,
-        UnknownArchitectureError,
-        RuntimeConfigError,
-        WarehouseError,
-        FileNotFoundError,
-        ValueError,
-    )
+    expected = (WarehouseError, FileNotFoundError, ValueError)
     try:
         return work()
     except expected as error:

@@ -36,6 +36,15 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message names the field and the fix."""
 
 
+def read_yaml(path: Path, what: str) -> Any:
+    """A config file's data. `safe_load` only: a tag such as `!!python/object/apply` is an
+    error, never a call, so no config can run code."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{what} {path} is not valid YAML: {error}") from None
+
+
 def _merge_one_key_maps(value: Any) -> Any:
     """VLM-Lens writes `model:` as a list of one-key mappings; merge it into one mapping."""
     if isinstance(value, list) and all(isinstance(item, dict) for item in value):
@@ -186,11 +195,7 @@ def load_model_config(path: str | Path) -> ModelConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"model config {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"model config {path} is not valid YAML: {error}") from None
-    return parse_model_config(data, source=str(path))
+    return parse_model_config(read_yaml(path, "model config"), source=str(path))
 
 
 def model_name(path: str | Path) -> str:

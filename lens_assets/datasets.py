@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lens_assets import generators
-from lens_assets.config import ConfigError
-from lens_assets.images import ImageReadError, content_id, decode, folder_images
+from lens_assets.config import ConfigError, read_yaml
+from lens_assets.images import ImageReadError, content_id, decode, escapes_root, folder_images
 
 IMAGE_KEYS = ("image_path", "image", "path", "file_name", "filename")
 
@@ -118,11 +117,7 @@ def parse_dataset_config(data: Any, source: str) -> DatasetConfig:
 
 
 def load_dataset_config(path: Path) -> DatasetConfig:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"dataset config {path} is not valid YAML: {error}") from None
-    return parse_dataset_config(data, str(path))
+    return parse_dataset_config(read_yaml(path, "dataset config"), str(path))
 
 
 def vlm_lens_dataset(block: dict[str, Any]) -> DatasetConfig:
@@ -229,9 +224,17 @@ def _label_table(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def collect_folder(config: FolderDataset, out: DatasetImages, _: Path, __: Any) -> None:
-    labels = _label_table(Path(config.path) / config.labels) if config.labels else {}
+    folder = Path(config.path)
+    labels = {}
+    if config.labels:
+        if refused := escapes_root(folder, folder / config.labels):
+            raise ConfigError(f"dataset {out.name}: labels: {refused}; keep it in the folder")
+        labels = _label_table(folder / config.labels)
     prompt = [(config.prompt, None, "folder", "label")] if config.prompt else []
-    for path in folder_images(config.path):
+    for path in folder_images(folder):
+        if refused := escapes_root(folder, path):
+            out.error(path, refused)
+            continue
         data = _read(path, out)
         if data is not None:
             found = labels.get(path.name, {})
@@ -256,10 +259,6 @@ def _manifest_rows(path: Path) -> list[dict[str, Any]]:
     return readers[path.suffix.lower()](path).to_pylist()
 
 
-def within(root: Path, candidate: Path) -> bool:
-    return candidate == root or root in candidate.parents
-
-
 def collect_manifest(config: ManifestDataset, out: DatasetImages, _: Path, __: Any) -> None:
     manifest = Path(config.path).resolve()
     if not manifest.is_file():
@@ -268,10 +267,11 @@ def collect_manifest(config: ManifestDataset, out: DatasetImages, _: Path, __: A
     for row in _manifest_rows(manifest):
         if not row.get("image_path"):
             raise ConfigError(f"manifest {manifest} needs an `image_path` column")
-        path = (root / str(row.pop("image_path"))).resolve()
-        if not within(root, path):
-            out.error(path, f"refused: {path} is outside the manifest's folder {root}")
+        path = root / str(row.pop("image_path"))
+        if refused := escapes_root(root, path):
+            out.error(path, f"{refused} (the manifest's folder)")
             continue
+        path = path.resolve()
         data = _read(path, out)
         if data is None:
             continue
@@ -286,12 +286,16 @@ def _hf_rows(config: HfDataset) -> Iterable[dict[str, Any]]:
     import datasets
 
     source = Path(config.path)
-    if config.kind == "hf_hub":
-        loaded = datasets.load_dataset(config.path, split=config.split)
-    elif source.is_file() or source.suffix == ".parquet":
-        loaded = datasets.load_dataset("parquet", data_files=str(source), split="train")
-    else:
-        loaded = datasets.load_from_disk(str(source))
+    try:
+        if config.kind == "hf_hub":
+            loaded = datasets.load_dataset(config.path, split=config.split)
+        elif source.is_file() or source.suffix == ".parquet":
+            loaded = datasets.load_dataset("parquet", data_files=str(source), split="train")
+        else:
+            loaded = datasets.load_from_disk(str(source))
+    except (OSError, ValueError, RuntimeError) as error:
+        # e.g. a dataset that ships a loading script: `datasets` refuses to run it
+        raise ConfigError(f"{config.kind} dataset {config.path}: {error}") from None
     if isinstance(loaded, datasets.DatasetDict):
         split = config.split or next(iter(loaded))
         if split not in loaded:
@@ -311,11 +315,12 @@ def _hf_image_bytes(value: Any, config: HfDataset, out: DatasetImages) -> tuple[
     if not name:
         out.error(config.path, f"a row has no image in column {config.image_column!r}")
         return None
-    root = Path(config.images_root or Path(config.path).parent).resolve()
-    path = (root / str(name)).resolve()
-    if not within(root, path):
-        out.error(path, f"refused: {path} is outside the image root {root}")
+    root = Path(config.images_root or Path(config.path).parent)
+    path = root / str(name)
+    if refused := escapes_root(root, path):
+        out.error(path, f"{refused} (the image root)")
         return None
+    path = path.resolve()
     data = _read(path, out)
     return (data, str(path)) if data is not None else None
 

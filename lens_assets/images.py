@@ -47,6 +47,17 @@ def content_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
+def escapes_root(root: Path, path: Path) -> str | None:
+    """Why `path` may not be read as data under `root`, or None when it may.
+
+    Both are resolved first, so `..`, absolute names and symlinks pointing elsewhere are all
+    caught: a dataset reads only what lies under its own folder."""
+    root, resolved = root.resolve(), path.resolve()
+    if resolved == root or root in resolved.parents:
+        return None
+    return f"refused: {path} resolves to {resolved}, outside {root}"
+
+
 def folder_images(folder: str | Path) -> list[Path]:
     """Image files directly in `folder`, sorted by name so runs are reproducible."""
     folder = Path(folder)

@@ -82,6 +82,41 @@ def test_extract_writes_rows_and_a_run(llava_config: Path, tmp_path: Path) -> No
     assert runs.stdout.splitlines() == ["model,n_images,batch_size", "tiny-llava,3,2"]
 
 
+def test_extract_refuses_an_input_dir_link_pointing_outside(
+    llava_config: Path, tmp_path: Path, image_dir: Path
+) -> None:
+    folder = tmp_path / "linked"
+    folder.mkdir()
+    first = sorted(image_dir.glob("*.png"))[0]
+    (folder / "a.png").symlink_to(first)  # points outside `linked`: refused
+    (folder / "b.png").write_bytes(first.read_bytes())
+    warehouse = tmp_path / "wh"
+    result = lens("extract", str(llava_config), "--input-dir", str(folder),
+                  "--warehouse", str(warehouse))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "1 images x 3 modules" in result.stdout
+    assert f"skipped: refused: {folder / 'a.png'} resolves to {first.resolve()}" in result.stderr
+
+
+def test_sql_does_not_import_torch(llava_config: Path, tmp_path: Path) -> None:
+    """A query answers in a fraction of a second: the CLI loads no model code for it."""
+    import subprocess
+    import sys
+
+    warehouse = tmp_path / "wh"
+    lens("extract", str(llava_config), "--limit", "1", "--warehouse", str(warehouse))
+    script = (
+        "import sys; from lens_assets.cli import main\n"
+        "try: main(['sql', 'SELECT count(*) AS n FROM activations', '--format', 'csv',\n"
+        "           '--warehouse', sys.argv[1]])\n"
+        "except SystemExit: pass\n"
+        "print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(warehouse)], capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    assert done.stdout.splitlines() == ["n", "6", "False"]  # 1 image x 3 modules x 2 poolings
+
+
 def test_sql_refuses_to_write(llava_config: Path, tmp_path: Path) -> None:
     warehouse = tmp_path / "wh"
     lens("extract", str(llava_config), "--limit", "1", "--warehouse", str(warehouse))

@@ -87,7 +87,47 @@ def test_a_manifest_path_escaping_its_folder_is_refused(photos: Path, tmp_path: 
                                                    "t"), tmp_path)  # fmt: skip
     assert [Path(r["path"]).name for r in out.rows] == ["red.png"]
     assert len(out.errors) == 2
-    assert all("outside the manifest's folder" in e["error"] for e in out.errors)
+    assert all("outside" in e["error"] and "manifest's folder" in e["error"] for e in out.errors)
+
+
+def test_a_folder_symlink_pointing_outside_is_refused(photos: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png((1, 2, 3)))
+    (photos / "innocent.png").symlink_to(secret)
+    (photos / "inner.png").symlink_to(photos / "red.png")  # a link that stays inside is fine
+    out = collect_images("f", parse_dataset_config({"kind": "folder", "path": str(photos)}, "t"),
+                         tmp_path)  # fmt: skip
+    assert len(out.rows) == 2  # blue and red (red read through the inner link)
+    assert all(Path(r["path"]).parent == photos.resolve() for r in out.rows)
+    assert [Path(e["path"]).name for e in out.errors] == ["innocent.png"]
+    assert "outside" in out.errors[0]["error"] and str(secret) in out.errors[0]["error"]
+
+
+def test_a_folder_labels_file_outside_the_folder_is_a_config_error(
+    photos: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "labels.csv").write_text("image,label\nred.png,red\n")
+    config = parse_dataset_config(
+        {"kind": "folder", "path": str(photos), "labels": "../labels.csv"}, "t"
+    )
+    with pytest.raises(ConfigError, match=r"labels: refused.*outside"):
+        collect_images("f", config, tmp_path)
+
+
+def test_hf_image_names_escaping_the_image_root_are_refused(photos: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png((1, 2, 3)))
+    names = ["red.png", "../secret.png", str(secret), "blue.png"]
+    pq.write_table(pa.table({"image": names, "label": ["a", "b", "c", "d"]}),
+                   tmp_path / "names.parquet")  # fmt: skip
+    config = parse_dataset_config(
+        {"kind": "hf_disk", "path": str(tmp_path / "names.parquet"), "images_root": str(photos)},
+        "t",
+    )
+    out = collect_images("hf", config, tmp_path / "rendered")
+    assert sorted(r["value"] for r in out.labels) == ["a", "d"]
+    assert [e["path"] for e in out.errors] == [str(photos / "../secret.png"), str(secret)]
+    assert all("outside" in e["error"] and "image root" in e["error"] for e in out.errors)
 
 
 def test_hf_disk_folder_written_by_save_to_disk(photos: Path, tmp_path: Path) -> None:

@@ -21,16 +21,20 @@ POOLINGS = ["mean_image", "last"]
 ROWS_PER_IMAGE = 3 * len(POOLINGS)  # two vision blocks and the final norm
 
 
-def write_images(folder: Path, count: int) -> Path:
+def write_images(folder: Path, count: int, height: int = 32) -> Path:
+    """`count` distinct images; another `height` gives another set (no shared image ids)."""
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
         colour = (index * 37 % 256, index * 91 % 256, index * 13 % 256)
-        Image.new("RGB", (32 + index % 5, 32), colour).save(folder / f"image-{index:04d}.png")
+        size = (32 + index % 5, height)
+        Image.new("RGB", size, colour).save(folder / f"image-{index:04d}.png")
     return folder
 
 
-def model_config(folder: Path, tiny_dir: Path, images: Path) -> Path:
-    path = folder / "tiny-llava.yaml"
+def model_config(
+    folder: Path, tiny_dir: Path, images: Path, name: str = "tiny-llava", **overrides: object
+) -> Path:
+    path = folder / f"{name}.yaml"
     path.write_text(
         yaml.safe_dump(
             {
@@ -41,6 +45,7 @@ def model_config(folder: Path, tiny_dir: Path, images: Path) -> Path:
                 "modules": MODULES,
                 "pooling": POOLINGS,
                 "batch_size": 1,
+                **overrides,
             }
         )
     )
@@ -66,8 +71,8 @@ def snapshot(warehouse: Warehouse) -> list[dict]:
 def duplicates(warehouse: Warehouse) -> int:
     return (
         warehouse.fetch_arrow(
-            "SELECT count(*) FROM (SELECT image_id, layer, pooling, count(*) AS n FROM activations "
-            "GROUP BY ALL HAVING n > 1)"
+            "SELECT count(*) FROM (SELECT model, image_id, layer, pooling, count(*) AS n "
+            "FROM activations GROUP BY ALL HAVING n > 1)"
         )
         .column(0)[0]
         .as_py()
@@ -150,6 +155,81 @@ def test_readers_see_the_old_partition_or_the_new_one_never_a_mix(
     assert seen[0][0] == 6 * ROWS_PER_IMAGE and seen[-1][0] == 40 * ROWS_PER_IMAGE
 
 
+def stages_overlap(root: Path, writers: list[subprocess.Popen[str]]) -> bool:
+    """Watch two runs until both end; True when both spooled rows at the same moment."""
+    seen = False
+    while any(writer.poll() is None for writer in writers):
+        seen = seen or len(list((root / "staging").glob("run-*/activations.parquet"))) == 2
+        time.sleep(0.01)
+    return seen
+
+
+def image_ids(warehouse: Warehouse, model: str) -> set[str]:
+    return set(
+        warehouse.fetch_arrow(
+            f"SELECT DISTINCT image_id FROM activations WHERE model = '{model}'"
+        ).column(0).to_pylist()
+    )  # fmt: skip
+
+
+def folder_ids(folder: Path) -> set[str]:
+    from lens_assets.images import content_id
+
+    return {content_id(path.read_bytes()) for path in folder.glob("*.png")}
+
+
+def test_two_lens_extract_processes_on_different_models_both_land(
+    tmp_path: Path, tiny_dir: Path
+) -> None:
+    images = write_images(tmp_path / "images", 150)
+    llava = model_config(tmp_path, tiny_dir, images)
+    qwen = model_config(
+        tmp_path, tiny_dir, images, name="tiny-qwen2-vl", architecture="qwen2-vl",
+        model_path=str(tiny_dir / "qwen2-vl"),
+        modules=["model.visual.blocks.*", "model.language_model.norm"],
+    )  # fmt: skip
+    root = tmp_path / "warehouse"
+    write_images(tmp_path / "seed", 1)  # the warehouse exists before the race starts
+    assert extract(llava, root, tmp_path / "seed").wait(timeout=120) == 0
+
+    writers = [extract(llava, root, images), extract(qwen, root, images)]
+    assert stages_overlap(root, writers), "the two runs never wrote at the same time"
+    for writer in writers:
+        assert writer.returncode == 0, writer.stderr.read()
+
+    warehouse = Warehouse.at(root)
+    counts = warehouse.fetch_arrow("SELECT model, count(*) FROM activations GROUP BY ALL")
+    counts = dict(zip(*(column.to_pylist() for column in counts.columns), strict=True))
+    assert counts == {"tiny-llava": 150 * ROWS_PER_IMAGE, "tiny-qwen2-vl": 150 * ROWS_PER_IMAGE}
+    assert duplicates(warehouse) == 0
+    runs = warehouse.fetch_arrow("SELECT model, n_images FROM runs ORDER BY ALL").to_pylist()
+    assert [tuple(r.values()) for r in runs] == [
+        ("tiny-llava", 1), ("tiny-llava", 150), ("tiny-qwen2-vl", 150),
+    ]  # fmt: skip
+
+
+def test_two_lens_extract_processes_on_the_same_model_leave_one_whole_result(
+    tmp_path: Path, tiny_dir: Path
+) -> None:
+    first = write_images(tmp_path / "first", 120, height=32)
+    second = write_images(tmp_path / "second", 180, height=40)
+    config = model_config(tmp_path, tiny_dir, first)
+    root = tmp_path / "warehouse"
+    write_images(tmp_path / "seed", 1, height=24)
+    assert extract(config, root, tmp_path / "seed").wait(timeout=120) == 0
+
+    writers = [extract(config, root, first), extract(config, root, second)]
+    assert stages_overlap(root, writers), "the two runs never wrote at the same time"
+    for writer in writers:
+        assert writer.returncode == 0, writer.stderr.read()
+
+    warehouse = Warehouse.at(root)
+    stored = image_ids(warehouse, "tiny-llava")
+    assert stored in (folder_ids(first), folder_ids(second))  # one writer's images: no mix
+    rows = warehouse.fetch_arrow("SELECT count(*) FROM activations").column(0)[0].as_py()
+    assert rows == len(stored) * ROWS_PER_IMAGE and duplicates(warehouse) == 0
+
+
 def pickle_only_checkpoint(tiny_dir: Path, folder: Path) -> Path:
     """The tiny LLaVA with its weights as a pickle (`pytorch_model.bin`) and no safetensors."""
     import shutil
@@ -175,3 +255,49 @@ def test_pickle_only_weights_are_refused_without_an_opt_in(tmp_path: Path, tiny_
     opted_in = parse_model_config({**base, "model": [{"use_safetensors": False}]})
     loaded = load_model(opted_in, "pickled", tmp_path, "cpu")
     assert type(loaded.model).__name__ == "LlavaForConditionalGeneration"
+
+
+def test_a_python_tag_in_any_config_is_an_error_and_runs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """YAML's `!!python/object/apply` would call os.system under an unsafe loader."""
+    from lens_assets.catalog import model_configs
+    from lens_assets.config import ConfigError, load_model_config
+    from lens_assets.datasets import load_dataset_config
+    from lens_assets.orchestration.probes import probing_config
+
+    marker = tmp_path / "ran"
+    payload = f'!!python/object/apply:os.system ["touch {marker}"]'
+    (tmp_path / "models").mkdir()
+    (tmp_path / "datasets").mkdir()
+    model = tmp_path / "models" / "hostile.yaml"
+    model.write_text(f"architecture: llava\nmodel_path: x\nmodules: [a]\nprompt: {payload}\n")
+    dataset = tmp_path / "datasets" / "hostile.yaml"
+    dataset.write_text(f"kind: folder\npath: {payload}\n")
+    (tmp_path / "probing.yaml").write_text(f"folds: {payload}\n")
+    monkeypatch.setenv("LENS_CONFIGS", str(tmp_path))
+
+    with pytest.raises(ConfigError, match=r"model config .*hostile.yaml is not valid YAML"):
+        load_model_config(model)
+    with pytest.raises(ConfigError, match=r"dataset config .*hostile.yaml is not valid YAML"):
+        load_dataset_config(dataset)
+    with pytest.raises(ConfigError, match=r"probing config .*probing.yaml is not valid YAML"):
+        probing_config()
+    assert "hostile" in model_configs()  # listed, so its error shows in the UI; not run
+    assert not marker.exists()
+
+
+def test_a_dataset_loading_script_is_refused_not_run(tmp_path: Path) -> None:
+    """A Hugging Face dataset folder that ships a loading script: `datasets` will not run it,
+    and the refusal is a config error naming the dataset."""
+    from lens_assets.config import ConfigError
+    from lens_assets.datasets import collect_images, parse_dataset_config
+
+    folder = tmp_path / "scripted"
+    folder.mkdir()
+    marker = tmp_path / "ran"
+    (folder / "scripted.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    config = parse_dataset_config({"kind": "hf_hub", "path": str(folder)}, "t")
+    with pytest.raises(ConfigError, match=r"hf_hub dataset .*scripted.*scripts"):
+        collect_images("scripted", config, tmp_path / "rendered")
+    assert not marker.exists()

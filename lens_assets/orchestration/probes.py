@@ -3,7 +3,6 @@
 import hashlib
 
 import pyarrow as pa
-import yaml
 from dagster import (
     AssetExecutionContext,
     AssetKey,
@@ -14,7 +13,7 @@ from dagster import (
 )
 from pydantic import ValidationError
 
-from lens_assets.config import ConfigError, configs_dir
+from lens_assets.config import ConfigError, configs_dir, read_yaml
 from lens_assets.orchestration.assets import IMAGE_LABELS, activations
 from lens_assets.orchestration.metadata import markdown_image, markdown_table
 from lens_assets.orchestration.partitions import MODELS
@@ -36,7 +35,9 @@ RESULT_COLUMNS = pa.schema(
 def probing_config() -> tuple[ProbeSettings, list[str], list[str]]:
     """`configs/probing.yaml`: probe settings plus which datasets and concepts (empty: all)."""
     path = configs_dir() / "probing.yaml"
-    data = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}
+    data = (read_yaml(path, "probing config") if path.is_file() else None) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid probing config {path}: expected a mapping of settings")
     datasets, concepts = data.pop("datasets", None) or [], data.pop("concepts", None) or []
     try:
         return ProbeSettings(**data), list(datasets), list(concepts)
