@@ -125,9 +125,23 @@ def test_sigkill_mid_extraction_keeps_the_previous_partition_and_a_rerun_complet
     assert duplicates(warehouse) == 0
 
 
+def lens_sql_counts(root: Path) -> tuple[int, int]:
+    """Rows and distinct images, through a real `lens sql` process."""
+    done = subprocess.run(
+        [sys.executable, "-m", "lens_assets.cli", "sql", "--format", "csv", "--warehouse",
+         str(root), "SELECT count(*), count(DISTINCT image_id) FROM activations"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    rows, images = done.stdout.splitlines()[1].split(",")
+    return int(rows), int(images)
+
+
 def test_readers_see_the_old_partition_or_the_new_one_never_a_mix(
     tmp_path: Path, tiny_dir: Path
 ) -> None:
+    """`lens sql` processes in a loop, and a denser in-process reader beside them."""
+    import threading
+
     few = write_images(tmp_path / "few", 6)
     more = write_images(tmp_path / "more", 40)
     config = model_config(tmp_path, tiny_dir, few)
@@ -138,21 +152,28 @@ def test_readers_see_the_old_partition_or_the_new_one_never_a_mix(
     whole = {6 * ROWS_PER_IMAGE, 40 * ROWS_PER_IMAGE}
 
     writer = extract(config, root, more)
+    by_cli: list[tuple[int, int]] = []
+
+    def query_while_writing() -> None:
+        while writer.poll() is None:
+            by_cli.append(lens_sql_counts(root))
+
+    cli_loop = threading.Thread(target=query_while_writing)
+    cli_loop.start()
     seen: list[tuple[int, int]] = []
     while writer.poll() is None:
-        rows, images = (
-            warehouse.fetch_arrow("SELECT count(*), count(DISTINCT image_id) FROM activations")
-            .to_pylist()[0]
-            .values()
-        )
-        seen.append((rows, images))
+        counts = warehouse.fetch_arrow(
+            "SELECT count(*), count(DISTINCT image_id) FROM activations"
+        ).to_pylist()[0]
+        seen.append(tuple(counts.values()))
+    cli_loop.join()
     assert writer.returncode == 0, writer.stderr.read()
-    seen.append(tuple(warehouse.fetch_arrow(
-        "SELECT count(*), count(DISTINCT image_id) FROM activations"
-    ).to_pylist()[0].values()))  # fmt: skip
-    assert len(seen) >= 5
-    assert all(rows in whole and rows == images * ROWS_PER_IMAGE for rows, images in seen), seen
-    assert seen[0][0] == 6 * ROWS_PER_IMAGE and seen[-1][0] == 40 * ROWS_PER_IMAGE
+    by_cli.append(lens_sql_counts(root))
+    assert len(by_cli) >= 3 and len(seen) >= 5, (len(by_cli), len(seen))
+    for rows, images in seen + by_cli:
+        assert rows in whole and rows == images * ROWS_PER_IMAGE, (seen, by_cli)
+    assert seen[0][0] == by_cli[0][0] == 6 * ROWS_PER_IMAGE
+    assert by_cli[-1][0] == 40 * ROWS_PER_IMAGE
 
 
 def stages_overlap(root: Path, writers: list[subprocess.Popen[str]]) -> bool:
