@@ -120,10 +120,11 @@ def extract(
 
 
 def _extract_images(config, config_path: str, input_dir: str | None, dataset: str | None,
-                    warehouse) -> tuple[str, list[Path]]:  # fmt: skip
+                    warehouse) -> tuple[str, list[str | Path]]:  # fmt: skip
     """The images `lens extract` runs on: --input-dir, else `input_dir`, else VLM-Lens's
     `dataset:` block (a Hugging Face dataset, its images written under the warehouse)."""
     from lens_assets.datasets import collect_images, vlm_lens_dataset
+    from lens_assets.files import join
     from lens_assets.images import escapes_root, folder_images
 
     folder = input_dir or config.input_dir
@@ -140,11 +141,11 @@ def _extract_images(config, config_path: str, input_dir: str | None, dataset: st
     if config.dataset:
         name = dataset or f"{model_name(config_path)}-dataset"
         collected = collect_images(
-            name, vlm_lens_dataset(config.dataset), warehouse.root / "datasets"
+            name, vlm_lens_dataset(config.dataset), join(warehouse.location.files_root, "datasets")
         )
         for error in collected.errors:
             click.echo(f"skipped: {error['error']}", err=True)
-        return name, [Path(row["path"]) for row in collected.rows]
+        return name, [row["path"] for row in collected.rows]
     raise ConfigError(
         f"{config_path} names no images: add `input_dir: FOLDER` (or a VLM-Lens `dataset:` block) "
         "or pass --input-dir"

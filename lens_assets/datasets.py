@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lens_assets import generators
+from lens_assets import files, generators
 from lens_assets.config import ConfigError, read_yaml
 from lens_assets.images import ImageReadError, content_id, decode, escapes_root, folder_images
 
@@ -186,14 +186,12 @@ class DatasetImages:
         self.errors.append({"dataset": self.name, "path": str(path), "error": message})
 
 
-def _write_png(image: Image.Image, path: Path) -> bytes:
+def _write_png(image: Image.Image, location: str) -> bytes:
     """Save deterministically; an unchanged file is not rewritten (its mtime stays)."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     data = buffer.getvalue()
-    if not path.is_file() or path.read_bytes() != data:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+    files.write_bytes(location, data)
     return data
 
 
@@ -205,10 +203,12 @@ def _read(path: Path, out: DatasetImages) -> bytes | None:
         return None
 
 
-def collect_generated(config: GeneratedDataset, out: DatasetImages, rendered: Path, _: Any) -> None:
+def collect_generated(
+    config: GeneratedDataset, out: DatasetImages, rendered: str | Path, _: Any
+) -> None:
     params = generators.params_model(config.kind).model_validate(config.model_extra or {})
     for sample in generators.generate(config.kind, params, config.size, config.seed):
-        path = rendered / out.name / f"{sample.name}.png"
+        path = files.join(rendered, out.name, f"{sample.name}.png")
         data = _write_png(sample.image, path)
         questions = [(q.question, q.answer, q.kind, q.concept) for q in sample.questions]
         out.add(data, path, sample.labels, questions, sample.split)
@@ -325,16 +325,14 @@ def _hf_image_bytes(value: Any, config: HfDataset, out: DatasetImages) -> tuple[
     return (data, str(path)) if data is not None else None
 
 
-def collect_hf(config: HfDataset, out: DatasetImages, rendered: Path, _: Any) -> None:
+def collect_hf(config: HfDataset, out: DatasetImages, rendered: str | Path, _: Any) -> None:
     for index, row in enumerate(_hf_rows(config)):
         found = _hf_image_bytes(row.pop(config.image_column, None), config, out)
         if found is None:
             continue
         data, _origin = found
-        path = rendered / out.name / f"{index:06d}-{content_id(data)[:12]}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.is_file():
-            path.write_bytes(data)
+        path = files.join(rendered, out.name, f"{index:06d}-{content_id(data)[:12]}.png")
+        files.write_bytes(path, data)
         prompt = row.pop(config.prompt_column, None) if config.prompt_column else None
         answer = row.get(config.answer_column) if config.answer_column else None
         keys = config.label_columns or [k for k, v in row.items() if isinstance(v, str | int)]
@@ -350,7 +348,7 @@ BLANK_COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0)}
 
 
 def collect_blank(
-    config: BlankDataset, out: DatasetImages, rendered: Path, others: dict[str, DatasetImages]
+    config: BlankDataset, out: DatasetImages, rendered: str | Path, others: dict[str, DatasetImages]
 ) -> None:
     source = others.get(config.of)
     if source is None:
@@ -368,7 +366,7 @@ def collect_blank(
             image = Image.fromarray(pixels, mode="RGB")
         else:
             image = Image.new("RGB", (side, side), BLANK_COLOURS[colour])
-        path = rendered / out.name / f"blank-{colour}.png"
+        path = files.join(rendered, out.name, f"blank-{colour}.png")
         questions = [(p["prompt"], p["answer"], p["kind"], p["concept"]) for p in source.prompts]
         out.add(_write_png(image, path), path, {"blank": colour}, questions, colour)
 
@@ -385,17 +383,18 @@ COLLECTORS: dict[type, Callable[[Any, DatasetImages, Path, dict[str, DatasetImag
 def collect_images(
     name: str,
     config: DatasetConfig,
-    rendered: Path,
+    rendered: str | Path,
     others: dict[str, DatasetImages] | None = None,
 ) -> DatasetImages:
-    """Every image of one dataset; `rendered` holds generated or extracted files
-    (`<rendered>/<name>/`), `others` the datasets already collected (for `blank`)."""
+    """Every image of one dataset; `rendered` (a folder or an object-store prefix) holds
+    generated or extracted files (`<rendered>/<name>/`), `others` the datasets already
+    collected (for `blank`)."""
     out = DatasetImages(name)
     COLLECTORS[type(config)](config, out, rendered, others or {})
     return out
 
 
-def collect_all(configs: dict[str, DatasetConfig], rendered: Path) -> list[DatasetImages]:
+def collect_all(configs: dict[str, DatasetConfig], rendered: str | Path) -> list[DatasetImages]:
     """Collect every dataset, blank ones last (they read the others' questions)."""
     done: dict[str, DatasetImages] = {}
     ordered = sorted(configs, key=lambda n: (isinstance(configs[n], BlankDataset), n))

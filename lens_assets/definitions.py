@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dagster import Definitions, multiprocess_executor
+from dagster import Definitions
 
 from lens_assets.orchestration.assets import activations, images
 from lens_assets.orchestration.behaviour import answers
 from lens_assets.orchestration.checks import ACTIVATION_CHECKS, CHECK_JOB
+from lens_assets.orchestration.executors import executor_from_env
 from lens_assets.orchestration.probes import probe_results
 from lens_assets.orchestration.sensors import model_configs_sensor
 from lens_assets.orchestration.similarity import (
@@ -38,5 +39,5 @@ defs = Definitions(
     jobs=[CHECK_JOB],
     sensors=[model_configs_sensor],
     resources={"runtime": VLMRuntimeResource(), "warehouse": WarehouseResource()},
-    executor=multiprocess_executor,
+    executor=executor_from_env(),  # LENS_EXECUTOR: multiprocess (default) or celery
 )

@@ -187,7 +187,7 @@ class ExtractionResult:
         return [reason for run in self.runs for reason in run.skipped]
 
 
-def _readable(paths: Iterable[Path], skipped: list[str]) -> list[LoadedImage]:
+def _readable(paths: Iterable[str | Path], skipped: list[str]) -> list[LoadedImage]:
     images = []
     for path in paths:
         try:
@@ -260,7 +260,7 @@ def stage_dataset(
     modules: Sequence[str],
     stage: ActivationStage,
     dataset: str,
-    paths: Sequence[Path],
+    paths: Sequence[str | Path],
     batch_size: int,
     progress: bool = True,
     memory_budget: int | None = None,
@@ -312,7 +312,7 @@ def extract_loaded(
     loaded: LoadedModel,
     config: ModelConfig,
     warehouse: Warehouse,
-    sources: Mapping[str, Sequence[Path]],
+    sources: Mapping[str, Sequence[str | Path]],
     *,
     whole_model: bool = False,
     batch_size: int | None = None,
@@ -367,7 +367,7 @@ def extract_to_warehouse(
     config: ModelConfig,
     name: str,
     warehouse: Warehouse,
-    sources: Mapping[str, Sequence[Path]],
+    sources: Mapping[str, Sequence[str | Path]],
     *,
     whole_model: bool = False,
     batch_size: int | None = None,

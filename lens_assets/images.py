@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from lens_assets import files
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
 MAX_PIXELS = 64_000_000  # far beyond any VLM's input size, far below a decompression bomb
 # Longer side over shorter side: beyond this, resizing to any VLM input leaves less than a
@@ -117,9 +119,9 @@ def decode(data: bytes, source: str) -> Image.Image:
 
 
 def load_image(path: str | Path) -> LoadedImage:
-    path = Path(path)
+    """A local file or an object-store URI (images rendered onto a shared warehouse)."""
     try:
-        data = path.read_bytes()
+        data = files.read_bytes(path)
     except OSError as error:
         raise ImageReadError(f"cannot read image {path}: {error}") from None
     return LoadedImage(content_id(data), str(path), decode(data, str(path)))

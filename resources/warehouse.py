@@ -11,14 +11,17 @@ import contextlib
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import duckdb
 from duckdb_extensions import import_extension
+
+from lens_assets import files
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 DEFAULT_ROOT = Path("warehouse")
@@ -107,6 +110,12 @@ class WarehouseLocation:
         return needed
 
     @property
+    def files_root(self) -> str:
+        """Where files every worker must read (rendered dataset images) go: beside the data
+        folder, on the same store (the root locally; the bucket prefix on object storage)."""
+        return files.parent(self.data_path)
+
+    @property
     def models_dir(self) -> Path:
         """Where tiny checkpoints are built (`model_path: tiny:<architecture>`)."""
         return self.root / "models"
@@ -133,7 +142,15 @@ class Warehouse:
 
     def _attach(self, con: duckdb.DuckDBPyConnection, read_only: bool) -> None:
         for name in self.location.extensions:
-            import_extension(name, con=con)
+            try:
+                import_extension(name, con=con)
+            except ImportError:
+                raise WarehouseError(
+                    f"the warehouse at {self.location.catalog} / {self.location.data_path} "
+                    f'needs DuckDB\'s {name} extension: pip install -e ".[scale]"'
+                ) from None
+        if self.location.data_path.startswith("s3://"):
+            con.execute(s3_secret(os.environ))
         options = [f"DATA_PATH '{self.location.data_path}'", "DATA_INLINING_ROW_LIMIT 0"]
         if read_only:
             options.append("READ_ONLY")
@@ -170,8 +187,8 @@ class Warehouse:
             for macro in sorted((SQL_DIR / "macros").glob("*.sql")):
                 con.execute(macro.read_text())
             if read_only:
-                if self.location.is_local:
-                    con.execute(f"SET allowed_directories = ['{self.root}/']")
+                allowed = f"{self.root}/" if self.location.is_local else self.location.data_path
+                con.execute(f"SET allowed_directories = [{_quoted(allowed)}]")
                 con.execute("SET enable_external_access = false")
             yield con
         finally:
@@ -327,12 +344,13 @@ class Warehouse:
         self.replace_rows("model = ?", [model], {table: rows})
         return int(rows.num_rows)
 
-    def image_paths(self, dataset: str) -> list[Path]:
-        """The dataset's images as the `images` asset recorded them, in a stable order."""
+    def image_paths(self, dataset: str) -> list[str]:
+        """The dataset's images as the `images` asset recorded them (paths, or object-store
+        URIs on a shared warehouse), in a stable order."""
         rows = self.fetch_arrow(
             "SELECT DISTINCT path FROM images WHERE dataset = ? ORDER BY path", [dataset]
         )
-        return [Path(p) for p in rows.column(0).to_pylist()]
+        return rows.column(0).to_pylist()
 
     def maintain(self, older_than_hours: float = 0.0) -> dict[str, int]:
         """Expire snapshots older than the cutoff and delete the files only they used."""
@@ -353,7 +371,36 @@ class Warehouse:
         }
 
 
-def _quoted(path: Path) -> str:
+def s3_secret(env: Mapping[str, str]) -> str:
+    """DuckDB's S3 secret from the standard AWS variables (AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL): credentials live
+    in the environment, never in a file of the repository."""
+    missing = [name for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not env.get(name)]
+    if missing:
+        raise WarehouseError(
+            f"the warehouse data path is on S3 but {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not set: export the bucket's credentials"
+        )
+    options = {
+        "KEY_ID": env["AWS_ACCESS_KEY_ID"],
+        "SECRET": env["AWS_SECRET_ACCESS_KEY"],
+        "REGION": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+    }
+    if env.get("AWS_SESSION_TOKEN"):
+        options["SESSION_TOKEN"] = env["AWS_SESSION_TOKEN"]
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:  # MinIO, Ceph, moto...: host:port, path-style URLs
+        parts = urlsplit(endpoint)
+        options["ENDPOINT"] = parts.netloc or parts.path
+        options["URL_STYLE"] = "path"
+        options["USE_SSL"] = "true" if parts.scheme != "http" else "false"
+    settings = ", ".join(
+        f"{key} {value if key == 'USE_SSL' else _quoted(value)}" for key, value in options.items()
+    )
+    return f"CREATE OR REPLACE SECRET lens_s3 (TYPE s3, {settings})"
+
+
+def _quoted(path: Path | str) -> str:
     """A path as a SQL string literal."""
     return "'" + str(path).replace("'", "''") + "'"
 

@@ -16,6 +16,7 @@ from lens_assets.catalog import dataset_configs, model_configs
 from lens_assets.config import ConfigError, ModelConfig, load_model_config
 from lens_assets.datasets import collect_all, load_dataset_config
 from lens_assets.extraction import extract_loaded
+from lens_assets.files import join
 from lens_assets.orchestration.metadata import markdown_table
 from lens_assets.orchestration.partitions import MODELS
 from lens_assets.orchestration.sources import DATASET_CONFIGS, MODEL_CONFIG
@@ -72,7 +73,7 @@ def images(context: AssetExecutionContext, warehouse: WarehouseResource):
         raise ConfigError("no dataset configs: add one under configs/datasets/ (kind: shapes)")
     configs = {name: load_dataset_config(f.path) for name, f in files.items()}
     with warehouse.session() as wh:
-        collected = collect_all(configs, wh.root / "datasets")
+        collected = collect_all(configs, join(wh.location.files_root, "datasets"))
         tables = {
             table: pa.Table.from_pylist([r for c in collected for r in getattr(c, part)], schema)
             for table, (part, schema) in DATASET_TABLES.items()

@@ -1,0 +1,192 @@
+"""Real servers on loopback for the scale-out test: PostgreSQL (Debian's binaries, a data folder
+of the test's own), Redis (the Celery broker) and moto's S3 server. Each starts on a free port
+and stops when its block ends; one that cannot start skips the test, saying why."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.skip(f"{what} exited at start (code {process.returncode})")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    pytest.skip(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
+
+
+def postgres_bin(name: str) -> Path | None:
+    """Debian keeps the server binaries off PATH, under /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return versions[-1] if versions else None
+
+
+@dataclass(frozen=True)
+class Postgres:
+    port: int
+    user: str
+    password: str
+    database: str
+
+    @property
+    def catalog(self) -> str:
+        """The DuckLake catalog string: no password in it (libpq reads PGPASSWORD)."""
+        return f"postgres:dbname={self.database} host=127.0.0.1 port={self.port} user={self.user}"
+
+
+@contextmanager
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL server with password authentication, run as the `postgres` user when the
+    test runs as root (the server refuses to run as root). Its folder is a fresh one under the
+    system temp dir, which that user can reach (pytest's tmp_path is private to root)."""
+    initdb, pg_ctl = postgres_bin("initdb"), postgres_bin("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("PostgreSQL server binaries not found: apt-get install postgresql")
+    with (
+        tempfile.TemporaryDirectory(prefix="lens-postgres-") as temp,
+        _postgres(Path(temp), initdb, pg_ctl) as server,
+    ):
+        yield server
+
+
+@contextmanager
+def _postgres(folder: Path, initdb: Path, pg_ctl: Path) -> Iterator[Postgres]:
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    server = Postgres(free_port(), "lens", "lens-secret", "lake")
+    password_file = folder / "password"
+    password_file.write_text(server.password)
+    if as_user:
+        shutil.chown(password_file, "postgres")
+    data = folder / "data"
+    init = subprocess.run(
+        [*as_user, str(initdb), "-D", str(data), "-U", server.user, "-A", "scram-sha-256",
+         f"--pwfile={password_file}", "--no-sync"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if init.returncode:
+        pytest.skip(f"initdb failed: {init.stderr.strip()[-300:]}")
+    options = (
+        f"-p {server.port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off "
+        "-c max_connections=200"
+    )
+    start = subprocess.run(
+        [*as_user, str(pg_ctl), "-D", str(data), "-o", options, "-l", str(folder / "log"),
+         "-w", "-t", "60", "start"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if start.returncode:
+        log = (folder / "log").read_text() if (folder / "log").exists() else ""
+        pytest.skip(f"PostgreSQL did not start: {start.stderr.strip()} {log[-300:]}")
+    try:
+        env = {**os.environ, "PGPASSWORD": server.password}
+        subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-p", str(server.port), "-U", server.user, "-d",
+             "postgres", "-c", f"CREATE DATABASE {server.database}"],
+            env=env, check=True, capture_output=True,
+        )  # fmt: skip
+        yield server
+    finally:
+        subprocess.run([*as_user, str(pg_ctl), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)  # fmt: skip
+
+
+@contextmanager
+def redis(folder: Path) -> Iterator[str]:
+    """A Redis server without persistence; yields its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server not found: apt-get install redis-server")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(folder)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, process, "redis-server")
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class ObjectStore:
+    endpoint: str
+    bucket: str
+
+    def env(self) -> dict[str, str]:
+        """The standard AWS variables: what a worker on a real cluster would be given."""
+        return {
+            "AWS_ACCESS_KEY_ID": "lens-test-key",
+            "AWS_SECRET_ACCESS_KEY": "lens-test-secret",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.endpoint,
+        }
+
+
+@contextmanager
+def s3(bucket: str = "lens") -> Iterator[ObjectStore]:
+    """moto's S3 server in its own process, with one empty bucket."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, process, "moto's S3 server")
+        store = ObjectStore(f"http://127.0.0.1:{port}", bucket)
+        import boto3
+
+        client = boto3.client("s3", **_boto_args(store))
+        client.create_bucket(Bucket=bucket)
+        yield store
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _boto_args(store: ObjectStore) -> dict[str, str]:
+    env = store.env()
+    return {
+        "endpoint_url": store.endpoint,
+        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+        "region_name": env["AWS_REGION"],
+    }
+
+
+def object_keys(store: ObjectStore, prefix: str = "") -> list[str]:
+    import boto3
+
+    client = boto3.client("s3", **_boto_args(store))
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
