@@ -16,6 +16,7 @@ from pathlib import Path
 BENCHMARKS = {
     "probes": "benchmarks.probes",
     "extraction": "benchmarks.extraction",
+    "scale_out": "benchmarks.scale_out",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -220,6 +220,25 @@ def maintain(older_than_hours: float, warehouse_root: str | None) -> None:
     )
 
 
+@main.command(name="copy-warehouse")
+@click.option("--to-catalog", required=True, help="e.g. postgres:dbname=lens host=db user=lens")
+@click.option("--to-data-path", required=True, help="e.g. s3://bucket/lensflow/data/")
+@WAREHOUSE_OPTION
+def copy_warehouse(to_catalog: str, to_data_path: str, warehouse_root: str | None) -> None:
+    """Copy this warehouse (tables and rendered images) into another catalog and data path,
+    e.g. an embedded one into PostgreSQL + S3. Credentials come from the environment."""
+    from resources.warehouse import Warehouse, WarehouseLocation
+
+    source = Warehouse.at(warehouse_root)
+    if not source.exists():
+        _fail(f"no warehouse at {source.root} to copy")
+    target = Warehouse(WarehouseLocation(source.root, to_catalog, to_data_path))
+    counts = _run(lambda: source.copy_into(target))
+    for table, rows in counts.items():
+        click.echo(f"{table}: {rows} rows")
+    click.echo(f"copied into {to_catalog} / {to_data_path}")
+
+
 @main.command()
 @click.option(
     "--select", "selected",

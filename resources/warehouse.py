@@ -140,7 +140,7 @@ class Warehouse:
     def root(self) -> Path:
         return self.location.root
 
-    def _attach(self, con: duckdb.DuckDBPyConnection, read_only: bool) -> None:
+    def _attach(self, con: duckdb.DuckDBPyConnection, read_only: bool, alias: str = LAKE) -> None:
         for name in self.location.extensions:
             try:
                 import_extension(name, con=con)
@@ -154,8 +154,9 @@ class Warehouse:
         options = [f"DATA_PATH '{self.location.data_path}'", "DATA_INLINING_ROW_LIMIT 0"]
         if read_only:
             options.append("READ_ONLY")
-        con.execute(f"ATTACH 'ducklake:{self.location.catalog}' AS {LAKE} ({', '.join(options)})")
-        con.execute(f"USE {LAKE}")
+        con.execute(f"ATTACH 'ducklake:{self.location.catalog}' AS {alias} ({', '.join(options)})")
+        if alias == LAKE:
+            con.execute(f"USE {LAKE}")
 
     def exists(self) -> bool:
         if self.location.catalog.startswith("sqlite:"):
@@ -351,6 +352,63 @@ class Warehouse:
             "SELECT DISTINCT path FROM images WHERE dataset = ? ORDER BY path", [dataset]
         )
         return rows.column(0).to_pylist()
+
+    def copy_into(self, target: Warehouse) -> dict[str, int]:
+        """Copy every table's rows into `target` (say, PostgreSQL + S3), replacing what it
+        held, in one transaction. The target's own migrations make its schema, partitioning
+        included; the rendered images are copied first and their paths rewritten. The source
+        is only read. Returns rows per table."""
+        source_files = self.location.files_root.rstrip("/") + "/"
+        target_files = target.location.files_root.rstrip("/") + "/"
+        moved = self._copy_image_files(source_files, target_files)
+        with target.connect() as con:
+            retry_transaction(lambda: self._attach(con, read_only=True, alias="source"))
+            tables = [
+                row[0]
+                for row in con.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_catalog = "
+                    "'source' AND table_type = 'BASE TABLE' AND table_name <> 'lens_migrations' "
+                    "ORDER BY table_name"
+                ).fetchall()
+            ]
+
+            def commit() -> dict[str, int]:
+                con.execute("BEGIN")
+                try:
+                    counts = {}
+                    for table in tables:
+                        con.execute(f"DELETE FROM {LAKE}.{table}")
+                        rows = f"SELECT * FROM source.{table}"
+                        if table == "images" and moved:
+                            rows = (
+                                "SELECT * REPLACE (CASE WHEN starts_with(path, $1) THEN $2 || "
+                                "path[length($1) + 1:] ELSE path END AS path) FROM source.images"
+                            )
+                        con.execute(
+                            f"INSERT INTO {LAKE}.{table} BY NAME {rows}",
+                            [source_files, target_files] if "$1" in rows else [],
+                        )
+                        counts[table] = con.execute(
+                            f"SELECT count(*) FROM {LAKE}.{table}"
+                        ).fetchone()[0]
+                    con.execute("COMMIT")
+                    return counts
+                except duckdb.Error:
+                    _rollback_quietly(con)
+                    raise
+
+            return retry_transaction(commit)
+
+    def _copy_image_files(self, source_root: str, target_root: str) -> int:
+        """The rendered images under the source's files root, to the same place under the
+        target's; returns how many."""
+        if source_root == target_root:
+            return 0
+        paths = self.fetch_arrow("SELECT DISTINCT path FROM images").column(0).to_pylist()
+        inside = [p for p in paths if p.startswith(source_root)]
+        for path in inside:
+            files.write_bytes(target_root + path[len(source_root) :], files.read_bytes(path))
+        return len(inside)
 
     def maintain(self, older_than_hours: float = 0.0) -> dict[str, int]:
         """Expire snapshots older than the cutoff and delete the files only they used."""

@@ -1,9 +1,11 @@
-"""Real servers on loopback for the scale-out test: PostgreSQL (Debian's binaries, a data folder
-of the test's own), Redis (the Celery broker) and moto's S3 server. Each starts on a free port
-and stops when its block ends; one that cannot start skips the test, saying why."""
+"""Real servers on loopback for the scale-out test and benchmark: PostgreSQL (Debian's binaries,
+a data folder of its own), Redis (the Celery broker) and moto's S3 server, each on a free port
+until its block ends (one that cannot start skips the test, saying why); then the cluster on
+them: the environment every machine exports, Celery workers, runs of one partition each."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.browser import stop_process_group
 
 
 def free_port() -> int:
@@ -190,3 +194,71 @@ def object_keys(store: ObjectStore, prefix: str = "") -> list[str]:
     client = boto3.client("s3", **_boto_args(store))
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=prefix)
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+# The cluster on those servers.
+
+
+def cluster_env(
+    tmp: Path, configs: Path, pg: Postgres, broker: str, store: ObjectStore
+) -> dict[str, str]:
+    """What each machine of a real cluster would export; nothing of it is in a repo file."""
+    return {
+        **os.environ,
+        **store.env(),
+        "PGPASSWORD": pg.password,
+        "LENS_CATALOG": pg.catalog,
+        "LENS_DATA_PATH": f"s3://{store.bucket}/lensflow/data/",
+        "LENS_WAREHOUSE": str(tmp / "local"),  # this machine's spool and tiny checkpoints
+        "LENS_CONFIGS": str(configs),
+        "DAGSTER_HOME": str(tmp / "dagster"),
+        "LENS_EXECUTOR": "celery",
+        "LENS_CELERY_BROKER": f"{broker}/0",
+        "LENS_CELERY_BACKEND": f"{broker}/1",
+        "LENS_DEVICE": "cpu",
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    }
+
+
+@contextmanager
+def celery_workers(env: dict[str, str], count: int, logs: Path) -> Iterator[None]:
+    """`dagster-celery worker start`, one process (one step at a time) per worker."""
+    config = Path(env["LENS_CONFIGS"]) / "executors" / "celery.yaml"
+    logs.mkdir(parents=True, exist_ok=True)
+    workers = []
+    for index in range(count):
+        command = [
+            "dagster-celery", "worker", "start", "-A", "dagster_celery.app", "-y", str(config),
+            "-n", f"worker{index}", "--", "--concurrency=1", "--without-gossip", "--without-mingle",
+        ]  # fmt: skip
+        log = (logs / f"worker{index}.log").open("wb")
+        workers.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not all("ready." in (logs / f"worker{i}.log").read_text() for i in range(count)):
+            if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
+                pytest.fail("the Celery workers did not start: see " + str(logs))
+            time.sleep(0.2)
+        yield
+    finally:
+        for worker in workers:
+            stop_process_group(worker, grace=10)
+
+
+def lens_sql(env: dict[str, str], query: str) -> list[dict]:
+    done = subprocess.run(
+        [sys.executable, "-m", "lens_assets.cli", "sql", "--format", "json", query],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(done.stdout)
+
+
+def materialize_partition(
+    env: dict[str, str], partition: str, log: Path
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["dagster", "asset", "materialize", "-m", "lens_assets", "--select", "activations",
+         "--partition", partition],
+        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip

@@ -216,3 +216,45 @@ def test_extract_reads_a_vlm_lens_dataset_block(
     rows = lens("sql", "SELECT dataset, count(DISTINCT image_id) AS n FROM activations GROUP BY 1",
                 "--format", "csv", "--warehouse", str(warehouse))  # fmt: skip
     assert rows.stdout.splitlines()[1] == "clip-clevr-dataset,3"
+
+
+def embedded_warehouse(root: Path, llava_config: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Rendered images (`lens materialize --select images`) and one model's rows."""
+    configs = root.parent / "configs"
+    (configs / "datasets").mkdir(parents=True)
+    (configs / "models").mkdir()
+    (configs / "datasets" / "shapes.yaml").write_text("kind: shapes\nsize: 6\n")
+    monkeypatch.setenv("LENS_CONFIGS", str(configs))
+    monkeypatch.setenv("DAGSTER_HOME", str(root.parent / "dagster"))
+    assert lens("materialize", "--select", "images", "--warehouse", str(root)).exit_code == 0
+    done = lens("extract", str(llava_config), "--limit", "3", "--warehouse", str(root))
+    assert done.exit_code == 0, done.output
+    return root
+
+
+def test_copy_warehouse_moves_tables_and_images_and_keeps_the_source(
+    llava_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = embedded_warehouse(tmp_path / "old", llava_config, monkeypatch)
+    new = tmp_path / "new"
+    result = lens(
+        "copy-warehouse", "--to-catalog", f"sqlite:{new / 'catalog.sqlite'}",
+        "--to-data-path", f"{new / 'data'}/", "--warehouse", str(source),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "activations: 18 rows" in result.stdout  # 3 images x 3 modules x 2 poolings
+
+    def rows(root: Path, query: str) -> list[dict]:
+        out = lens("sql", query, "--format", "json", "--warehouse", str(root))
+        return json.loads(out.stdout)
+
+    every_table = "SELECT (SELECT count(*) FROM activations) a, (SELECT count(*) FROM images) i"
+    assert rows(new, every_table) == rows(source, every_table)
+    paths = [r["path"] for r in rows(new, "SELECT path FROM images WHERE dataset = 'shapes'")]
+    assert paths and all(p.startswith(f"{new}/datasets/shapes/") for p in paths)
+    assert all(Path(p).read_bytes() == Path(p.replace(str(new), str(source))).read_bytes()
+               for p in paths)  # fmt: skip
+    assert list((new / "data" / "main" / "activations").glob("model=tiny-llava/*.parquet"))
+    migrations = rows(new, "SELECT count(*) AS n FROM lens_migrations")[0]["n"]
+    sql = Path(__file__).resolve().parent.parent / "sql"
+    assert migrations == len(list(sql.glob("[0-9]*.sql")))  # its own, not the source's rows

@@ -23,7 +23,16 @@ import pytest
 import yaml
 
 from tests.browser import Server, free_port, stop_process_group, wait_for_server
-from tests.servers import ObjectStore, Postgres, object_keys, postgres, redis, s3
+from tests.servers import (
+    celery_workers,
+    cluster_env,
+    lens_sql,
+    materialize_partition,
+    object_keys,
+    postgres,
+    redis,
+    s3,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 POOLINGS = ["mean_image", "last"]
@@ -57,50 +66,6 @@ def write_configs(folder: Path) -> Path:
     celery = REPO / "configs" / "executors" / "celery.yaml"
     (folder / "executors" / "celery.yaml").write_text(celery.read_text())
     return folder
-
-
-def cluster_env(tmp: Path, pg: Postgres, broker: str, store: ObjectStore) -> dict[str, str]:
-    """What each machine of a real cluster would export; nothing of it is in a repo file."""
-    return {
-        **os.environ,
-        **store.env(),
-        "PGPASSWORD": pg.password,
-        "LENS_CATALOG": pg.catalog,
-        "LENS_DATA_PATH": f"s3://{store.bucket}/lensflow/data/",
-        "LENS_WAREHOUSE": str(tmp / "local"),  # this machine's spool and tiny checkpoints
-        "LENS_CONFIGS": str(write_configs(tmp / "configs")),
-        "DAGSTER_HOME": str(tmp / "dagster"),
-        "LENS_EXECUTOR": "celery",
-        "LENS_CELERY_BROKER": f"{broker}/0",
-        "LENS_CELERY_BACKEND": f"{broker}/1",
-        "LENS_DEVICE": "cpu",
-        "PYTHONPATH": str(REPO),
-    }
-
-
-@contextmanager
-def celery_workers(env: dict[str, str], count: int, logs: Path) -> Iterator[None]:
-    """`dagster-celery worker start`, one process (one step at a time) per worker."""
-    config = Path(env["LENS_CONFIGS"]) / "executors" / "celery.yaml"
-    workers = []
-    for index in range(count):
-        command = [
-            "dagster-celery", "worker", "start", "-A", "dagster_celery.app", "-y", str(config),
-            "-n", f"worker{index}", "--", "--concurrency=1", "--without-gossip", "--without-mingle",
-        ]  # fmt: skip
-        log = (logs / f"worker{index}.log").open("wb")
-        workers.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True))  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not all("ready." in (logs / f"worker{i}.log").read_text() for i in range(count)):
-            if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
-                pytest.fail("the Celery workers did not start: see " + str(logs))
-            time.sleep(0.2)
-        yield
-    finally:
-        for worker in workers:
-            stop_process_group(worker, grace=10)  # type: ignore[arg-type]
 
 
 @contextmanager
@@ -143,22 +108,6 @@ def ui_row_counts(server: Server) -> list[tuple[str, int]]:
     ]
 
 
-def lens_sql(env: dict[str, str], query: str) -> list[dict]:
-    done = subprocess.run(
-        [sys.executable, "-m", "lens_assets.cli", "sql", "--format", "json", query],
-        env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return json.loads(done.stdout)
-
-
-def materialize(env: dict[str, str], partition: str, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        ["dagster", "asset", "materialize", "-m", "lens_assets", "--select", "activations",
-         "--partition", partition],
-        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-
-
 def kill_one_step_mid_extraction(local_root: Path, runs: list[subprocess.Popen]) -> int:
     """SIGKILL the worker process of the first step seen spooling rows (its spool folder is
     named after its pid); returns that pid."""
@@ -181,7 +130,7 @@ def test_three_workers_fill_a_postgres_and_s3_warehouse_and_survive_a_sigkill(
         pg = servers.enter_context(postgres())
         broker = servers.enter_context(redis(tmp_path))
         store = servers.enter_context(s3())
-        env = cluster_env(tmp_path, pg, broker, store)
+        env = cluster_env(tmp_path, write_configs(tmp_path / "configs"), pg, broker, store)
         logs = tmp_path / "logs"
         logs.mkdir()
 
@@ -195,7 +144,7 @@ def test_three_workers_fill_a_postgres_and_s3_warehouse_and_survive_a_sigkill(
 
         servers.enter_context(celery_workers(env, WORKERS, logs))
         ui = servers.enter_context(webserver(env, logs / "webserver.log"))
-        runs = [materialize(env, name, logs / f"{name}.log") for name in MODELS]
+        runs = [materialize_partition(env, name, logs / f"{name}.log") for name in MODELS]
 
         seen_by_sql: list[dict[str, int]] = []
         seen_by_ui: list[tuple[str, int]] = []
@@ -243,3 +192,48 @@ def test_three_workers_fill_a_postgres_and_s3_warehouse_and_survive_a_sigkill(
         assert not (local / "catalog.sqlite").exists() and not (local / "data").exists()
         stored_paths = lens_sql(env, "SELECT DISTINCT path FROM images")
         assert all(row["path"].startswith(f"s3://{store.bucket}/") for row in stored_paths)
+
+
+def test_an_embedded_warehouse_copies_into_postgres_and_s3(tmp_path: Path, tiny_dir: Path) -> None:
+    """`lens copy-warehouse`: the README's way from one machine to the cluster."""
+    configs = tmp_path / "configs"
+    (configs / "datasets").mkdir(parents=True)
+    (configs / "models").mkdir()
+    (configs / "datasets" / "shapes.yaml").write_text("kind: shapes\nsize: 6\n")
+    model = tmp_path / "tiny-llava.yaml"
+    architecture, modules = MODELS["tiny-llava"]
+    model.write_text(yaml.safe_dump({"architecture": architecture, "modules": modules,
+                                     "model_path": str(tiny_dir / "llava"),
+                                     "pooling": POOLINGS}))  # fmt: skip
+    local = {**os.environ, "LENS_WAREHOUSE": str(tmp_path / "embedded"),
+             "LENS_CONFIGS": str(configs), "DAGSTER_HOME": str(tmp_path / "dagster")}  # fmt: skip
+    for command in (
+        ["lens", "materialize", "--select", "images"],
+        [
+            "lens",
+            "extract",
+            str(model),
+            "--input-dir",
+            str(tmp_path / "embedded" / "datasets" / "shapes"),
+        ],
+    ):
+        done = subprocess.run(command, env=local, capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    with postgres() as pg, s3() as store:
+        env = cluster_env(tmp_path, configs, pg, "redis://unused", store)
+        data_path = env["LENS_DATA_PATH"]
+        copy = subprocess.run(
+            ["lens", "copy-warehouse", "--to-catalog", pg.catalog, "--to-data-path", data_path],
+            env={**local, **store.env(), "PGPASSWORD": pg.password}, capture_output=True,
+            text=True,
+        )  # fmt: skip
+        assert copy.returncode == 0, copy.stderr[-2000:]
+        query = "SELECT (SELECT count(*) FROM activations) AS a, (SELECT count(*) FROM images) AS i"
+        assert lens_sql(env, query) == lens_sql(local, query)
+        assert lens_sql(env, query)[0]["a"] > 0
+        paths = [r["path"] for r in lens_sql(env, "SELECT path FROM images")]
+        assert all(p.startswith(f"s3://{store.bucket}/lensflow/datasets/shapes/") for p in paths)
+        keys = object_keys(store)
+        assert sum(k.startswith("lensflow/datasets/shapes/") for k in keys) == len(paths)
+        assert any(k.startswith("lensflow/data/main/activations/model=tiny-llava/") for k in keys)
