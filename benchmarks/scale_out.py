@@ -58,6 +58,13 @@ def write_configs(folder: Path, copies: int, images: int) -> list[str]:
     return names
 
 
+def cpu_times() -> tuple[float, float]:
+    """Machine-wide (busy, total) CPU jiffies from /proc/stat."""
+    fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def run(quick: bool, out_dir: Path) -> dict[str, Any]:
     copies, images = (1, 12) if quick else (2, 32)
     rows = []
@@ -76,10 +83,13 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         for workers in WORKER_COUNTS:
             logs = tmp / f"logs-{workers}"
             with celery_workers(env, workers, logs):
+                busy, total = cpu_times()
                 start = time.perf_counter()
                 runs = [materialize_partition(env, n, logs / f"{n}.log") for n in names]
                 codes = [r.wait(timeout=1800) for r in runs]
                 seconds = time.perf_counter() - start
+                busy_after, total_after = cpu_times()
+            utilisation = (busy_after - busy) / (total_after - total)
             if any(codes):
                 raise RuntimeError(f"a run failed with {workers} workers: see {logs}")
             counts = lens_sql(env, "SELECT model, count(*) AS n FROM activations GROUP BY ALL")
@@ -87,8 +97,8 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
             assert {r["model"]: r["n"] for r in counts} == dict.fromkeys(names, expected)
             rows.append({"workers": workers, "partitions": len(names),
                          "seconds": round(seconds, 1),
-                         "partitions_per_minute": round(len(names) / seconds * 60, 2)})  # fmt: skip
-            print(rows[-1], flush=True)
+                         "partitions_per_minute": round(len(names) / seconds * 60, 2),
+                         "cpu_busy": round(utilisation, 2)})  # fmt: skip
     base = rows[0]["partitions_per_minute"]
     for row in rows:
         row["speedup"] = round(row["partitions_per_minute"] / base, 2)
@@ -100,10 +110,11 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         f"# Scale-out: {len(names)} tiny partitions ({n_images} images x 2 hook points x "
         f"{len(POOLINGS)} poolings each) by 1 to 3 Celery workers",
         "",
-        "| workers | partitions | seconds | partitions/min | speed-up |",
-        "|---|---|---|---|---|",
+        "| workers | partitions | seconds | partitions/min | speed-up | CPU busy (all cores) |",
+        "|---|---|---|---|---|---|",
         *(f"| {r['workers']} | {r['partitions']} | {r['seconds']} | "
-          f"{r['partitions_per_minute']} | {r['speedup']}x |" for r in rows),
+          f"{r['partitions_per_minute']} | {r['speedup']}x | {r['cpu_busy']:.0%} |"
+          for r in rows),
         "",
         f"Machine: {result['machine']['cores']} cores; one run per row; the workers share the "
         "machine with PostgreSQL, Redis, moto and every run's coordinator process.",
