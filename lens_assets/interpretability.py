@@ -20,7 +20,7 @@ class _Settings(BaseModel):
 
 class AttentionSettings(_Settings):
     layers: list[str] = Field(
-        default_factory=lambda: ["*language_model.layers.*"],
+        default_factory=lambda: ["**language_model.layers.*"],
         description="Globs over module names: the decoder layers whose attention is kept.",
     )
 
@@ -42,7 +42,7 @@ class PatchingSettings(_Settings):
     concept: str = Field(
         default="background", description="The question asked: its answer is the logit read."
     )
-    layers: list[str] = Field(default_factory=lambda: ["*language_model.layers.*"])
+    layers: list[str] = Field(default_factory=lambda: ["**language_model.layers.*"])
     positions: list[Literal["all", "image"]] = Field(default_factory=lambda: ["all", "image"])
     max_pairs: int = Field(default=4, ge=1)
 
@@ -50,7 +50,7 @@ class PatchingSettings(_Settings):
 class AblationSettings(_Settings):
     mode: Literal["zero", "mean"] = "zero"
     heads: dict[str, list[int]] = Field(
-        default_factory=lambda: {"*language_model.layers.0": [0]},
+        default_factory=lambda: {"**language_model.layers.0": [0]},
         description="Layer glob -> head indices to ablate together.",
     )
 
