@@ -31,7 +31,10 @@ ANSWER_ROWS = pa.schema(
 )
 
 
-def _questions(warehouse: Warehouse, datasets: Sequence[str]) -> list[dict[str, Any]]:
+def questions_with_answers(
+    warehouse: Warehouse, datasets: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Every question with a known answer, with its image's path and concept."""
     marks = ", ".join("?" for _ in datasets)
     return warehouse.fetch_arrow(
         f"""
@@ -61,7 +64,7 @@ def answer_questions(
     batch_size: int = 8,
 ) -> pa.Table:
     """Greedy answers to every question with a known answer, scored; one row per question."""
-    questions = _questions(warehouse, datasets)
+    questions = questions_with_answers(warehouse, datasets)
     if not questions:
         return ANSWER_ROWS.empty_table()
     pictures = {path: load_image(path).image for path in {q["path"] for q in questions}}

@@ -124,3 +124,37 @@ def vision_vs_vlm_by_layer(rows: Sequence[dict[str, Any]], model: str, out: Path
     figure.savefig(out, dpi=90)
     plt.close(figure)
     return out
+
+
+def layer_curves(
+    rows: Sequence[dict[str, Any]],
+    value: str,
+    series: str,
+    title: str,
+    ylabel: str,
+    out: Path,
+    unit_range: bool = True,
+) -> Path | None:
+    """Mean of `value` by layer, one line per `series` value: attention's image share, the
+    logit lens's label probability, patching's recovery. Layers in depth order."""
+    points: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row[value] is not None and row[value] == row[value]:  # NaN: no contrast to recover
+            points[str(row[series])][row["layer"]].append(float(row[value]))
+    if not points:
+        return None
+    layers = sorted({layer for by_layer in points.values() for layer in by_layer}, key=natural_key)
+    figure, axis = plt.subplots(figsize=(6.4, 3.6))
+    for index, (name, by_layer) in enumerate(sorted(points.items())):
+        x = [i for i, layer in enumerate(layers) if layer in by_layer]
+        y = [sum(by_layer[layers[i]]) / len(by_layer[layers[i]]) for i in x]
+        axis.plot(x, y, "-o", color=f"C{index % 10}", label=name)
+    _layer_axis(axis, layers, title, ylabel)
+    if not unit_range:
+        axis.autoscale(axis="y")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=90)
+    plt.close(figure)
+    return out
