@@ -31,9 +31,7 @@ ANSWER_ROWS = pa.schema(
 )
 
 
-def questions_with_answers(
-    warehouse: Warehouse, datasets: Sequence[str]
-) -> list[dict[str, Any]]:
+def questions_with_answers(warehouse: Warehouse, datasets: Sequence[str]) -> list[dict[str, Any]]:
     """Every question with a known answer, with its image's path and concept."""
     marks = ", ".join("?" for _ in datasets)
     return warehouse.fetch_arrow(

@@ -8,6 +8,7 @@ from lens_assets.orchestration.assets import activations, images
 from lens_assets.orchestration.behaviour import answers
 from lens_assets.orchestration.checks import ACTIVATION_CHECKS, CHECK_JOB
 from lens_assets.orchestration.executors import executor_from_env
+from lens_assets.orchestration.interpretability import interpretability
 from lens_assets.orchestration.probes import probe_results
 from lens_assets.orchestration.sensors import model_configs_sensor
 from lens_assets.orchestration.similarity import (
@@ -31,6 +32,7 @@ ASSETS = [
     blind_test,
     concept_similarity,
     vision_vs_vlm,
+    interpretability,
 ]
 
 defs = Definitions(

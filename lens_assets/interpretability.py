@@ -31,13 +31,14 @@ class LogitLensSettings(_Settings):
 
 class AttributionSettings(_Settings):
     layer: str | None = Field(
-        default=None, description="Grad-CAM's vision-tower layer (a glob); default: its last."
+        default=None,
+        description="Grad-CAM's vision-tower layer (a glob); default: the block the LLM reads.",
     )
 
 
 class PatchingSettings(_Settings):
     dataset: str = "stroop"
-    same: list[str] = Field(default_factory=lambda: ["word", "font"])
+    same: list[str] = Field(default_factory=lambda: ["word"])
     differ: str = "background"
     concept: str = Field(
         default="background", description="The question asked: its answer is the logit read."

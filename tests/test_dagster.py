@@ -27,6 +27,9 @@ from tests.conftest import HOOK_POINTS
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 ACTIVATIONS = dg.AssetKey("activations")
+INTERPRETABILITY_TABLES = (
+    "attention_maps", "logit_lens", "attributions", "patching_effects", "ablation_effects",
+)  # fmt: skip
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -391,3 +394,50 @@ def test_vision_vs_vlm_solves_the_visual_tasks_at_every_layer_beside_the_answers
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     event = project.instance.get_latest_materialization_event(dg.AssetKey("vision_vs_vlm"))
     assert "accuracy_by_layer" in event.asset_materialization.metadata
+
+
+def test_interpretability_fills_its_five_tables_and_skips_a_dual_encoder(
+    project: Project,
+) -> None:
+    datasets = project.configs / "datasets"
+    (datasets / "stroop.yaml").write_text("kind: stroop\nsize: 24\n")
+    (project.configs / "interpretability.yaml").write_text(
+        "max_items: 3\npatching: {max_pairs: 2}\nablation: {heads: "
+        '{"**language_model.layers.0": [0, 1]}}\n'
+    )
+    sync_configs(project.instance)
+    project.materialize(assets={"images", *INTERPRETABILITY_TABLES})
+
+    def rows(sql: str) -> list[dict]:
+        return project.warehouse.fetch_arrow(sql).to_pylist()
+
+    counts = {
+        table: rows(f"SELECT model, count(*) AS n FROM {table} GROUP BY ALL")
+        for table in INTERPRETABILITY_TABLES
+    }
+    llava_layers, heads = 2, 4  # the tiny LLaVA's decoder layers and attention heads
+    assert counts["attention_maps"] == [{"model": "tiny-llava", "n": 3 * llava_layers * heads}]
+    assert counts["logit_lens"] == [{"model": "tiny-llava", "n": 3 * llava_layers}]
+    assert counts["attributions"] == [{"model": "tiny-llava", "n": 3 * 2}]  # Grad-CAM + pixels
+    assert counts["patching_effects"] == [{"model": "tiny-llava", "n": 2 * llava_layers * 2}]
+    assert counts["ablation_effects"] == [{"model": "tiny-llava", "n": 3}]
+    assert rows("SELECT DISTINCT dataset FROM attention_maps") == [{"dataset": "stroop"}]
+    shares = rows("SELECT layer, image_share FROM attention_image_share ORDER BY layer")
+    assert len(shares) == llava_layers and all(0 <= r["image_share"] <= 1 for r in shares)
+    emergence = rows("SELECT layer_index, top1_share FROM answer_emergence ORDER BY 1")
+    assert [r["layer_index"] for r in emergence] == [0, 1]
+    recovery = rows(
+        "SELECT layer, positions, recovery FROM patching_effects WHERE layer LIKE '%layers.1' "
+        "AND positions = 'all'"
+    )
+    assert all(r["recovery"] == pytest.approx(1.0) for r in recovery)  # the last layer, whole
+    reports = project.warehouse.root / "reports" / "tiny-llava"
+    for picture in ("attention_maps", "attributions", "logit_lens", "patching_effects"):
+        assert (reports / f"{picture}.png").read_bytes()[:4] == b"\x89PNG", picture
+    (clip,) = project.instance.fetch_materializations(
+        dg.AssetRecordsFilter(dg.AssetKey("attention_maps"), asset_partitions=["tiny-clip"]),
+        limit=1,
+    ).records
+    metadata = clip.asset_materialization.metadata
+    assert metadata["rows"].value == 0
+    assert "CLIPModel" in metadata["skipped"].value  # no token logits: the reason is stated

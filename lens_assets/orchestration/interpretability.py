@@ -1,0 +1,259 @@
+"""The interpretability assets, per model: where the model looks (attention_maps), when the
+answer appears (logit_lens), what the answer depends on (attributions), and which layers and
+heads carry it (patching_effects, ablation_effects). One step loads the model once for all
+five; `configs/interpretability.yaml` says what each computes."""
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    AutomationCondition,
+    MaterializeResult,
+    MetadataValue,
+    multi_asset,
+)
+
+from lens_assets.answers import questions_with_answers
+from lens_assets.attention import (
+    ATTENTION_MAP_ROWS,
+    attention_maps,
+    head_mean_map,
+    render_attention_overlay,
+)
+from lens_assets.attribution import (
+    ATTRIBUTION_ROWS,
+    Attribution,
+    attribute,
+    attribution_rows,
+    gradcam_layer,
+    render_attributions,
+)
+from lens_assets.behaviour import BehaviourNotSupported, require_generation
+from lens_assets.config import configs_dir
+from lens_assets.images import load_image
+from lens_assets.interpretability import InterpretabilitySettings, load_settings, pick_questions
+from lens_assets.interventions import (
+    ABLATION_ROWS,
+    PATCHING_ROWS,
+    ablation_effects,
+    patching_effects,
+)
+from lens_assets.logit_lens import LOGIT_LENS_ROWS, logit_lens
+from lens_assets.modules import select_modules
+from lens_assets.orchestration.assets import (
+    IMAGE_LABELS,
+    IMAGES,
+    PROMPTS,
+    datasets_of,
+    model_config_of,
+)
+from lens_assets.orchestration.metadata import markdown_image
+from lens_assets.orchestration.partitions import MODELS
+from lens_assets.orchestration.sources import MODEL_CONFIG
+from lens_assets.patches import frame_box
+from lens_assets.reports import layer_curves
+from resources.configurable import VLMRuntimeResource, WarehouseResource
+from resources.runtime import LoadedModel
+from resources.warehouse import Warehouse
+
+SETTINGS_FILE = "interpretability.yaml"
+TABLES: dict[str, pa.Schema] = {
+    "attention_maps": ATTENTION_MAP_ROWS,
+    "logit_lens": LOGIT_LENS_ROWS,
+    "attributions": ATTRIBUTION_ROWS,
+    "patching_effects": PATCHING_ROWS,
+    "ablation_effects": ABLATION_ROWS,
+}
+DESCRIPTIONS = {
+    "attention_maps": "Attention from the answer position to every image patch, per layer and "
+    "head, with the share of attention on image tokens (table attention_maps; view "
+    "attention_image_share).",
+    "logit_lens": "Each LLM layer read through the final norm and output head at the answer "
+    "position: top tokens, and the label's rank and probability (table logit_lens; view "
+    "answer_emergence).",
+    "attributions": "Grad-CAM on a vision-tower block and input x gradient on the pixels, for "
+    "the answer token's logit (table attributions).",
+    "patching_effects": "Activation patching from clean into corrupted images, per layer, all "
+    "or image positions: how much of the answer logit comes back (table patching_effects).",
+    "ablation_effects": "Attention heads ablated (zero or mean) as configured: the change in the "
+    "answer logit and the output distribution (table ablation_effects).",
+}
+
+
+def settings() -> InterpretabilitySettings:
+    return load_settings(configs_dir() / SETTINGS_FILE)
+
+
+def _settings_version() -> str:
+    path = configs_dir() / SETTINGS_FILE
+    return hashlib.sha256(path.read_bytes() if path.is_file() else b"").hexdigest()[:12]
+
+
+@multi_asset(
+    specs=[
+        AssetSpec(
+            key,
+            deps=[MODEL_CONFIG, IMAGES, PROMPTS, IMAGE_LABELS],
+            group_name="interpretability",
+            description=description,
+            automation_condition=AutomationCondition.eager(),
+            kinds={"pytorch", "duckdb"},
+        )
+        for key, description in DESCRIPTIONS.items()
+    ],
+    partitions_def=MODELS,
+    # The settings file is part of the code: editing it makes every model stale.
+    code_version=f"1-{_settings_version()}",
+    name="interpretability",
+)
+def interpretability(
+    context: AssetExecutionContext, runtime: VLMRuntimeResource, warehouse: WarehouseResource
+) -> Iterator[MaterializeResult]:
+    name = context.partition_key
+    config = model_config_of(name)
+    chosen = settings()
+    with warehouse.session() as wh:
+        datasets = [d for d in datasets_of(config.datasets, name) if d in chosen.datasets]
+        questions = pick_questions(
+            questions_with_answers(wh, datasets) if datasets else [],
+            chosen.concept,
+            chosen.max_items,
+        )
+        if not questions:  # decided before the model is loaded: nothing to pay for
+            reason = f"no questions about {chosen.concept!r} in datasets {chosen.datasets}"
+            yield from _skipped(wh, name, reason)
+            return
+        with runtime.model(config, name, wh) as loaded:
+            try:
+                require_generation(loaded)  # every analysis reads the answer token's logit
+            except BehaviourNotSupported as reason:
+                yield from _skipped(wh, name, str(reason))
+                return
+            tables, heatmaps = analyse(
+                loaded, wh, questions, chosen, runtime.effective_batch_size(config)
+            )
+            pictures = render(loaded, tables, heatmaps, questions, wh.root / "reports" / name)
+        for table, rows in tables.items():
+            wh.replace_model_rows(table, name, rows)
+    for table, rows in tables.items():
+        metadata: dict[str, Any] = {"rows": rows.num_rows}
+        if table in pictures:
+            metadata["plot"] = markdown_image(pictures[table], table)
+        yield MaterializeResult(asset_key=AssetKey(table), metadata=metadata)
+
+
+def _skipped(wh: Warehouse, name: str, reason: str) -> Iterator[MaterializeResult]:
+    for table, schema in TABLES.items():
+        wh.replace_model_rows(table, name, schema.empty_table())
+        yield MaterializeResult(
+            asset_key=AssetKey(table), metadata={"rows": 0, "skipped": MetadataValue.text(reason)}
+        )
+
+
+def _with_dataset(table: pa.Table, datasets: list[str]) -> pa.Table:
+    return table.append_column("dataset", pa.array(datasets, pa.string()))
+
+
+def analyse(
+    loaded: LoadedModel,
+    wh: Warehouse,
+    questions: list[dict[str, Any]],
+    chosen: InterpretabilitySettings,
+    batch_size: int,
+) -> tuple[dict[str, pa.Table], list[Attribution]]:
+    """The five tables, and the first question's heatmaps (for the picture)."""
+    images = [load_image(q["path"]).image for q in questions]
+    prompts = [q["prompt"] for q in questions]
+    ids = [q["image_id"] for q in questions]
+    names = loaded.module_names
+    attention_layers = select_modules(names, chosen.attention.layers)
+    attention = attention_maps(loaded, images, prompts, attention_layers, ids, batch_size)
+    lens = logit_lens(
+        loaded, images, prompts, [q["expected"] for q in questions], ids,
+        top_k=chosen.logit_lens.top_k, batch_size=batch_size,
+    )  # fmt: skip
+    cam_layer = (
+        select_modules(names, [chosen.attribution.layer])[0]
+        if chosen.attribution.layer
+        else gradcam_layer(loaded)
+    )
+    found = [
+        attribute(loaded, image, prompt, layers=[cam_layer])
+        for image, prompt in zip(images, prompts, strict=True)
+    ]
+    attributions = pa.Table.from_pylist(
+        [
+            row
+            for heatmaps, image_id, prompt in zip(found, ids, prompts, strict=True)
+            for row in attribution_rows(loaded.name, heatmaps, prompt, image_id)
+        ],
+        schema=ATTRIBUTION_ROWS,
+    )
+    ablated = ablation_effects(
+        loaded,
+        images,
+        prompts,
+        ids,
+        chosen.ablation,
+        datasets=[q["dataset"] for q in questions],
+        answers=[q["expected"] for q in questions],
+    )
+    dataset_of = {q["image_id"]: q["dataset"] for q in questions}
+    tables = {
+        "attention_maps": attention,
+        "logit_lens": lens,
+        "attributions": attributions,
+        "patching_effects": patching_effects(loaded, wh, chosen.patching),
+        "ablation_effects": ablated,
+    }
+    with_datasets = {
+        table: rows if "dataset" in rows.column_names
+        else _with_dataset(rows, [dataset_of.get(i) for i in rows.column("image_id").to_pylist()])
+        for table, rows in tables.items()
+    }  # fmt: skip
+    return with_datasets, found[0]
+
+
+def render(
+    loaded: LoadedModel,
+    tables: dict[str, pa.Table],
+    heatmaps: list[Attribution],
+    questions: list[dict[str, Any]],
+    out: Path,
+) -> dict[str, Path]:
+    """The pictures the UI shows: overlays for the first question, curves by layer."""
+    pictures: dict[str, Path] = {}
+    first = questions[0]
+    image = load_image(first["path"]).image
+    box = frame_box(getattr(loaded.processor, "image_processor", None), image.width, image.height)
+    attention = tables["attention_maps"]
+    layers = list(dict.fromkeys(attention.column("layer").to_pylist()))
+    if layers:
+        grid = head_mean_map(attention, layers[-1], first["image_id"], first["prompt"])
+        if grid.ndim == 2:
+            pictures["attention_maps"] = render_attention_overlay(
+                image, grid, out / "attention_maps.png", box=box,
+                title=f"{loaded.name}: {layers[-1]}, mean over heads",
+            )  # fmt: skip
+    drawn = render_attributions(image, heatmaps, out / "attributions.png", title=loaded.name)
+    if drawn:
+        pictures["attributions"] = drawn
+    curves = {
+        "logit_lens": ("label_prob", "dataset", "the label's probability by layer", "p(label)"),
+        "patching_effects": ("recovery", "positions", "answer logit recovered by patching",
+                             "recovery"),
+    }  # fmt: skip
+    for table, (value, series, title, ylabel) in curves.items():
+        drawn = layer_curves(
+            tables[table].to_pylist(), value, series, f"{loaded.name}: {title}", ylabel,
+            out / f"{table}.png", unit_range=table == "logit_lens",
+        )  # fmt: skip
+        if drawn:
+            pictures[table] = drawn
+    return pictures
