@@ -17,6 +17,7 @@ BENCHMARKS = {
     "probes": "benchmarks.probes",
     "extraction": "benchmarks.extraction",
     "scale_out": "benchmarks.scale_out",
+    "interpretability": "benchmarks.interpretability",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

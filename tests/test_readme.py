@@ -9,10 +9,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def reliability_rows() -> list[str]:
+def rows_naming_tests(section: str | None = None) -> list[str]:
+    """Table rows of the README (or of one `## section`) whose last cell names tests."""
     text = (ROOT / "README.md").read_text()
-    section = text.split("## Reliability", 1)[1].split("\n## ", 1)[0]
-    return [line for line in section.splitlines() if line.startswith("| ") and "`tests/" in line]
+    if section:
+        text = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    return [line for line in text.splitlines() if line.startswith("| ") and "`tests/" in line]
 
 
 def functions_in(path: Path) -> set[str]:
@@ -20,10 +22,10 @@ def functions_in(path: Path) -> set[str]:
     return {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
 
 
-def test_every_reliability_guarantee_names_tests_that_exist() -> None:
-    rows = reliability_rows()
-    assert len(rows) >= 12
-    for row in rows:
+def test_every_test_the_readme_names_exists() -> None:
+    assert len(rows_naming_tests("Reliability")) >= 12
+    assert len(rows_naming_tests("Attention, attribution and interventions")) >= 7
+    for row in rows_naming_tests():
         cell = row.rstrip(" |").rsplit("|", 1)[1]
         current: Path | None = None
         for reference in re.findall(r"`([^`]+)`", cell):
