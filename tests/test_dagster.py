@@ -432,12 +432,18 @@ def test_interpretability_fills_its_five_tables_and_skips_a_dual_encoder(
     )
     assert all(r["recovery"] == pytest.approx(1.0) for r in recovery)  # the last layer, whole
     reports = project.warehouse.root / "reports" / "tiny-llava"
-    for picture in ("attention_maps", "attributions", "logit_lens", "patching_effects"):
+    pictures = [f"attention/model.language_model.layers.{i}" for i in range(llava_layers)]
+    pictures += ["attributions", "logit_lens", "patching_effects", "ablation_effects"]
+    for picture in pictures:
         assert (reports / f"{picture}.png").read_bytes()[:4] == b"\x89PNG", picture
-    (clip,) = project.instance.fetch_materializations(
-        dg.AssetRecordsFilter(dg.AssetKey("attention_maps"), asset_partitions=["tiny-clip"]),
-        limit=1,
-    ).records
-    metadata = clip.asset_materialization.metadata
+
+    def latest(model: str) -> dict:
+        (record,) = project.instance.fetch_materializations(
+            dg.AssetRecordsFilter(dg.AssetKey("attention_maps"), asset_partitions=[model]), limit=1
+        ).records
+        return record.asset_materialization.metadata
+
+    assert "image_share_by_layer" in latest("tiny-llava")
+    metadata = latest("tiny-clip")
     assert metadata["rows"].value == 0
     assert "CLIPModel" in metadata["skipped"].value  # no token logits: the reason is stated

@@ -23,6 +23,7 @@ from lens_assets.answers import questions_with_answers
 from lens_assets.attention import (
     ATTENTION_MAP_ROWS,
     attention_maps,
+    attention_summary,
     head_mean_map,
     render_attention_overlay,
 )
@@ -53,7 +54,7 @@ from lens_assets.orchestration.assets import (
     datasets_of,
     model_config_of,
 )
-from lens_assets.orchestration.metadata import markdown_image
+from lens_assets.orchestration.metadata import markdown_image, markdown_table
 from lens_assets.orchestration.partitions import MODELS
 from lens_assets.orchestration.sources import MODEL_CONFIG
 from lens_assets.patches import frame_box
@@ -143,9 +144,20 @@ def interpretability(
             wh.replace_model_rows(table, name, rows)
     for table, rows in tables.items():
         metadata: dict[str, Any] = {"rows": rows.num_rows}
-        if table in pictures:
-            metadata["plot"] = markdown_image(pictures[table], table)
+        for index, picture in enumerate(pictures.get(table, [])):
+            metadata[f"plot {picture.stem}" if index else "plot"] = markdown_image(picture, table)
+        if table == "attention_maps":
+            metadata["image_share_by_layer"] = markdown_table(share_by_layer(rows))
         yield MaterializeResult(asset_key=AssetKey(table), metadata=metadata)
+
+
+def share_by_layer(rows: pa.Table) -> list[dict[str, Any]]:
+    """Mean image share per layer, in depth order: the UI's table beside the maps."""
+    summary = attention_summary(rows).to_pylist()
+    return [
+        {"layer": r["layer"], "maps": r["maps"], "image_share": round(r["mean_image_share"], 3)}
+        for r in summary
+    ]
 
 
 def _skipped(wh: Warehouse, name: str, reason: str) -> Iterator[MaterializeResult]:
@@ -226,28 +238,32 @@ def render(
     heatmaps: list[Attribution],
     questions: list[dict[str, Any]],
     out: Path,
-) -> dict[str, Path]:
-    """The pictures the UI shows: overlays for the first question, curves by layer."""
-    pictures: dict[str, Path] = {}
+) -> dict[str, list[Path]]:
+    """The pictures the UI shows: the first question's attention overlay per layer and its
+    heatmaps, and curves by layer."""
+    pictures: dict[str, list[Path]] = {}
     first = questions[0]
     image = load_image(first["path"]).image
     box = frame_box(getattr(loaded.processor, "image_processor", None), image.width, image.height)
     attention = tables["attention_maps"]
-    layers = list(dict.fromkeys(attention.column("layer").to_pylist()))
-    if layers:
-        grid = head_mean_map(attention, layers[-1], first["image_id"], first["prompt"])
-        if grid.ndim == 2:
-            pictures["attention_maps"] = render_attention_overlay(
-                image, grid, out / "attention_maps.png", box=box,
-                title=f"{loaded.name}: {layers[-1]}, mean over heads",
+    for layer in dict.fromkeys(attention.column("layer").to_pylist()):
+        grid = head_mean_map(attention, layer, first["image_id"], first["prompt"])
+        if grid.ndim == 2:  # tiles without a patch grid have no picture
+            pictures.setdefault("attention_maps", []).append(
+                render_attention_overlay(
+                    image, grid, out / "attention" / f"{layer}.png", box=box,
+                    title=f"{layer}, mean over heads",
+                )
             )  # fmt: skip
     drawn = render_attributions(image, heatmaps, out / "attributions.png", title=loaded.name)
     if drawn:
-        pictures["attributions"] = drawn
+        pictures["attributions"] = [drawn]
     curves = {
         "logit_lens": ("label_prob", "dataset", "the label's probability by layer", "p(label)"),
         "patching_effects": ("recovery", "positions", "answer logit recovered by patching",
                              "recovery"),
+        "ablation_effects": ("logit_change", "mode", "answer logit change when heads are ablated",
+                             "logit change"),
     }  # fmt: skip
     for table, (value, series, title, ylabel) in curves.items():
         drawn = layer_curves(
@@ -255,5 +271,5 @@ def render(
             out / f"{table}.png", unit_range=table == "logit_lens",
         )  # fmt: skip
         if drawn:
-            pictures[table] = drawn
+            pictures[table] = [drawn]
     return pictures
