@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from lens_assets.answer_tokens import answer_token_id
 from lens_assets.attention import answer_positions
 from lens_assets.extraction import to_device
 from lens_assets.hooks import StopForward, output_tensor
@@ -165,34 +166,6 @@ def layer_logits(
     return LayerLogits(chosen, [depth[name] for name in chosen], logits.cpu())
 
 
-def label_token_id(loaded: LoadedModel, prompt: str, label: str) -> int:
-    """The first token the model would write to answer `prompt` with the label word.
-
-    A word splits differently by what precedes it, so it is tokenized in context, after the
-    templated prompt: a bare word follows a space where the prompt ends in none (" red" after
-    LLaVA's "ASSISTANT:"), directly where it ends in whitespace ("red" after Qwen's
-    "assistant\\n"); a label starting with whitespace is taken as written. Tokens that are
-    whitespace only are skipped (a vocabulary without " red" writes the space alone, and that
-    token would be every label's first).
-    """
-    if not label.strip():
-        raise LogitLensError("the label is empty; give the expected answer word")
-    tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
-    text = loaded.architecture.adapter.prompt_text(loaded.processor, prompt)
-    if not label[0].isspace() and text and not text[-1].isspace():
-        label = " " + label
-    before = tokenizer(text, add_special_tokens=False)["input_ids"]
-    after = tokenizer(text + label, add_special_tokens=False)["input_ids"]
-    if len(after) > len(before) and after[: len(before)] == before:
-        ids = after[len(before) :]
-    else:  # the label merged into the prompt's last token: tokenized on its own
-        ids = tokenizer(label, add_special_tokens=False)["input_ids"]
-    words = [token for token in ids if tokenizer.decode([token]).strip()]
-    if not words:
-        raise LogitLensError(f"the label {label!r} tokenizes to whitespace only")
-    return int(words[0])
-
-
 def logit_lens(
     loaded: LoadedModel,
     images: Sequence[Image.Image],
@@ -213,7 +186,7 @@ def logit_lens(
     labels = list(labels) if labels is not None else [None] * count
     ids = list(image_ids) if image_ids is not None else [None] * count
     label_ids = [
-        None if label is None else label_token_id(loaded, prompt, label)
+        None if label is None else answer_token_id(loaded, prompt, label)
         for label, prompt in zip(labels, prompts, strict=True)
     ]
     records: list[dict[str, Any]] = []
@@ -258,7 +231,6 @@ __all__ = [
     "LayerLogits",
     "LogitLensError",
     "decoder_stack",
-    "label_token_id",
     "layer_logits",
     "logit_lens",
     "output_head",

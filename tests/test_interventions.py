@@ -20,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lens_assets.answer_tokens import AnswerTokenError
 from lens_assets.generators.stroop import Params, render
 from lens_assets.hooks import capture
 from lens_assets.interpretability import AblationSettings, PatchingSettings
@@ -246,7 +247,7 @@ def test_answer_token_is_the_answer_words_first_token(load_tiny: Loader, archite
     assert answer_token_id(loaded, PROMPT, separator + "red") == red  # as written, same token
     assert answer_token_id(loaded, PROMPT, "blue") != red
     assert answer_token_id(loaded, PROMPT, 7) == 7
-    with pytest.raises(InterventionError):
+    with pytest.raises(AnswerTokenError):
         answer_token_id(loaded, PROMPT, " ")
 
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from lens_assets.answer_tokens import answer_token_id
 from lens_assets.extraction import to_device
 from lens_assets.logit_lens import (
     LogitLensError,
     decoder_stack,
-    label_token_id,
     layer_logits,
     logit_lens,
 )
@@ -49,7 +49,7 @@ def round_trip_labels(
     found = []
     for position, token in enumerate(token_ids):
         word = tokenizer.decode([token])
-        if word.strip() and label_token_id(loaded, prompt, word) == token:
+        if word.strip() and answer_token_id(loaded, prompt, word) == token:
             found.append((position, word))
     return found
 
@@ -153,4 +153,4 @@ def test_label_token_is_the_word_as_written_after_the_prompt(
     with_space = tokenizer(" cube", add_special_tokens=False)["input_ids"][0]
     bare = tokenizer("cube", add_special_tokens=False)["input_ids"][0]
     assert with_space != bare  # " c" and "c" in the tiny vocabularies: the rules differ
-    assert label_token_id(loaded, PROMPTS[0], "cube") == (with_space if spaced else bare)
+    assert answer_token_id(loaded, PROMPTS[0], "cube") == (with_space if spaced else bare)
