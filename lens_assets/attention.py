@@ -368,7 +368,7 @@ def render_attention_overlay(
     import matplotlib.pyplot as plt
 
     x0, y0, x1, y1 = box if box is not None else (0.0, 0.0, *map(float, image.size))
-    figure, axis = plt.subplots(figsize=(4.2, 4.2 * image.height / max(image.width, 1) + 0.4))
+    figure, axis = plt.subplots(figsize=(5.6, 4.2 * image.height / max(image.width, 1) + 0.6))
     axis.imshow(image, extent=(0, image.width, image.height, 0))
     shown = axis.imshow(
         grid, extent=(x0, x1, y1, y0), cmap="inferno", alpha=0.55, interpolation="nearest"
@@ -378,7 +378,7 @@ def render_attention_overlay(
     axis.axis("off")
     figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04, label="attention")
     if title:
-        axis.set_title(title, fontsize=9)
+        axis.set_title(title, fontsize=8, wrap=True)
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=90)

@@ -36,6 +36,7 @@ from transformers import BatchFeature
 from lens_assets.adapters.base import PatchGridError
 from lens_assets.extraction import to_device
 from lens_assets.hooks import output_tensor
+from lens_assets.modules import short_layer
 from lens_assets.patches import frame_box, stack_layers
 from lens_assets.pooling import TokenRole
 from resources.runtime import LoadedModel
@@ -262,7 +263,7 @@ def render_attributions(
         )
         axis.set_xlim(0, width)
         axis.set_ylim(height, 0)
-        where = found.layer if found.layer == PIXELS else _short(found.layer)
+        where = found.layer if found.layer == PIXELS else short_layer(found.layer)
         axis.set_title(f"{found.method}\n{where}", fontsize=8)
         axis.set_xticks([])
         axis.set_yticks([])
@@ -450,11 +451,6 @@ def _packed_pixel_map(
         return frame
 
     return to_frame
-
-
-def _short(layer: str) -> str:
-    parts = layer.split(".")
-    return ".".join(parts[-3:]) if len(parts) > 3 else layer
 
 
 __all__ = [

@@ -129,3 +129,9 @@ def list_modules(model: nn.Module, patterns: Sequence[str] = ()) -> list[ModuleI
         for name, module in model.named_modules()
         if name
     ]
+
+
+def short_layer(layer: str) -> str:
+    """The last three parts of a module name: enough to tell layers apart on a plot."""
+    parts = layer.split(".")
+    return ".".join(parts[-3:]) if len(parts) > 3 else layer

@@ -13,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from lens_assets.modules import short_layer
+
 
 def natural_key(name: str) -> tuple[Any, ...]:
     """layers.2 before layers.10."""
@@ -60,14 +62,10 @@ def _layer_axis(axis: Any, layers: Sequence[str], title: str, ylabel: str) -> No
     """Layers along x (short names), a share or accuracy from 0 to 1 along y."""
     axis.set_title(title, fontsize=9)
     axis.set_xticks(range(len(layers)))
-    axis.set_xticklabels([_short(layer) for layer in layers], rotation=30, ha="right", fontsize=7)
+    names = [short_layer(layer) for layer in layers]
+    axis.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
     axis.set_ylim(0, 1.02)
     axis.set_ylabel(ylabel, fontsize=8)
-
-
-def _short(layer: str) -> str:
-    parts = layer.split(".")
-    return ".".join(parts[-3:]) if len(parts) > 3 else layer
 
 
 def dominance_by_layer(rows: Sequence[dict[str, Any]], model: str, out: Path) -> Path | None:

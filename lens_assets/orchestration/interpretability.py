@@ -46,7 +46,7 @@ from lens_assets.interventions import (
     patching_effects,
 )
 from lens_assets.logit_lens import LOGIT_LENS_ROWS, logit_lens
-from lens_assets.modules import select_modules
+from lens_assets.modules import select_modules, short_layer
 from lens_assets.orchestration.assets import (
     IMAGE_LABELS,
     IMAGES,
@@ -252,7 +252,7 @@ def render(
             pictures.setdefault("attention_maps", []).append(
                 render_attention_overlay(
                     image, grid, out / "attention" / f"{layer}.png", box=box,
-                    title=f"{layer}, mean over heads",
+                    title=f"{loaded.name}: {short_layer(layer)}, mean over heads",
                 )
             )  # fmt: skip
     drawn = render_attributions(image, heatmaps, out / "attributions.png", title=loaded.name)
