@@ -34,6 +34,7 @@ from torch import nn
 from transformers import BatchFeature
 
 from lens_assets.adapters.base import PatchGridError
+from lens_assets.attention import answer_positions
 from lens_assets.extraction import to_device
 from lens_assets.hooks import output_tensor
 from lens_assets.modules import short_layer
@@ -124,7 +125,7 @@ def attribute(
                 f"{loaded.name} ({type(model).__name__}) returns no token logits; attribution "
                 "explains a generative model's answer token"
             )
-        row = logits[0, _last_prompt_position(inputs)]
+        row = logits[0, int(answer_positions(inputs)[0])]  # the one sample's last real token
         target = int(row.argmax()) if target_token is None else int(target_token)
         if not 0 <= target < row.shape[0]:
             raise AttributionError(f"target token {target} is outside the vocabulary")
@@ -323,14 +324,6 @@ def _kept_outputs(
     finally:
         for handle in handles:
             handle.remove()
-
-
-def _last_prompt_position(inputs: BatchFeature) -> int:
-    """The last real token of the one sample: where the first answer token is predicted."""
-    mask = inputs.get("attention_mask")
-    if mask is None:
-        return int(inputs["input_ids"].shape[1]) - 1
-    return int(mask[0].nonzero().max())
 
 
 def _token_text(processor: Any, token: int) -> str:
