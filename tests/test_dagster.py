@@ -406,7 +406,7 @@ def test_interpretability_fills_its_five_tables_and_skips_a_dual_encoder(
         '{"**language_model.layers.0": [0, 1]}}\n'
     )
     sync_configs(project.instance)
-    project.materialize(assets={"images", *INTERPRETABILITY_TABLES})
+    project.materialize(assets={"images", "activations", "probe_results", *INTERPRETABILITY_TABLES})
 
     def rows(sql: str) -> list[dict]:
         return project.warehouse.fetch_arrow(sql).to_pylist()
@@ -426,6 +426,14 @@ def test_interpretability_fills_its_five_tables_and_skips_a_dual_encoder(
     assert len(shares) == llava_layers and all(0 <= r["image_share"] <= 1 for r in shares)
     emergence = rows("SELECT layer_index, top1_share FROM answer_emergence ORDER BY 1")
     assert [r["layer_index"] for r in emergence] == [0, 1]
+    beside = rows(
+        "SELECT layer, pooling, probe_accuracy, top1_share FROM probe_vs_logit_lens "
+        "WHERE model = 'tiny-llava' AND concept = 'font' ORDER BY layer, pooling"
+    )
+    probed = [r for r in beside if r["probe_accuracy"] is not None]
+    assert {r["layer"] for r in probed} == {"model.language_model.layers.1"}  # the hooked one
+    assert {r["pooling"] for r in probed} == {"mean_image", "last"}
+    assert all(0 <= r["top1_share"] <= 1 for r in beside)
     recovery = rows(
         "SELECT layer, positions, recovery FROM patching_effects WHERE layer LIKE '%layers.1' "
         "AND positions = 'all'"
