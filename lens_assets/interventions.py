@@ -43,7 +43,7 @@ from lens_assets.images import load_image
 from lens_assets.interpretability import AblationSettings, PatchingSettings, clean_corrupted_pairs
 from lens_assets.modules import select_modules
 from lens_assets.pooling import TokenRole
-from lens_assets.probing import load_labels
+from lens_assets.probing import labels_by_image
 from resources.runtime import LoadedModel
 from resources.warehouse import Warehouse
 
@@ -720,11 +720,7 @@ def patching_effects(
     with a warning, so one odd image does not cost the whole study.
     """
     dataset = settings.dataset
-    by_concept = load_labels(warehouse, dataset)
-    labels: dict[str, dict[str, str]] = {}
-    for concept, values in by_concept.items():
-        for image_id, value in values.items():
-            labels.setdefault(image_id, {})[concept] = value
+    labels = labels_by_image(warehouse, dataset)
     questions = questions_with_answers(warehouse, [dataset])
     paths = {q["image_id"]: q["path"] for q in questions}
     rows: list[dict[str, Any]] = []

@@ -208,6 +208,16 @@ def load_labels(warehouse: Source, dataset: str) -> dict[str, dict[str, str]]:
     return labels
 
 
+def labels_by_image(warehouse: Source, dataset: str) -> dict[str, dict[str, str]]:
+    """The same ground truth the other way round, image_id -> concept -> value: what a task
+    reads about one image (its correspondence points, its Stroop cues)."""
+    by_image: dict[str, dict[str, str]] = {}
+    for concept, values in load_labels(warehouse, dataset).items():
+        for image_id, value in values.items():
+            by_image.setdefault(image_id, {})[concept] = value
+    return by_image
+
+
 # --------------------------------------------------------------------------------------------
 # One probe
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from lens_assets.images import load_image
 from lens_assets.patches import PatchGrid, StackLayer, patch_grids, stack_layers
+from lens_assets.probing import labels_by_image
 from lens_assets.visual_tasks import (
     LETTERS,
     CorrespondenceItem,
@@ -48,24 +49,11 @@ SOLUTION_ROWS = pa.schema(
 Item = CorrespondenceItem | OddOneOutItem
 
 
-def image_labels(warehouse: Warehouse, dataset: str) -> dict[str, dict[str, str]]:
-    """image_id -> concept -> value."""
-    rows = warehouse.fetch_arrow(
-        "SELECT image_id, concept, min(value) AS value FROM image_labels "
-        "WHERE dataset = ? AND value IS NOT NULL GROUP BY ALL ORDER BY ALL",
-        [dataset],
-    ).to_pylist()
-    labels: dict[str, dict[str, str]] = {}
-    for row in rows:
-        labels.setdefault(row["image_id"], {})[row["concept"]] = row["value"]
-    return labels
-
-
 def task_datasets(warehouse: Warehouse, datasets: Sequence[str]) -> dict[str, str]:
     """The datasets among `datasets` that hold a visual task, and which task."""
     found = {}
     for dataset in datasets:
-        task = task_of(image_labels(warehouse, dataset))
+        task = task_of(labels_by_image(warehouse, dataset))
         if task is not None:
             found[dataset] = task
     return found
@@ -111,7 +99,7 @@ def solve_dataset(
     layers: Sequence[StackLayer] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (layer, item) of one dataset."""
-    labels = image_labels(warehouse, dataset)
+    labels = labels_by_image(warehouse, dataset)
     task = task_of(labels)
     if task is None:
         return []
