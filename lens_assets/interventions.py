@@ -248,6 +248,16 @@ def cache_outputs(
 # -- answer token and effect sizes -----------------------------------------------------------
 
 
+def _answer_token(
+    loaded: LoadedModel, prompt: str, answer: str | int | None, reference: torch.Tensor
+) -> int:
+    """The given answer's first token, else the reference run's own top token at the last
+    position: the token whose logit every intervention row reads."""
+    if answer is None:
+        return int(reference[0, -1].argmax())
+    return answer_token_id(loaded, prompt, answer)
+
+
 def answer_logit(logits: torch.Tensor, token: int) -> float:
     """The answer token's logit at the last position (the last prompt token at batch size 1)."""
     return float(logits[0, -1, token].float())
@@ -412,10 +422,7 @@ def activation_patching(
         )
         clean_logits, cache = cache_outputs(loaded, clean_inputs, names)
         corrupted_logits = run_logits(loaded, corrupted_inputs)
-        if pair.answer is None:
-            token = int(clean_logits[0, -1].argmax())
-        else:
-            token = answer_token_id(loaded, pair.prompt, pair.answer)
+        token = _answer_token(loaded, pair.prompt, pair.answer, clean_logits)
         clean = answer_logit(clean_logits, token)
         corrupted = answer_logit(corrupted_logits, token)
         for name in names:
@@ -648,10 +655,7 @@ def _ablate_sample(
     """One base run, then one ablated run per (layer, mode): their `ablation_effects` rows."""
     inputs = prepare_input(loaded, sample.image, sample.prompt)
     base_logits = run_logits(loaded, inputs)
-    if sample.answer is None:
-        token = int(base_logits[0, -1].argmax())
-    else:
-        token = answer_token_id(loaded, sample.prompt, sample.answer)
+    token = _answer_token(loaded, sample.prompt, sample.answer, base_logits)
     base = answer_logit(base_logits, token)
     rows: list[dict[str, Any]] = []
     for layer, heads in ablations.items():
