@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from resources.warehouse import Warehouse
+from tests.servers import lens_sql
 
 MODULES = ["model.vision_tower.encoder.layers.*", "model.language_model.norm"]
 POOLINGS = ["mean_image", "last"]
@@ -62,6 +63,11 @@ def extract(config: Path, warehouse: Path, images: Path) -> subprocess.Popen[str
     )  # fmt: skip
 
 
+def extract_to_end(config: Path, warehouse: Path, images: Path, timeout: float = 120) -> None:
+    done = extract(config, warehouse, images)
+    assert done.wait(timeout=timeout) == 0, done.stderr.read()
+
+
 def snapshot(warehouse: Warehouse) -> list[dict]:
     return warehouse.fetch_arrow(
         "SELECT image_id, layer, pooling, vector FROM activations ORDER BY ALL"
@@ -102,8 +108,7 @@ def test_sigkill_mid_extraction_keeps_the_previous_partition_and_a_rerun_complet
     many = write_images(tmp_path / "many", 200)
     config = model_config(tmp_path, tiny_dir, first)
     root = tmp_path / "warehouse"
-    done = extract(config, root, first)
-    assert done.wait(timeout=120) == 0, done.stderr.read()
+    extract_to_end(config, root, first)
     warehouse = Warehouse.at(root)
     before = snapshot(warehouse)
     assert len(before) == 4 * ROWS_PER_IMAGE
@@ -117,8 +122,7 @@ def test_sigkill_mid_extraction_keeps_the_previous_partition_and_a_rerun_complet
     assert runs == 1  # the killed run logged nothing
 
     assert len(list((root / "staging").glob("run-*"))) == 1  # the killed run's spool
-    again = extract(config, root, many)
-    assert again.wait(timeout=300) == 0, again.stderr.read()
+    extract_to_end(config, root, many, timeout=300)
     assert list((root / "staging").glob("run-*")) == []  # swept by the next run
     rows = warehouse.fetch_arrow("SELECT count(*) FROM activations").column(0)[0].as_py()
     assert rows == 200 * ROWS_PER_IMAGE
@@ -127,13 +131,11 @@ def test_sigkill_mid_extraction_keeps_the_previous_partition_and_a_rerun_complet
 
 def lens_sql_counts(root: Path) -> tuple[int, int]:
     """Rows and distinct images, through a real `lens sql` process."""
-    done = subprocess.run(
-        [sys.executable, "-m", "lens_assets.cli", "sql", "--format", "csv", "--warehouse",
-         str(root), "SELECT count(*), count(DISTINCT image_id) FROM activations"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    rows, images = done.stdout.splitlines()[1].split(",")
-    return int(rows), int(images)
+    (counts,) = lens_sql(
+        {**os.environ, "LENS_WAREHOUSE": str(root)},
+        "SELECT count(*) AS n, count(DISTINCT image_id) AS images FROM activations",
+    )
+    return counts["n"], counts["images"]
 
 
 def test_readers_see_the_old_partition_or_the_new_one_never_a_mix(
@@ -146,8 +148,7 @@ def test_readers_see_the_old_partition_or_the_new_one_never_a_mix(
     more = write_images(tmp_path / "more", 40)
     config = model_config(tmp_path, tiny_dir, few)
     root = tmp_path / "warehouse"
-    done = extract(config, root, few)
-    assert done.wait(timeout=120) == 0, done.stderr.read()
+    extract_to_end(config, root, few)
     warehouse = Warehouse.at(root)
     whole = {6 * ROWS_PER_IMAGE, 40 * ROWS_PER_IMAGE}
 
@@ -211,7 +212,7 @@ def test_two_lens_extract_processes_on_different_models_both_land(
     )  # fmt: skip
     root = tmp_path / "warehouse"
     write_images(tmp_path / "seed", 1)  # the warehouse exists before the race starts
-    assert extract(llava, root, tmp_path / "seed").wait(timeout=120) == 0
+    extract_to_end(llava, root, tmp_path / "seed")
 
     writers = [extract(llava, root, images), extract(qwen, root, images)]
     assert stages_overlap(root, writers), "the two runs never wrote at the same time"
@@ -237,7 +238,7 @@ def test_two_lens_extract_processes_on_the_same_model_leave_one_whole_result(
     config = model_config(tmp_path, tiny_dir, first)
     root = tmp_path / "warehouse"
     write_images(tmp_path / "seed", 1, height=24)
-    assert extract(config, root, tmp_path / "seed").wait(timeout=120) == 0
+    extract_to_end(config, root, tmp_path / "seed")
 
     writers = [extract(config, root, first), extract(config, root, second)]
     assert stages_overlap(root, writers), "the two runs never wrote at the same time"
