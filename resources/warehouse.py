@@ -378,16 +378,14 @@ class Warehouse:
                     counts = {}
                     for table in tables:
                         con.execute(f"DELETE FROM {LAKE}.{table}")
-                        rows = f"SELECT * FROM source.{table}"
+                        rows, params = f"SELECT * FROM source.{table}", []
                         if table == "images" and moved:
                             rows = (
                                 "SELECT * REPLACE (CASE WHEN starts_with(path, $1) THEN $2 || "
                                 "path[length($1) + 1:] ELSE path END AS path) FROM source.images"
                             )
-                        con.execute(
-                            f"INSERT INTO {LAKE}.{table} BY NAME {rows}",
-                            [source_files, target_files] if "$1" in rows else [],
-                        )
+                            params = [source_files, target_files]
+                        con.execute(f"INSERT INTO {LAKE}.{table} BY NAME {rows}", params)
                         counts[table] = con.execute(
                             f"SELECT count(*) FROM {LAKE}.{table}"
                         ).fetchone()[0]
