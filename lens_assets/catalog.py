@@ -64,3 +64,10 @@ def combined_version(files: dict[str, ConfigFile]) -> str:
     for name in sorted(files):
         digest.update(f"{name}={files[name].version};".encode())
     return digest.hexdigest()[:16]
+
+
+def settings_version(file_name: str) -> str:
+    """A settings file's content hash (that of an empty file when it is absent): part of an
+    asset's code version, so that editing the file makes the asset stale."""
+    path = configs_dir() / file_name
+    return hashlib.sha256(path.read_bytes() if path.is_file() else b"").hexdigest()[:12]

@@ -3,7 +3,6 @@ answer appears (logit_lens), what the answer depends on (attributions), and whic
 heads carry it (patching_effects, ablation_effects). One step loads the model once for all
 five; `configs/interpretability.yaml` says what each computes."""
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from lens_assets.attribution import (
     render_attributions,
 )
 from lens_assets.behaviour import BehaviourNotSupported, require_generation
+from lens_assets.catalog import settings_version
 from lens_assets.config import configs_dir
 from lens_assets.images import load_image
 from lens_assets.interpretability import InterpretabilitySettings, load_settings, pick_questions
@@ -91,11 +91,6 @@ def settings() -> InterpretabilitySettings:
     return load_settings(configs_dir() / SETTINGS_FILE)
 
 
-def _settings_version() -> str:
-    path = configs_dir() / SETTINGS_FILE
-    return hashlib.sha256(path.read_bytes() if path.is_file() else b"").hexdigest()[:12]
-
-
 @multi_asset(
     specs=[
         AssetSpec(
@@ -110,7 +105,7 @@ def _settings_version() -> str:
     ],
     partitions_def=MODELS,
     # The settings file is part of the code: editing it makes every model stale.
-    code_version=f"1-{_settings_version()}",
+    code_version=f"1-{settings_version(SETTINGS_FILE)}",
     name="interpretability",
 )
 def interpretability(

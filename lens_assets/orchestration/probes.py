@@ -1,7 +1,5 @@
 """The probe_results asset: per model, does each layer encode each labelled concept?"""
 
-import hashlib
-
 import pyarrow as pa
 from dagster import (
     AssetExecutionContext,
@@ -13,6 +11,7 @@ from dagster import (
 )
 from pydantic import ValidationError
 
+from lens_assets.catalog import settings_version
 from lens_assets.config import ConfigError, configs_dir, read_yaml
 from lens_assets.orchestration.assets import IMAGE_LABELS, activations
 from lens_assets.orchestration.metadata import markdown_image, markdown_table
@@ -46,18 +45,12 @@ def probing_config() -> tuple[ProbeSettings, list[str], list[str]]:
         raise ConfigError(f"invalid probing config {path}: {problems}") from None
 
 
-def _config_version() -> str:
-    path = configs_dir() / "probing.yaml"
-    content = path.read_bytes() if path.is_file() else b""
-    return hashlib.sha256(content).hexdigest()[:12]
-
-
 @asset(
     partitions_def=MODELS,
     deps=[activations, IMAGE_LABELS],
     group_name="analyses",
     # The probing settings are part of the code: editing probing.yaml makes every model stale.
-    code_version=f"1-{_config_version()}",
+    code_version=f"1-{settings_version('probing.yaml')}",
     automation_condition=AutomationCondition.eager(),
     kinds={"scikitlearn", "duckdb"},
     description="Linear (and MLP) probes per (dataset, layer, pooling, concept) with a control "
