@@ -125,16 +125,13 @@ def _extract_images(config, config_path: str, input_dir: str | None, dataset: st
     `dataset:` block (a Hugging Face dataset, its images written under the warehouse)."""
     from lens_assets.datasets import collect_images, vlm_lens_dataset
     from lens_assets.files import join
-    from lens_assets.images import escapes_root, folder_images
+    from lens_assets.images import folder_images_within
 
     folder = input_dir or config.input_dir
     if folder is not None:
-        paths = []
-        for path in folder_images(folder):
-            if refused := escapes_root(Path(folder), path):
-                click.echo(f"skipped: {refused}", err=True)
-            else:
-                paths.append(path)
+        paths, refused = folder_images_within(folder)
+        for _, reason in refused:
+            click.echo(f"skipped: {reason}", err=True)
         if not paths:
             raise FileNotFoundError(f"no image files in {folder}")
         return dataset or Path(folder).resolve().name, paths

@@ -22,7 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lens_assets import files, generators
 from lens_assets.config import ConfigError, read_yaml
-from lens_assets.images import ImageReadError, content_id, decode, escapes_root, folder_images
+from lens_assets.images import (
+    ImageReadError,
+    content_id,
+    decode,
+    escapes_root,
+    folder_images_within,
+)
 
 IMAGE_KEYS = ("image_path", "image", "path", "file_name", "filename")
 
@@ -231,10 +237,10 @@ def collect_folder(config: FolderDataset, out: DatasetImages, _: Path, __: Any) 
             raise ConfigError(f"dataset {out.name}: labels: {refused}; keep it in the folder")
         labels = _label_table(folder / config.labels)
     prompt = [(config.prompt, None, "folder", "label")] if config.prompt else []
-    for path in folder_images(folder):
-        if refused := escapes_root(folder, path):
-            out.error(path, refused)
-            continue
+    paths, refused = folder_images_within(folder)
+    for path, reason in refused:
+        out.error(path, reason)
+    for path in paths:
         data = _read(path, out)
         if data is not None:
             found = labels.get(path.name, {})

@@ -71,6 +71,18 @@ def folder_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def folder_images_within(folder: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The folder's image files that resolve inside it, and each one that does not (a link
+    pointing elsewhere) with the reason it is refused, for the caller to report."""
+    inside, refused = [], []
+    for path in folder_images(folder):
+        if reason := escapes_root(Path(folder), path):
+            refused.append((path, reason))
+        else:
+            inside.append(path)
+    return inside, refused
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB, whatever the file held."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
