@@ -15,11 +15,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from benchmarks.probes import _load_average, _machine
 from tests.servers import (
     celery_workers,
+    cluster_configs,
     cluster_env,
     lens_sql,
     materialize_partition,
@@ -37,27 +36,6 @@ POOLINGS = ["mean_image", "last"]
 WORKER_COUNTS = (1, 2, 3)
 
 
-def write_configs(folder: Path, copies: int, images: int) -> list[str]:
-    """`copies` partitions of each tiny architecture (distinct names, the same checkpoint)."""
-    repo = Path(__file__).resolve().parent.parent
-    for part in ("models", "datasets", "executors"):
-        (folder / part).mkdir(parents=True, exist_ok=True)
-    names = []
-    for architecture, modules in ARCHITECTURES.items():
-        for copy in range(copies):
-            name = f"tiny-{architecture}-{copy}"
-            config = {"architecture": architecture, "model_path": f"tiny:{architecture}",
-                      "modules": modules, "pooling": POOLINGS, "prompt": "What colour is it?",
-                      "batch_size": 8}  # fmt: skip
-            (folder / "models" / f"{name}.yaml").write_text(yaml.safe_dump(config))
-            names.append(name)
-    dataset = {"kind": "shapes", "size": images}
-    (folder / "datasets" / "shapes.yaml").write_text(yaml.safe_dump(dataset))
-    celery = repo / "configs" / "executors" / "celery.yaml"
-    (folder / "executors" / "celery.yaml").write_text(celery.read_text())
-    return names
-
-
 def cpu_times() -> tuple[float, float]:
     """Machine-wide (busy, total) CPU jiffies from /proc/stat."""
     fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -73,7 +51,11 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         pg = servers.enter_context(postgres())
         broker = servers.enter_context(redis(tmp))
         store = servers.enter_context(s3())
-        names = write_configs(tmp / "configs", copies, images)
+        models = {f"tiny-{architecture}-{copy}": (architecture, modules)
+                  for architecture, modules in ARCHITECTURES.items()
+                  for copy in range(copies)}  # fmt: skip
+        names = list(models)
+        cluster_configs(tmp / "configs", models, POOLINGS, images, batch_size=8)
         env = cluster_env(tmp, tmp / "configs", pg, broker, store)
         done = subprocess.run(["lens", "materialize", "--select", "images"], env=env,
                               capture_output=True, text=True)  # fmt: skip

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.browser import stop_process_group
 
@@ -197,6 +198,29 @@ def object_keys(store: ObjectStore, prefix: str = "") -> list[str]:
 
 
 # The cluster on those servers.
+
+
+def cluster_configs(
+    folder: Path,
+    models: dict[str, tuple[str, list[str]]],
+    poolings: list[str],
+    images: int,
+    batch_size: int,
+) -> Path:
+    """A configs folder for the cluster: one tiny model config per name (architecture, hook
+    points), a `shapes` dataset of `images` images, and the repo's Celery executor file."""
+    for part in ("models", "datasets", "executors"):
+        (folder / part).mkdir(parents=True, exist_ok=True)
+    for name, (architecture, modules) in models.items():
+        config = {"architecture": architecture, "model_path": f"tiny:{architecture}",
+                  "modules": modules, "pooling": poolings, "prompt": "What colour is it?",
+                  "batch_size": batch_size}  # fmt: skip
+        (folder / "models" / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    dataset = {"kind": "shapes", "size": images}
+    (folder / "datasets" / "shapes.yaml").write_text(yaml.safe_dump(dataset))
+    celery = Path(__file__).resolve().parent.parent / "configs" / "executors" / "celery.yaml"
+    (folder / "executors" / "celery.yaml").write_text(celery.read_text())
+    return folder
 
 
 def cluster_env(

@@ -25,6 +25,7 @@ import yaml
 from tests.browser import Server, free_port, stop_process_group, wait_for_server
 from tests.servers import (
     celery_workers,
+    cluster_configs,
     cluster_env,
     lens_sql,
     materialize_partition,
@@ -34,7 +35,6 @@ from tests.servers import (
     s3,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 POOLINGS = ["mean_image", "last"]
 # Three hook points per model, named exactly (no globs), each a sequence every pooling applies
 # to, so the expected row count is images x 3 x 2.
@@ -50,22 +50,6 @@ IMAGES = 60
 WORKERS = 3
 
 pytestmark = [pytest.mark.scale_out, pytest.mark.slow]
-
-
-def write_configs(folder: Path) -> Path:
-    (folder / "models").mkdir(parents=True)
-    (folder / "datasets").mkdir()
-    (folder / "executors").mkdir()
-    for name, (architecture, modules) in MODELS.items():
-        config = {"architecture": architecture, "model_path": f"tiny:{architecture}",
-                  "modules": modules, "pooling": POOLINGS, "prompt": "What colour is it?",
-                  "batch_size": 4}  # fmt: skip
-        (folder / "models" / f"{name}.yaml").write_text(yaml.safe_dump(config))
-    (folder / "datasets" / "shapes.yaml").write_text(yaml.safe_dump({"kind": "shapes",
-                                                                      "size": IMAGES}))  # fmt: skip
-    celery = REPO / "configs" / "executors" / "celery.yaml"
-    (folder / "executors" / "celery.yaml").write_text(celery.read_text())
-    return folder
 
 
 @contextmanager
@@ -130,7 +114,8 @@ def test_three_workers_fill_a_postgres_and_s3_warehouse_and_survive_a_sigkill(
         pg = servers.enter_context(postgres())
         broker = servers.enter_context(redis(tmp_path))
         store = servers.enter_context(s3())
-        env = cluster_env(tmp_path, write_configs(tmp_path / "configs"), pg, broker, store)
+        configs = cluster_configs(tmp_path / "configs", MODELS, POOLINGS, IMAGES, batch_size=4)
+        env = cluster_env(tmp_path, configs, pg, broker, store)
         logs = tmp_path / "logs"
         logs.mkdir()
 
