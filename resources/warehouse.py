@@ -216,7 +216,10 @@ class Warehouse:
                 "CREATE TABLE IF NOT EXISTS lens_migrations (name VARCHAR, applied_at TIMESTAMPTZ)"
             )
         )
-        applied = {row[0] for row in con.execute("SELECT name FROM lens_migrations").fetchall()}
+        # Reading the catalog's latest snapshot meets the same lock as a commit does.
+        applied = retry_transaction(
+            lambda: {row[0] for row in con.execute("SELECT name FROM lens_migrations").fetchall()}
+        )
         for script in sorted(SQL_DIR.glob("[0-9][0-9][0-9]_*.sql")):
             if script.name in applied:
                 continue
