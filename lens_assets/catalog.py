@@ -1,14 +1,20 @@
 """The configs folder as data: which models and datasets exist, and a version for each.
 
 A config's version is a hash of its bytes, so editing a file (its modules, say) changes that
-one model's version and nothing else's.
+one model's version and nothing else's. A dataset's version also covers the files it reads
+(a folder's images, a manifest and the images it names), so adding an image or editing a
+manifest changes it too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lens_assets.config import ConfigError, configs_dir, read_yaml
 
@@ -59,11 +65,112 @@ def dataset_configs(root: Path | None = None) -> dict[str, ConfigFile]:
     return _discover((root or configs_dir()) / "datasets")
 
 
-def combined_version(files: dict[str, ConfigFile]) -> str:
+# Small files (a labels CSV, a manifest) enter a dataset's version whole, so an edit that keeps
+# their size and lands within the file system's timestamp tick still counts; larger ones, and
+# every image, by their stats alone, so a version costs a directory listing, not a read.
+WHOLE_FILE_BYTES = 16 * 2**20
+
+
+def dataset_version(file: ConfigFile) -> str:
+    """A hash of the dataset's YAML and of the files it reads: the stats (name, size, mtime)
+    of a folder's images, of the images a manifest names and of a local Hugging Face dataset's
+    files, and the bytes of a labels file or manifest. Generated and blank datasets follow from
+    their YAML alone, hub datasets cannot be listed cheaply: their YAML stands for them.
+
+    Never raises: a config that does not parse, or a path that is missing or unreadable, is
+    hashed as such (collecting the dataset reports it), and a fix changes the version."""
+    digest = hashlib.sha256(_file_token(file.path, whole=True).encode())
+    for token in _data_tokens(file.path):
+        digest.update(token.encode())
+    return digest.hexdigest()[:16]
+
+
+def datasets_version(files: dict[str, ConfigFile]) -> str:
+    """One version for every dataset together: what the `images` asset was collected from."""
     digest = hashlib.sha256()
     for name in sorted(files):
-        digest.update(f"{name}={files[name].version};".encode())
+        digest.update(f"{name}={dataset_version(files[name])};".encode())
     return digest.hexdigest()[:16]
+
+
+def _data_tokens(config_path: Path) -> list[str]:
+    from lens_assets import datasets  # the kinds' models, only where a version is computed
+
+    try:
+        config: Any = datasets.load_dataset_config(config_path)
+    except Exception:  # whatever is wrong with the YAML, collecting the dataset reports it
+        return ["unparsed"]
+    if isinstance(config, datasets.FolderDataset):
+        folder = Path(config.path)
+        tokens = [_listing(folder, lambda: _folder_images(folder))]
+        if config.labels:
+            tokens.append(_file_token(folder / config.labels, whole=True))
+        return tokens
+    if isinstance(config, datasets.ManifestDataset):
+        manifest = Path(config.path)
+        return [_file_token(manifest, whole=True), _listing(manifest, lambda: _named(manifest))]
+    if isinstance(config, datasets.HfDataset) and config.kind == "hf_disk":
+        source = Path(config.path)
+        if source.is_dir():
+            return [_listing(source, lambda: _tree(source))]
+        return [_file_token(source, whole=False)]
+    return []
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    from lens_assets.images import folder_images
+
+    return folder_images(folder)
+
+
+def _named(manifest: Path) -> list[Path]:
+    """The images a manifest names, as the collector finds them (beside the manifest)."""
+    from lens_assets.datasets import _manifest_rows
+
+    manifest = manifest.resolve()
+    rows = _manifest_rows(manifest) if _regular(manifest) else []
+    return [manifest.parent / str(row["image_path"]) for row in rows if row.get("image_path")]
+
+
+def _tree(folder: Path) -> list[Path]:
+    """Every file under a `save_to_disk` folder (a few Arrow files and their JSON)."""
+    return sorted(
+        Path(top, name) for top, _, names in os.walk(folder, onerror=_raise) for name in names
+    )
+
+
+def _raise(error: OSError) -> None:
+    raise error
+
+
+def _listing(root: Path, paths: Callable[[], Iterable[Path]]) -> str:
+    """The stats of each path `paths` lists under `root`; a listing that fails (the folder
+    is missing, the manifest unreadable) is itself the token, so fixing it changes it."""
+    try:
+        found = list(paths())
+    except Exception as error:  # a version never fails: collecting the dataset reports it
+        return f"{os.path.abspath(root)}: cannot list ({type(error).__name__}: {error})\n"
+    return f"{os.path.abspath(root)}:\n" + "".join(_file_token(p, whole=False) for p in found)
+
+
+def _file_token(path: Path, whole: bool) -> str:
+    """A file as (path, hash of its bytes) when `whole` and it is a small regular file, else
+    as (path, size, mtime); the error's name when it cannot be read (missing, a symlink loop)."""
+    try:
+        info = path.stat()
+        if whole and stat.S_ISREG(info.st_mode) and info.st_size <= WHOLE_FILE_BYTES:
+            return f"{path}\t{hashlib.sha256(path.read_bytes()).hexdigest()}\n"
+    except OSError as error:
+        return f"{path}\t{type(error).__name__}\n"
+    return f"{path}\t{info.st_size}\t{info.st_mtime_ns}\n"
+
+
+def _regular(path: Path) -> bool:
+    """Only a regular file is read (a named pipe would block the sensor forever)."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
 
 
 def settings_version(file_name: str) -> str:

@@ -62,6 +62,10 @@ class Project:
         assert all(r.success for _, r in results), [n for n, r in results if not r.success]
         return todo, results
 
+    def images_of(self, dataset: str) -> list[str]:
+        """The file names of a dataset's rows in `images`."""
+        return sorted(Path(path).name for path in self.warehouse.image_paths(dataset))
+
     def runs(self) -> int:
         return self.warehouse.fetch_arrow("SELECT count(*) FROM runs").column(0)[0].as_py()
 
@@ -73,16 +77,26 @@ class Project:
         }
 
 
-@pytest.fixture
-def project(tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+def new_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_dir: Path | None = None
+) -> Project:
+    """One dataset (`shapes`, four images) and no model: enough for the `images` asset."""
     configs = tmp_path / "configs"
     (configs / "datasets").mkdir(parents=True)
     (configs / "datasets" / "shapes.yaml").write_text("kind: shapes\nsize: 4\nseed: 1\n")
     monkeypatch.setenv("LENS_CONFIGS", str(configs))
     monkeypatch.setenv("LENS_WAREHOUSE", str(tmp_path / "warehouse"))
-    project = Project(
-        configs, Warehouse.at(tmp_path / "warehouse"), dg.DagsterInstance.ephemeral(), tiny_dir
+    return Project(
+        configs,
+        Warehouse.at(tmp_path / "warehouse"),
+        dg.DagsterInstance.ephemeral(),
+        tiny_dir or tmp_path / "no-models",
     )
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+    project = new_project(tmp_path, monkeypatch, tiny_dir)
     project.add_model("tiny-llava", "llava")
     project.add_model("tiny-clip", "clip")
     return project

@@ -1,5 +1,7 @@
-"""The config files as observable source assets: a config's data version is a hash of its
-bytes, so editing one model's YAML makes exactly that model's activations stale."""
+"""The config files as observable source assets: a model config's data version is a hash of
+its bytes, so editing one model's YAML makes exactly that model's activations stale; the
+datasets' version also covers the files each one reads, so adding an image to a folder or
+editing a manifest makes `images` stale."""
 
 from dagster import (
     AssetKey,
@@ -13,7 +15,7 @@ from dagster import (
 )
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
-from lens_assets.catalog import combined_version, dataset_configs, model_configs
+from lens_assets.catalog import dataset_configs, datasets_version, model_configs
 from lens_assets.orchestration.partitions import MODELS
 
 MODEL_CONFIG = AssetKey("model_config")
@@ -35,10 +37,11 @@ def model_config(context: OpExecutionContext) -> DataVersionsByPartition:
 @observable_source_asset(
     name=DATASET_CONFIGS.path[-1],
     group_name="configs",
-    description="configs/datasets/**/*.yaml; version = hash of every dataset config",
+    description="configs/datasets/**/*.yaml and the files they read; version = hash of every "
+    "dataset config, of a folder's or manifest's image stats, labels and manifest files",
 )
 def dataset_configs_source() -> DataVersion:
-    return DataVersion(combined_version(dataset_configs()))
+    return DataVersion(datasets_version(dataset_configs()))
 
 
 def _observed(instance: DagsterInstance, key: AssetKey, partition: str | None) -> str | None:
@@ -56,12 +59,13 @@ def _observation(key: AssetKey, version: str, partition: str | None = None) -> A
 
 
 def changed_config_observations(instance: DagsterInstance) -> list[AssetObservation]:
-    """Observations for every config whose content differs from what was last observed."""
+    """Observations for every config whose content (for datasets: with their files) differs
+    from what was last observed."""
     events = []
     for name, file in model_configs().items():
         if _observed(instance, MODEL_CONFIG, name) != file.version:
             events.append(_observation(MODEL_CONFIG, file.version, name))
-    version = combined_version(dataset_configs())
+    version = datasets_version(dataset_configs())
     if _observed(instance, DATASET_CONFIGS, None) != version:
         events.append(_observation(DATASET_CONFIGS, version))
     return events
