@@ -28,6 +28,7 @@ from lens_assets.images import (
     decode,
     escapes_root,
     folder_images_within,
+    read_image_file,
 )
 
 IMAGE_KEYS = ("image_path", "image", "path", "file_name", "filename")
@@ -202,10 +203,12 @@ def _write_png(image: Image.Image, location: str) -> bytes:
 
 
 def _read(path: Path, out: DatasetImages) -> bytes | None:
+    """The file's bytes, or None with the reason recorded (only a regular file under the size
+    cap is read: a named pipe among the images must not hang the run)."""
     try:
-        return path.read_bytes()
-    except OSError as error:
-        out.error(path, f"cannot read image {path}: {error}")
+        return read_image_file(path)
+    except ImageReadError as error:
+        out.error(path, str(error))
         return None
 
 
@@ -233,9 +236,14 @@ def collect_folder(config: FolderDataset, out: DatasetImages, _: Path, __: Any) 
     folder = Path(config.path)
     labels = {}
     if config.labels:
-        if refused := escapes_root(folder, folder / config.labels):
+        table = folder / config.labels
+        if refused := escapes_root(folder, table):
             raise ConfigError(f"dataset {out.name}: labels: {refused}; keep it in the folder")
-        labels = _label_table(folder / config.labels)
+        if not table.is_file():  # missing, or a named pipe that would block the read
+            raise ConfigError(
+                f"dataset {out.name}: labels: {table} is not a file; name a CSV in the folder"
+            )
+        labels = _label_table(table)
     prompt = [(config.prompt, None, "folder", "label")] if config.prompt else []
     paths, refused = folder_images_within(folder)
     for path, reason in refused:

@@ -1,17 +1,26 @@
 """Reading images: stable content-hash ids, one RGB form for every file, readable failures.
 
 Greyscale, palette, 16-bit, CMYK and alpha images become 8-bit RGB (alpha composited on
-white). An empty, truncated or undecodable file, or one over the pixel limit (a decompression
-bomb), raises ImageReadError: the caller records it and goes on.
+white). Only regular files are read (a named pipe would block forever, a device never end), and
+only up to a size cap checked before reading. An empty, truncated, undecodable or oversized file,
+or one over the pixel limit (a decompression bomb), raises ImageReadError: the caller records it
+and goes on.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
+import re
+import stat
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -23,6 +32,19 @@ MAX_PIXELS = 64_000_000  # far beyond any VLM's input size, far below a decompre
 # Longer side over shorter side: beyond this, resizing to any VLM input leaves less than a
 # patch on the short side (Qwen2-VL's processor itself refuses ratios over 200).
 MAX_ASPECT = 100
+# Every 8-bit image within MAX_PIXELS fits even uncompressed (64 M pixels x 4 bytes of RGBA in a
+# BMP or TIFF is 244 MiB), so a larger file is 16-bit raw data or junk; reading one whole costs
+# its size in memory per worker (a sparse file can claim terabytes on a few bytes of disk).
+MAX_FILE_BYTES = 256 * 2**20
+# Rows converted at a time from 16-bit to 8-bit, in pixels: a few MiB of temporaries per strip.
+STRIP_PIXELS = 2**20
+FILE_KINDS = {
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a directory",
+}
 
 
 class ImageReadError(ValueError):
@@ -53,11 +75,75 @@ def escapes_root(root: Path, path: Path) -> str | None:
     """Why `path` may not be read as data under `root`, or None when it may.
 
     Both are resolved first, so `..`, absolute names and symlinks pointing elsewhere are all
-    caught: a dataset reads only what lies under its own folder."""
-    root, resolved = root.resolve(), path.resolve()
+    caught: a dataset reads only what lies under its own folder. A link that never reaches a file
+    (a loop) is refused here too, rather than raised, so one bad link does not stop a run."""
+    root = root.resolve()
+    try:
+        resolved = path.resolve()
+    except RuntimeError:  # Python before 3.13 raises this for a loop, 3.13 an OSError (ELOOP)
+        return f"refused: {path} is a symbolic link loop; point the link at a file or remove it"
+    except OSError as error:
+        return f"refused: {path} cannot be resolved ({error.strerror or error}); fix or remove it"
     if resolved == root or root in resolved.parents:
         return None
     return f"refused: {path} resolves to {resolved}, outside {root}"
+
+
+def not_a_regular_file(mode: int) -> str | None:
+    """Why a file of this `st_mode` may not be read as an image, or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = FILE_KINDS.get(stat.S_IFMT(mode), "a special file")
+    return f"not a regular file ({kind}); only image files are read, move it out of the folder"
+
+
+def _too_large(path: str | Path, size: int) -> str:
+    return (
+        f"cannot read image {path}: the file is {size:,} bytes ({size / 2**20:,.0f} MiB), over "
+        f"the {MAX_FILE_BYTES // 2**20} MiB limit on an image file; downscale or re-encode it"
+    )
+
+
+def _unreadable(path: str | Path, error: OSError) -> ImageReadError:
+    if error.errno == errno.ELOOP:
+        cause = "it is a symbolic link loop; point the link at a file or remove it"
+    else:
+        cause = error.strerror or str(error)
+    return ImageReadError(f"cannot read image {path}: {cause}")
+
+
+def _refuse(path: str | Path, status: os.stat_result) -> None:
+    if reason := not_a_regular_file(status.st_mode):
+        raise ImageReadError(f"cannot read image {path}: it is {reason}")
+    if status.st_size > MAX_FILE_BYTES:
+        raise ImageReadError(_too_large(path, status.st_size))
+
+
+@contextmanager
+def _open_regular(path: str | Path) -> Iterator[tuple[BinaryIO, int]]:
+    """An open regular file under MAX_FILE_BYTES and its size, refused before a byte is read:
+    a named pipe would block the run forever, a device never end, a sparse file fill memory.
+    It is checked before opening (opening a device can act on it), opened without blocking and
+    checked again on the descriptor, so swapping it for a pipe in between changes nothing."""
+    try:
+        _refuse(path, os.stat(path))
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise _unreadable(path, error) from None
+    with open(descriptor, "rb") as stream:
+        status = os.fstat(descriptor)
+        _refuse(path, status)
+        try:
+            yield stream, status.st_size
+        except OSError as error:
+            raise _unreadable(path, error) from None
+
+
+def read_image_file(path: str | Path) -> bytes:
+    """The bytes of a local image file: a regular file under MAX_FILE_BYTES, never more than
+    the size checked before reading."""
+    with _open_regular(path) as (stream, size):
+        return stream.read(size)
 
 
 def folder_images(folder: str | Path) -> list[Path]:
@@ -72,24 +158,53 @@ def folder_images(folder: str | Path) -> list[Path]:
 
 
 def folder_images_within(folder: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """The folder's image files that resolve inside it, and each one that does not (a link
-    pointing elsewhere) with the reason it is refused, for the caller to report."""
-    inside, refused = [], []
+    """The folder's image files that may be read, and each one refused with the reason, for
+    the caller to report: a link resolving outside the folder or never reaching a file, and
+    anything but a regular file."""
+    inside: list[Path] = []
+    refused: list[tuple[Path, str]] = []
     for path in folder_images(folder):
         if reason := escapes_root(Path(folder), path):
             refused.append((path, reason))
+            continue
+        try:
+            status = path.stat()
+        except OSError as error:
+            refused.append((path, f"refused: {path} cannot be read ({error.strerror or error})"))
+            continue
+        if reason := not_a_regular_file(status.st_mode):
+            refused.append((path, f"refused: {path} is {reason}"))
         else:
             inside.append(path)
     return inside, refused
 
 
+def _integer_to_rgb(image: Image.Image) -> Image.Image:
+    """A 16-bit or 32-bit integer greyscale image as 8-bit RGB, a strip of rows at a time.
+
+    Each value v (clipped to the range) becomes round(v x 255 / top), halves rounding up, with
+    top 65535, or 255 for a 32-bit image whose values all fit in 8 bits. In integers: 255/65535
+    is exactly 1/257 and no 16-bit value lies on a half, so it is (v + 128) // 257. Only a strip
+    is held as integers: the whole image through float64 cost 8 bytes a pixel, plus copies."""
+    top = 255 if image.mode == "I" and image.getextrema()[1] <= 255 else 65535
+    width, height = image.size
+    rows = max(1, STRIP_PIXELS // max(width, 1))
+    rgb = Image.new("RGB", image.size)
+    for y in range(0, height, rows):
+        strip = np.asarray(image.crop((0, y, width, min(y + rows, height))))
+        values = np.clip(strip, 0, top).astype(np.uint32)
+        if top == 65535:
+            values += 128
+            values //= 257
+        grey = Image.fromarray(values.astype(np.uint8), mode="L")
+        rgb.paste(grey.convert("RGB"), (0, y))
+    return rgb
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB, whatever the file held."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        scaled = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(scaled, mode="L").convert("RGB")
+        return _integer_to_rgb(image)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -100,10 +215,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# Pillow's messages name the in-memory buffer it was given, e.g. <_io.BytesIO object at 0x7f...>
+_BUFFER_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
+def _cause(error: BaseException) -> str:
+    return _BUFFER_REPR.sub("the file", str(error))
+
+
 def decode(data: bytes, source: str) -> Image.Image:
     """Decode image bytes to RGB, refusing empty, truncated, undecodable and oversized ones."""
     if not data:
         raise ImageReadError(f"cannot read image {source}: the file is empty")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageReadError(_too_large(source, len(data)))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -126,14 +251,22 @@ def decode(data: bytes, source: str) -> Image.Image:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
         raise ImageReadError(f"cannot read image {source}: {error}") from None
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
-        raise ImageReadError(f"cannot read image {source}: {error}") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(
+            f"cannot read image {source}: it is not an image file Pillow can decode (not a "
+            "PNG, JPEG, GIF, BMP, TIFF or WebP, or its header is damaged); convert or remove it"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"cannot read image {source}: {_cause(error)}") from None
 
 
 def load_image(path: str | Path) -> LoadedImage:
     """A local file or an object-store URI (images rendered onto a shared warehouse)."""
-    try:
-        data = files.read_bytes(path)
-    except OSError as error:
-        raise ImageReadError(f"cannot read image {path}: {error}") from None
+    if not files.is_uri(path):
+        data = read_image_file(path)
+    else:
+        try:
+            data = files.read_bytes(path)
+        except OSError as error:
+            raise ImageReadError(f"cannot read image {path}: {error}") from None
     return LoadedImage(content_id(data), str(path), decode(data, str(path)))

@@ -1,0 +1,291 @@
+"""Hostile files among a dataset's images: each is recorded with a readable reason and the run
+goes on. Named pipes and other special files are never opened for reading, symlink loops are
+refused, oversized files are refused before a byte is read, 16-bit images decode in bounded
+memory, and a file that is not an image says so."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import threading
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from lens_assets import extraction, images
+from lens_assets.config import ConfigError
+from lens_assets.datasets import collect_images, parse_dataset_config
+
+T = TypeVar("T")
+HANG_GUARD_S = 120  # only so a regression fails instead of hanging the suite; never reached
+
+
+def png(colour: tuple[int, int, int], size: tuple[int, int] = (24, 16)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def finishes(work: Callable[[], T], fifo: Path) -> T:
+    """Run `work` in a thread; if a regression blocks it on the pipe, open the pipe's other
+    end so the thread ends, and fail."""
+    result: list[T] = []
+    thread = threading.Thread(target=lambda: result.append(work()), daemon=True)
+    thread.start()
+    thread.join(HANG_GUARD_S)
+    if thread.is_alive():
+        with open(fifo, "wb"):  # lets the blocked reader see end of file
+            pass
+        thread.join(HANG_GUARD_S)
+        pytest.fail(f"reading the folder blocked on the named pipe {fifo}")
+    assert result, "the work raised (see the thread's traceback above)"
+    return result[0]
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "red.png").write_bytes(png((200, 10, 10)))
+    return folder
+
+
+def folder_dataset(folder: Path, **extra: str) -> object:
+    return parse_dataset_config({"kind": "folder", "path": str(folder), **extra}, "t")
+
+
+# 1. Named pipes and other special files
+
+
+def test_a_named_pipe_in_a_folder_dataset_is_recorded_not_read(
+    folder: Path, tmp_path: Path
+) -> None:
+    os.mkfifo(fifo := folder / "stuck.png")
+    out = finishes(lambda: collect_images("f", folder_dataset(folder), tmp_path), fifo)
+    assert [Path(r["path"]).name for r in out.rows] == ["red.png"]
+    (error,) = out.errors
+    assert Path(error["path"]).name == "stuck.png"
+    assert "not a regular file (a named pipe)" in error["error"]
+
+
+def test_a_named_pipe_named_by_a_manifest_is_recorded_not_read(
+    folder: Path, tmp_path: Path
+) -> None:
+    os.mkfifo(folder / "stuck.png")
+    manifest = folder / "manifest.csv"
+    manifest.write_text("image_path,label\nstuck.png,x\nred.png,red\n")
+    config = parse_dataset_config({"kind": "manifest", "path": str(manifest)}, "t")
+    out = finishes(lambda: collect_images("m", config, tmp_path), folder / "stuck.png")
+    assert len(out.rows) == 1
+    (error,) = out.errors
+    assert error["path"].endswith("stuck.png") and "not a regular file" in error["error"]
+
+
+def test_a_named_pipe_named_by_a_hugging_face_dataset_is_recorded_not_read(
+    folder: Path, tmp_path: Path
+) -> None:
+    os.mkfifo(folder / "stuck.png")
+    pq.write_table(pa.table({"image": ["stuck.png", "red.png"], "label": ["x", "red"]}),
+                   tmp_path / "names.parquet")  # fmt: skip
+    config = parse_dataset_config(
+        {"kind": "hf_disk", "path": str(tmp_path / "names.parquet"), "images_root": str(folder)},
+        "t",
+    )
+    out = finishes(lambda: collect_images("hf", config, tmp_path / "r"), folder / "stuck.png")
+    assert len(out.rows) == 1
+    (error,) = out.errors
+    assert error["path"].endswith("stuck.png") and "not a regular file" in error["error"]
+
+
+def test_a_labels_file_that_is_a_named_pipe_is_a_config_error(folder: Path, tmp_path: Path) -> None:
+    os.mkfifo(fifo := folder / "labels.csv")
+    config = folder_dataset(folder, labels="labels.csv")
+
+    def collect() -> None:
+        with pytest.raises(ConfigError, match=f"labels: {fifo} is not a file"):
+            collect_images("f", config, tmp_path)
+
+    finishes(collect, fifo)
+
+
+def test_extraction_skips_a_named_pipe_it_is_given(folder: Path) -> None:
+    os.mkfifo(folder / "stuck.png")
+    skipped: list[str] = []
+    paths = [folder / "stuck.png", folder / "red.png"]
+    loaded = finishes(lambda: extraction._readable(paths, skipped), folder / "stuck.png")
+    assert [Path(i.path).name for i in loaded] == ["red.png"]
+    (reason,) = skipped
+    assert "stuck.png" in reason and "not a regular file (a named pipe)" in reason
+
+
+def _make_fifo(path: Path) -> str:
+    os.mkfifo(path)
+    return "a named pipe"
+
+
+def _make_directory(path: Path) -> str:
+    path.mkdir()
+    return "a directory"
+
+
+def _make_socket(path: Path) -> str:
+    with socket.socket(socket.AF_UNIX) as server:  # the socket file outlives the socket
+        server.bind(path.name)  # relative (the test runs in its folder): AF_UNIX paths are short
+    return "a socket"
+
+
+@pytest.mark.parametrize("make", [_make_fifo, _make_directory, _make_socket])
+def test_input_dir_refuses_anything_but_a_regular_file(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, make: Callable[[Path], str]
+) -> None:
+    monkeypatch.chdir(folder)
+    kind = make(folder / "odd.png")
+    inside, refused = images.folder_images_within(folder)
+    assert [p.name for p in inside] == ["red.png"]
+    assert refused == [
+        (
+            folder / "odd.png",
+            f"refused: {folder / 'odd.png'} is not a regular file ({kind}); only image files "
+            "are read, move it out of the folder",
+        )
+    ]
+
+
+# 2. Symlink loops
+
+
+def test_a_symlink_loop_in_a_folder_dataset_is_recorded_not_raised(
+    folder: Path, tmp_path: Path
+) -> None:
+    (folder / "a.png").symlink_to(folder / "b.png")
+    (folder / "b.png").symlink_to(folder / "a.png")
+    out = collect_images("f", folder_dataset(folder), tmp_path)
+    assert [Path(r["path"]).name for r in out.rows] == ["red.png"]
+    assert [Path(e["path"]).name for e in out.errors] == ["a.png", "b.png"]
+    assert all("is a symbolic link loop" in e["error"] for e in out.errors)
+
+
+def test_a_symlink_loop_named_by_a_manifest_is_recorded_not_raised(
+    folder: Path, tmp_path: Path
+) -> None:
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    manifest = folder / "manifest.csv"
+    manifest.write_text("image_path,label\nloop.png,x\nred.png,red\n")
+    config = parse_dataset_config({"kind": "manifest", "path": str(manifest)}, "t")
+    out = collect_images("m", config, tmp_path)
+    assert len(out.rows) == 1
+    (error,) = out.errors
+    assert error["path"].endswith("loop.png") and "symbolic link loop" in error["error"]
+
+
+def test_input_dir_refuses_a_symlink_loop(folder: Path) -> None:
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    inside, refused = images.folder_images_within(folder)
+    assert [p.name for p in inside] == ["red.png"]
+    assert refused == [
+        (
+            folder / "loop.png",
+            f"refused: {folder / 'loop.png'} is a symbolic link loop; point the link at a file "
+            "or remove it",
+        )
+    ]
+
+
+# 3. Files too large to read
+
+
+@pytest.fixture
+def sparse(folder: Path) -> Path:
+    """A 3 GiB file that takes no disk: the size a PNG can claim."""
+    path = folder / "huge.png"
+    with path.open("wb") as stream:
+        stream.truncate(3 * 2**30)
+    return path
+
+
+def test_a_file_over_the_size_cap_is_refused_before_it_is_read(sparse: Path) -> None:
+    with pytest.raises(images.ImageReadError) as raised:
+        images.load_image(sparse)
+    assert str(raised.value) == (
+        f"cannot read image {sparse}: the file is 3,221,225,472 bytes (3,072 MiB), over the "
+        f"{images.MAX_FILE_BYTES // 2**20} MiB limit on an image file; downscale or re-encode it"
+    )
+
+
+def test_a_folder_records_a_file_over_the_size_cap_and_goes_on(
+    sparse: Path, folder: Path, tmp_path: Path
+) -> None:
+    out = collect_images("f", folder_dataset(folder), tmp_path)
+    assert [Path(r["path"]).name for r in out.rows] == ["red.png"]
+    (error,) = out.errors
+    assert Path(error["path"]).name == "huge.png" and "over the" in error["error"]
+
+
+# 4. 16-bit images
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_16_bit_8000x8000_image_decodes_without_a_float_copy() -> None:
+    side = 8000  # 64 M pixels, the pixel limit: a 124 KB file when uniform
+    data = _png_bytes(Image.fromarray(np.zeros((side, side), dtype=np.uint16)))
+    tracemalloc.start()  # numpy's arrays are traced; Pillow's own image buffers are not
+    try:
+        decoded = images.decode(data, "deep.png")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert decoded.size == (side, side)
+    # through float64 this was 8 bytes a pixel plus copies (1.4 GiB); now a strip at a time
+    assert peak < side * side, f"decoding held {peak / 2**20:.0f} MiB of arrays"
+
+
+def _eight_bit(values: np.ndarray, top: int) -> np.ndarray:
+    """round(v x 255 / top), halves up, in exact integers: (2 x 255 v + top) // (2 top)."""
+    clipped = np.clip(values.astype(np.int64), 0, top)
+    return ((510 * clipped + top) // (2 * top)).astype(np.uint8)
+
+
+def test_every_16_bit_value_keeps_its_8_bit_level() -> None:
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    decoded = images.decode(_png_bytes(Image.fromarray(values)), "ramp.png")
+    expected = _eight_bit(values, 65535)
+    assert np.array_equal(np.asarray(decoded), np.stack([expected] * 3, axis=-1))
+
+
+def test_a_big_endian_16_bit_image_keeps_its_8_bit_levels() -> None:
+    values = np.arange(65536, dtype=">u2").reshape(256, 256)
+    converted = images.to_rgb(Image.fromarray(values))
+    assert np.array_equal(np.asarray(converted)[..., 0], _eight_bit(values, 65535))
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "top"), [(-300, 70_000, 65535), (-5, 255, 255), (0, 256, 65535)]
+)
+def test_a_32_bit_image_scales_by_its_range(low: int, high: int, top: int) -> None:
+    values = np.linspace(low, high, 40 * 50).astype(np.int32).reshape(40, 50)
+    converted = images.to_rgb(Image.fromarray(values))
+    assert np.array_equal(np.asarray(converted)[..., 1], _eight_bit(values, top))
+
+
+# 5. Files that are not images
+
+
+def test_a_non_image_file_is_named_without_pillows_buffer() -> None:
+    with pytest.raises(images.ImageReadError) as raised:
+        images.decode(b"these are notes, not pixels", "notes.png")
+    message = str(raised.value)
+    assert message.startswith("cannot read image notes.png: it is not an image file")
+    assert "BytesIO" not in message and "0x" not in message
