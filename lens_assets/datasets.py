@@ -26,6 +26,7 @@ from lens_assets.images import (
     ImageReadError,
     content_id,
     decode,
+    duplicate_of,
     escapes_root,
     folder_images_within,
     read_image_file,
@@ -147,47 +148,74 @@ def vlm_lens_dataset(block: dict[str, Any]) -> DatasetConfig:
 
 @dataclass
 class DatasetImages:
-    """Rows for `images`, `image_labels`, `prompts` and `image_errors`; duplicates once."""
+    """Rows for `images`, `image_labels`, `prompts` and `image_errors`.
+
+    An image is its bytes: the same bytes met again are one image, one row. From another file
+    (a copy) they are also an error row naming the first file, so the copy is seen, not lost."""
 
     name: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     labels: list[dict[str, Any]] = field(default_factory=list)
     prompts: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    _first: dict[str, tuple[str, str]] = field(default_factory=dict, init=False, repr=False)
+    _concepts: set[tuple[str, str]] = field(default_factory=set, init=False, repr=False)
+    _asked: set[tuple[str, str]] = field(default_factory=set, init=False, repr=False)
 
     def add(
         self,
         data: bytes,
-        path: Path,
+        path: Path | str,
         labels: dict[str, Any] | None = None,
         prompts: Iterable[tuple[str, str | None, str, str | None]] = (),
         split: str | None = None,
+        source: str | None = None,
     ) -> str | None:
-        """Record one image from its bytes; an unusable one becomes an error row."""
-        try:
-            image = decode(data, str(path))
-        except ImageReadError as error:
-            self.error(path, str(error))
-            return None
+        """Record one image from its bytes; an unusable one becomes an error row. `source` is
+        the file it came from when `path` is a copy written for it (a Hugging Face row).
+
+        Met again, the image is not decoded again and adds only the labels (concepts) and
+        questions (prompt texts) not known for it yet: a copy of a file asks nothing twice."""
         image_id = content_id(data)
-        if all(row["image_id"] != image_id for row in self.rows):
+        origin = source or str(path)
+        if image_id not in self._first:
+            try:
+                image = decode(data, origin)
+            except ImageReadError as error:
+                self.error(origin, str(error))
+                return None
+            self._first[image_id] = (origin, str(path))
             self.rows.append(
                 {"image_id": image_id, "dataset": self.name, "path": str(path),
                  "width": image.width, "height": image.height, "split": split}
             )  # fmt: skip
-        known = {(r["image_id"], r["concept"]) for r in self.labels}
-        self.labels += [
-            {"image_id": image_id, "dataset": self.name, "concept": k, "value": str(v)}
-            for k, v in (labels or {}).items()
-            # a duplicate file adds only concepts not known yet; missing values (empty, NaN) drop
-            if v is not None and v == v and v != "" and (image_id, k) not in known
-        ]
-        for prompt, answer, kind, concept in prompts:
-            self.prompts.append(
-                {"image_id": image_id, "dataset": self.name, "prompt_id": len(self.prompts),
-                 "prompt": prompt, "answer": answer, "kind": kind, "concept": concept}
+        elif (first := self._first[image_id][0]) != origin:
+            self.error(origin, duplicate_of(first, image_id))
+        for concept, value in (labels or {}).items():
+            missing = value is None or value != value or value == ""  # empty, NaN
+            if missing or (image_id, concept) in self._concepts:
+                continue
+            self._concepts.add((image_id, concept))
+            self.labels.append(
+                {"image_id": image_id, "dataset": self.name, "concept": concept,
+                 "value": str(value)}
             )  # fmt: skip
+        # one file may ask one question several times (a blank image asked every image's
+        # question); a second file of the same image only asks the ones not asked yet
+        asked = {prompt for prompt, *_ in prompts if (image_id, prompt) not in self._asked}
+        for prompt, answer, kind, concept in prompts:
+            if prompt in asked:
+                self.prompts.append(
+                    {"image_id": image_id, "dataset": self.name, "prompt_id": len(self.prompts),
+                     "prompt": prompt, "answer": answer, "kind": kind, "concept": concept}
+                )  # fmt: skip
+        self._asked.update((image_id, prompt) for prompt in asked)
         return image_id
+
+    def path_of(self, image_id: str) -> str | None:
+        """Where the image with this id is stored, once it has been added."""
+        first = self._first.get(image_id)
+        return first[1] if first else None
 
     def error(self, path: Path | str, message: str) -> None:
         self.errors.append({"dataset": self.name, "path": str(path), "error": message})
@@ -245,7 +273,7 @@ def collect_folder(config: FolderDataset, out: DatasetImages, _: Path, __: Any) 
             )
         labels = _label_table(table)
     prompt = [(config.prompt, None, "folder", "label")] if config.prompt else []
-    paths, refused = folder_images_within(folder)
+    paths, refused = folder_images_within(folder, distinct=False)  # copies: see DatasetImages
     for path, reason in refused:
         out.error(path, reason)
     for path in paths:
@@ -322,9 +350,12 @@ def _hf_rows(config: HfDataset) -> Iterable[dict[str, Any]]:
     return iter(loaded)
 
 
-def _hf_image_bytes(value: Any, config: HfDataset, out: DatasetImages) -> tuple[bytes, str] | None:
+def _hf_image_bytes(
+    value: Any, config: HfDataset, out: DatasetImages
+) -> tuple[bytes, str | None] | None:
+    """The image's bytes and the file they came from (None for bytes without a file name)."""
     if isinstance(value, dict) and value.get("bytes"):
-        return value["bytes"], str(value.get("path") or "")
+        return value["bytes"], str(value.get("path") or "") or None
     name = value.get("path") if isinstance(value, dict) else value
     if not name:
         out.error(config.path, f"a row has no image in column {config.image_column!r}")
@@ -344,9 +375,12 @@ def collect_hf(config: HfDataset, out: DatasetImages, rendered: str | Path, _: A
         found = _hf_image_bytes(row.pop(config.image_column, None), config, out)
         if found is None:
             continue
-        data, _origin = found
-        path = files.join(rendered, out.name, f"{index:06d}-{content_id(data)[:12]}.png")
-        files.write_bytes(path, data)
+        data, origin = found
+        image_id = content_id(data)
+        path = out.path_of(image_id)  # rows sharing an image share its file
+        if path is None:
+            path = files.join(rendered, out.name, f"{index:06d}-{image_id[:12]}.png")
+            files.write_bytes(path, data)
         prompt = row.pop(config.prompt_column, None) if config.prompt_column else None
         answer = row.get(config.answer_column) if config.answer_column else None
         keys = config.label_columns or [k for k, v in row.items() if isinstance(v, str | int)]
@@ -355,7 +389,7 @@ def collect_hf(config: HfDataset, out: DatasetImages, rendered: str | Path, _: A
             labels["label"] = labels.pop(config.answer_column)
         expected = None if answer is None else str(answer)
         prompts = [(str(prompt), expected, "dataset", "label")]
-        out.add(data, path, labels, prompts if prompt else [], config.split)
+        out.add(data, path, labels, prompts if prompt else [], config.split, origin)
 
 
 BLANK_COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0)}

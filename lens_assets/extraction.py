@@ -23,7 +23,7 @@ from transformers import BatchFeature
 
 from lens_assets.config import ModelConfig
 from lens_assets.hooks import StopForward, capture
-from lens_assets.images import ImageReadError, LoadedImage, load_image
+from lens_assets.images import ImageReadError, LoadedImage, duplicate_of, load_image
 from lens_assets.modules import select_modules
 from lens_assets.pooling import ROLE_NAMES, Pooled, pool
 from resources.runtime import LoadedModel, PeakMemory, load_model, release
@@ -187,14 +187,28 @@ class ExtractionResult:
         return [reason for run in self.runs for reason in run.skipped]
 
 
-def _readable(paths: Iterable[str | Path], skipped: list[str]) -> list[LoadedImage]:
+def _readable(
+    paths: Iterable[str | Path], skipped: list[str], seen: dict[str, str] | None = None
+) -> list[LoadedImage]:
+    """The images that can be read, each image id once: an unreadable file or a second file
+    with an image's bytes (which would stage every row twice) is noted in `skipped`. `seen`
+    (image id -> first path) carries the ids across calls; without it, within these paths."""
+    seen = {} if seen is None else seen
     images = []
     for path in paths:
         try:
-            images.append(load_image(path))
+            loaded = load_image(path)
         except ImageReadError as error:
             log.warning("%s; skipped", error)
             skipped.append(str(error))
+            continue
+        if loaded.image_id in seen:
+            reason = f"{path}: {duplicate_of(seen[loaded.image_id], loaded.image_id)}"
+            log.warning("%s", reason)
+            skipped.append(reason)
+            continue
+        seen[loaded.image_id] = str(path)
+        images.append(loaded)
     return images
 
 

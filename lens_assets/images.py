@@ -16,6 +16,7 @@ import os
 import re
 import stat
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -157,11 +158,26 @@ def folder_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def folder_images_within(folder: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+def duplicate_of(first: str | Path, image_id: str) -> str:
+    """How a second file with an image's bytes is reported: the image is used once."""
+    return f"duplicate of {first} (same bytes, image id {image_id}); used once"
+
+
+def file_id(path: str | Path) -> str:
+    """content_id of a local image file, read in blocks: the same id without holding it."""
+    with _open_regular(path) as (stream, _):
+        return hashlib.file_digest(stream, "sha256").hexdigest()[:32]
+
+
+def folder_images_within(
+    folder: str | Path, distinct: bool = True
+) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The folder's image files that may be read, and each one refused with the reason, for
     the caller to report: a link resolving outside the folder or never reaching a file, and
-    anything but a regular file."""
-    inside: list[Path] = []
+    anything but a regular file. With `distinct`, also a second file holding the bytes of one
+    listed before it, which would be extracted twice (only files of equal size are hashed);
+    collect_folder leaves copies to DatasetImages, which keeps the copy's labels."""
+    kept: list[tuple[Path, int]] = []
     refused: list[tuple[Path, str]] = []
     for path in folder_images(folder):
         if reason := escapes_root(Path(folder), path):
@@ -175,8 +191,25 @@ def folder_images_within(folder: str | Path) -> tuple[list[Path], list[tuple[Pat
         if reason := not_a_regular_file(status.st_mode):
             refused.append((path, f"refused: {path} is {reason}"))
         else:
-            inside.append(path)
-    return inside, refused
+            kept.append((path, status.st_size))
+    if not distinct:
+        return [path for path, _ in kept], refused
+    sizes = Counter(size for _, size in kept)
+    first: dict[str, Path] = {}
+    inside = []
+    for path, size in kept:
+        if sizes[size] > 1 and 0 < size <= MAX_FILE_BYTES:
+            try:
+                image_id = file_id(path)
+            except ImageReadError:  # e.g. replaced since it was listed: the reader says why
+                inside.append(path)
+                continue
+            if image_id in first:
+                refused.append((path, f"{path}: {duplicate_of(first[image_id], image_id)}"))
+                continue
+            first[image_id] = path
+        inside.append(path)
+    return inside, sorted(refused, key=lambda refusal: refusal[0])
 
 
 def _integer_to_rgb(image: Image.Image) -> Image.Image:

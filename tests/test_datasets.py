@@ -37,11 +37,11 @@ def photos(tmp_path: Path) -> Path:
     folder.mkdir()
     (folder / "red.png").write_bytes(png((200, 10, 10)))
     (folder / "blue.png").write_bytes(png((10, 10, 200)))
-    (folder / "blue-copy.png").write_bytes(png((10, 10, 200)))  # same bytes, same image id
     return folder
 
 
 def test_folder_with_a_labels_csv(photos: Path, tmp_path: Path) -> None:
+    (photos / "blue-copy.png").write_bytes(png((10, 10, 200)))  # same bytes, same image id
     (photos / "labels.csv").write_text("image,label,brightness\nred.png,red,dark\nblue.png,blue,\n")
     config = parse_dataset_config(
         {"kind": "folder", "path": str(photos), "labels": "labels.csv", "prompt": "Colour?"}, "t"

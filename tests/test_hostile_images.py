@@ -1,11 +1,12 @@
 """Hostile files among a dataset's images: each is recorded with a readable reason and the run
 goes on. Named pipes and other special files are never opened for reading, symlink loops are
 refused, oversized files are refused before a byte is read, 16-bit images decode in bounded
-memory, and a file that is not an image says so."""
+memory, and a second copy of an image is one image, recorded as a duplicate."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import threading
@@ -18,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
+from click.testing import CliRunner, Result
 from PIL import Image
 
 from lens_assets import extraction, images
@@ -289,3 +292,129 @@ def test_a_non_image_file_is_named_without_pillows_buffer() -> None:
     message = str(raised.value)
     assert message.startswith("cannot read image notes.png: it is not an image file")
     assert "BytesIO" not in message and "0x" not in message
+
+
+# 6. Byte-identical copies
+
+
+@pytest.fixture
+def copied(folder: Path) -> Path:
+    """red.png, its copy red-again.png, and a different blue.png."""
+    (folder / "red-again.png").write_bytes((folder / "red.png").read_bytes())
+    (folder / "blue.png").write_bytes(png((10, 10, 200)))
+    return folder
+
+
+def test_a_copy_in_a_folder_dataset_is_one_image_asked_once(copied: Path, tmp_path: Path) -> None:
+    out = collect_images("f", folder_dataset(copied, prompt="Colour?"), tmp_path)
+    assert sorted(Path(r["path"]).name for r in out.rows) == ["blue.png", "red-again.png"]
+    assert len(out.prompts) == 2 and len({p["image_id"] for p in out.prompts}) == 2
+    (error,) = out.errors
+    red = next(r for r in out.rows if r["path"].endswith("red-again.png"))
+    assert error == {
+        "dataset": "f",
+        "path": str((copied / "red.png").resolve()),
+        "error": f"duplicate of {red['path']} (same bytes, image id {red['image_id']}); used once",
+    }
+
+
+def test_a_copy_keeps_the_labels_its_first_file_lacks(copied: Path, tmp_path: Path) -> None:
+    (copied / "labels.csv").write_text("image,label,shade\nred-again.png,red,\nred.png,,dark\n")
+    out = collect_images("f", folder_dataset(copied, labels="labels.csv"), tmp_path)
+    assert sorted((r["concept"], r["value"]) for r in out.labels) == [
+        ("label", "red"), ("shade", "dark"),
+    ]  # fmt: skip
+
+
+def test_a_copy_named_by_a_manifest_is_one_image_asked_once(copied: Path, tmp_path: Path) -> None:
+    manifest = copied / "manifest.csv"
+    manifest.write_text(
+        "image_path,prompt,label\nred.png,Colour?,red\nred-again.png,Colour?,red\n"
+        "red.png,Shape?,square\n"
+    )
+    config = parse_dataset_config({"kind": "manifest", "path": str(manifest)}, "t")
+    out = collect_images("m", config, tmp_path)
+    assert len(out.rows) == 1
+    assert [(p["prompt"], p["answer"]) for p in out.prompts] == [
+        ("Colour?", "red"), ("Shape?", "square"),
+    ]  # fmt: skip
+    (error,) = out.errors
+    assert error["path"].endswith("red-again.png")
+    assert error["error"].startswith(f"duplicate of {(copied / 'red.png').resolve()} ")
+
+
+def test_a_copy_named_by_a_hugging_face_dataset_is_one_image(copied: Path, tmp_path: Path) -> None:
+    names = ["red.png", "red-again.png", "blue.png"]
+    pq.write_table(pa.table({"image": names, "prompt": ["Colour?"] * 3}),
+                   tmp_path / "names.parquet")  # fmt: skip
+    config = parse_dataset_config(
+        {"kind": "hf_disk", "path": str(tmp_path / "names.parquet"), "images_root": str(copied)},
+        "t",
+    )
+    out = collect_images("hf", config, tmp_path / "rendered")
+    assert len(out.rows) == 2 and len(out.prompts) == 2
+    (error,) = out.errors
+    assert error["path"].endswith("red-again.png") and "duplicate of" in error["error"]
+
+
+def test_hugging_face_rows_sharing_an_image_share_one_file(folder: Path, tmp_path: Path) -> None:
+    red = {"bytes": (folder / "red.png").read_bytes(), "path": "red.png"}
+    table = pa.table({"image": [red, red], "prompt": ["Colour?", "Shape?"]})
+    pq.write_table(table, tmp_path / "rows.parquet")
+    config = parse_dataset_config({"kind": "hf_disk", "path": str(tmp_path / "rows.parquet")}, "t")
+    out = collect_images("hf", config, tmp_path / "rendered")
+    assert len(out.rows) == 1 and not out.errors
+    assert [p["prompt"] for p in out.prompts] == ["Colour?", "Shape?"]
+    assert len(list((tmp_path / "rendered" / "hf").iterdir())) == 1
+
+
+def test_input_dir_lists_a_copy_once(copied: Path) -> None:
+    inside, refused = images.folder_images_within(copied)
+    assert [p.name for p in inside] == ["blue.png", "red-again.png"]
+    ((path, reason),) = refused
+    image_id = images.content_id((copied / "red.png").read_bytes())
+    assert path == copied / "red.png"
+    assert reason == (
+        f"{path}: duplicate of {copied / 'red-again.png'} (same bytes, image id {image_id}); "
+        "used once"
+    )
+
+
+def test_extraction_stages_each_image_id_once_across_batches(copied: Path) -> None:
+    skipped: list[str] = []
+    seen: dict[str, str] = {}
+    first = extraction._readable([copied / "red.png", copied / "blue.png"], skipped, seen)
+    second = extraction._readable([copied / "red-again.png"], skipped, seen)
+    assert [Path(i.path).name for i in first] == ["red.png", "blue.png"] and second == []
+    (reason,) = skipped
+    assert reason.startswith(f"{copied / 'red-again.png'}: duplicate of {copied / 'red.png'} ")
+
+
+def test_lens_extract_input_dir_extracts_a_copy_once(
+    copied: Path, tmp_path: Path, tiny_dir: Path
+) -> None:
+    from lens_assets.cli import main
+
+    config = tmp_path / "tiny-llava.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"architecture": "llava", "model_path": str(tiny_dir / "llava"),
+             "prompt": "What colour?", "modules": ["model.language_model.norm"],
+             "pooling": ["mean_image"]}
+        )
+    )  # fmt: skip
+    warehouse = ["--warehouse", str(tmp_path / "wh")]
+
+    def lens(*args: str) -> Result:
+        return CliRunner().invoke(main, [*args, *warehouse], catch_exceptions=False)
+
+    # batch size 1: the copy and its first file land in different batches
+    result = lens("extract", str(config), "--input-dir", str(copied), "--batch-size", "1",
+                  "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "2 images x 1 modules" in result.stdout
+    duplicate = f"skipped: {copied / 'red.png'}: duplicate of {copied / 'red-again.png'} "
+    assert duplicate in result.stderr
+    per_image = lens("sql", "SELECT count(*) AS n FROM activations GROUP BY image_id",
+                     "--format", "json")  # fmt: skip
+    assert [r["n"] for r in json.loads(per_image.stdout)] == [1, 1]
