@@ -6,7 +6,7 @@ from dagster import Definitions
 
 from lens_assets.orchestration.assets import activations, images
 from lens_assets.orchestration.behaviour import answers
-from lens_assets.orchestration.checks import ACTIVATION_CHECKS, CHECK_JOB
+from lens_assets.orchestration.checks import ACTIVATION_CHECKS, CHECK_JOB, DATASET_CHECKS
 from lens_assets.orchestration.executors import executor_from_env
 from lens_assets.orchestration.interpretability import interpretability
 from lens_assets.orchestration.probes import probe_results
@@ -37,7 +37,7 @@ ASSETS = [
 
 defs = Definitions(
     assets=ASSETS,
-    asset_checks=ACTIVATION_CHECKS,
+    asset_checks=[*DATASET_CHECKS, *ACTIVATION_CHECKS],
     jobs=[CHECK_JOB],
     sensors=[model_configs_sensor],
     resources={"runtime": VLMRuntimeResource(), "warehouse": WarehouseResource()},

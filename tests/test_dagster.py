@@ -4,6 +4,7 @@ automation, checks and metadata, all on real materializations into a real wareho
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import subprocess
 import sys
@@ -15,7 +16,10 @@ import dagster as dg
 import pytest
 import yaml
 from dagster._core.definitions.data_version import StaleStatus
+from PIL import Image
 
+from lens_assets.config import ConfigError
+from lens_assets.orchestration.assets import IMAGES
 from lens_assets.orchestration.materialize import (
     materialize_missing,
     plan,
@@ -102,6 +106,11 @@ def project(tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> 
     return project
 
 
+@pytest.fixture
+def datasets_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+    return new_project(tmp_path, monkeypatch)
+
+
 def tick_sensor(instance: dg.DagsterInstance) -> dg.SensorResult:
     """One sensor tick, with its requests applied as the daemon would apply them."""
     result = model_configs_sensor(dg.build_sensor_context(instance=instance))
@@ -123,7 +132,9 @@ def test_definitions_load_as_one_code_location() -> None:
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert {"images", "image_labels", "activations", "model_config", "dataset_configs"} <= keys
     checks = {key.name for key in graph.asset_check_keys}
-    assert checks == {"row_count", "finite_values", "one_dim_per_layer"}
+    assert checks == {
+        "every_dataset_collected", "row_count", "finite_values", "one_dim_per_layer",
+    }  # fmt: skip
     assert defs.resolve_sensor_def("model_configs_sensor") is not None
 
 
@@ -469,3 +480,114 @@ def test_interpretability_fills_its_five_tables_and_skips_a_dual_encoder(
     metadata = latest("tiny-clip")
     assert metadata["rows"].value == 0
     assert "CLIPModel" in metadata["skipped"].value  # no token logits: the reason is stated
+
+
+# One bad dataset config, as a user writes it, and the words its failure must carry.
+BROKEN_DATASETS = {
+    "invalid YAML": ("kind: folder\npath: [unclosed\n", "is not valid YAML"),
+    "unknown kind": ("kind: shapez\n", "unknown kind 'shapez'"),
+    "missing folder": ("kind: folder\npath: {tmp}/nowhere\n", "nowhere does not exist"),
+    "manifest without image_path": (
+        "kind: manifest\npath: {tmp}/listed.csv\n",
+        "needs an `image_path` column",
+    ),
+}
+
+
+def folder_dataset(project: Project, name: str, folder: Path, shades: list[int]) -> Path:
+    """A folder dataset of small distinct PNGs, one per shade."""
+    folder.mkdir(exist_ok=True)
+    for shade in shades:
+        Image.new("RGB", (24, 16), (shade, 90, 255 - shade)).save(folder / f"{shade}.png")
+    config = project.configs / "datasets" / f"{name}.yaml"
+    config.write_text(f"kind: folder\npath: {folder}\n")
+    return config
+
+
+def collected_check(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
+    (evaluation,) = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "every_dataset_collected"
+    ]
+    return evaluation
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_DATASETS))
+def test_one_bad_dataset_config_fails_only_that_dataset(
+    datasets_only: Project, tmp_path: Path, case: str
+) -> None:
+    text, cause = BROKEN_DATASETS[case]
+    (tmp_path / "listed.csv").write_text("file,label\na.png,cat\n")
+    broken = datasets_only.configs / "datasets" / "broken.yaml"
+    broken.write_text(text.format(tmp=tmp_path))
+    _, [(_, result)] = datasets_only.materialize(assets={"images"})
+    assert len(datasets_only.images_of("shapes")) == 4  # the good dataset landed
+    check = collected_check(result)
+    assert not check.passed
+    assert "dataset 'broken'" in check.description and str(broken) in check.description
+    assert cause in check.description
+
+
+def test_a_failed_dataset_is_named_in_the_log_and_the_metadata(datasets_only: Project) -> None:
+    broken = datasets_only.configs / "datasets" / "broken.yaml"
+    broken.write_text("kind: shapez\n")
+    _, [(_, result)] = datasets_only.materialize(assets={"images"})
+    errors = [
+        entry.user_message
+        for entry in datasets_only.instance.all_logs(result.run_id)
+        if entry.level == logging.ERROR
+    ]
+    assert any(str(broken) in line and "unknown kind" in line for line in errors)
+    event = datasets_only.instance.get_latest_materialization_event(IMAGES)
+    failed = event.asset_materialization.metadata["failed_datasets"].value
+    assert list(failed) == ["broken"] and failed["broken"]["config"] == str(broken)
+
+
+def test_a_dataset_that_breaks_keeps_its_earlier_rows(
+    datasets_only: Project, tmp_path: Path
+) -> None:
+    config = folder_dataset(datasets_only, "photos", tmp_path / "photos", [10, 60])
+    datasets_only.materialize(assets={"images"})
+    kept = datasets_only.warehouse.fetch_arrow(
+        "SELECT * FROM images WHERE dataset = 'photos' ORDER BY ALL"
+    )
+    config.write_text("kind: folder\npath: [unclosed\n")
+    (datasets_only.configs / "datasets" / "shapes.yaml").write_text("kind: shapes\nsize: 5\n")
+    datasets_only.materialize(assets={"images"})
+    assert len(datasets_only.images_of("shapes")) == 5  # the others are collected again
+    after = datasets_only.warehouse.fetch_arrow(
+        "SELECT * FROM images WHERE dataset = 'photos' ORDER BY ALL"
+    )
+    assert after.to_pylist() == kept.to_pylist() and after.num_rows == 2
+
+
+def test_fixing_a_broken_dataset_collects_it_and_passes_the_check(
+    datasets_only: Project, tmp_path: Path
+) -> None:
+    folder = tmp_path / "later"
+    (datasets_only.configs / "datasets" / "later.yaml").write_text(
+        f"kind: folder\npath: {folder}\n"
+    )
+    _, [(_, failed)] = datasets_only.materialize(assets={"images"})
+    assert not collected_check(failed).passed
+    folder_dataset(datasets_only, "later", folder, [30])
+    sync_configs(datasets_only.instance)
+    assert stale_resolver(datasets_only.instance).get_status(IMAGES) == StaleStatus.STALE
+    _, [(_, fixed)] = datasets_only.materialize(assets={"images"})
+    assert collected_check(fixed).passed
+    assert datasets_only.images_of("later") == ["30.png"]
+
+
+def test_lens_materialize_retries_images_while_a_dataset_is_failing(
+    datasets_only: Project,
+) -> None:
+    (datasets_only.configs / "datasets" / "broken.yaml").write_text("kind: shapez\n")
+    datasets_only.materialize(assets={"images"})
+    assert plan(datasets_only.instance, {"images"}).images  # not "everything is up to date"
+
+
+def test_images_fails_when_no_dataset_can_be_collected(datasets_only: Project) -> None:
+    (datasets_only.configs / "datasets" / "shapes.yaml").write_text("kind: shapez\n")
+    with pytest.raises(ConfigError, match="no dataset could be collected: dataset 'shapes'"):
+        materialize_missing(
+            datasets_only.warehouse.root, {"images"}, instance=datasets_only.instance
+        )

@@ -171,3 +171,21 @@ def test_observing_dataset_configs_in_the_ui_sees_an_added_image(
     picture(photos / "c.png", 200)
     assert observed() != first
     assert stale_resolver(project.instance).get_status(IMAGES) == StaleStatus.STALE
+
+
+def test_touching_an_image_recollects_it_but_keeps_the_images_data_version(
+    project: Project, photos: Path
+) -> None:
+    """Stats make a version cheap; the content hash keeps every model's activations from
+    going stale when a file is only touched."""
+
+    def images_version() -> str | None:
+        event = project.instance.get_latest_materialization_event(IMAGES)
+        return event.asset_materialization.tags.get("dagster/data_version")
+
+    before = images_version()
+    stamp = (photos / "a.png").stat().st_mtime_ns + 10**9
+    os.utime(photos / "a.png", ns=(stamp, stamp))
+    assert images_status(project) == StaleStatus.STALE
+    todo, _ = project.materialize(assets={"images"})
+    assert todo.images and images_version() == before

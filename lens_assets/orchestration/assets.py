@@ -1,20 +1,32 @@
 """Thin assets: each one reads its config, calls the domain code, and reports metadata."""
 
+import hashlib
+import json
+from typing import Any, TypedDict
+
 import pyarrow as pa
 from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetSpec,
     AutomationCondition,
+    DagsterInstance,
+    DataVersion,
     MaterializeResult,
     MetadataValue,
     asset,
     multi_asset,
 )
 
-from lens_assets.catalog import dataset_configs, model_configs
+from lens_assets.catalog import ConfigFile, dataset_configs, model_configs
 from lens_assets.config import ConfigError, ModelConfig, load_model_config
-from lens_assets.datasets import collect_all, load_dataset_config
+from lens_assets.datasets import (
+    BlankDataset,
+    DatasetConfig,
+    DatasetImages,
+    collect_images,
+    load_dataset_config,
+)
 from lens_assets.extraction import extract_loaded
 from lens_assets.files import join
 from lens_assets.orchestration.metadata import markdown_table
@@ -45,6 +57,34 @@ DATASET_TABLES: dict[str, tuple[str, pa.Schema]] = {
     "image_errors": ("errors", pa.schema([("dataset", _TEXT), ("path", _TEXT),
                                           ("error", _TEXT)])),
 }  # fmt: skip
+# Metadata of each `images` materialization: the datasets that could not be collected (their
+# earlier rows stay), and a content digest per dataset and table (the assets' data versions).
+FAILED_DATASETS = "failed_datasets"
+DATASET_DIGESTS = "dataset_digests"
+
+
+class DatasetFailure(TypedDict):
+    config: str  # the dataset's YAML file
+    error: str  # the cause, as the domain code worded it
+
+
+def failure_message(name: str, failure: DatasetFailure) -> str:
+    return (
+        f"dataset {name!r} ({failure['config']}) was not collected: {failure['error']}. Its "
+        f"earlier rows are kept; fix {failure['config']} or the files it names, then "
+        "materialize `images` again"
+    )
+
+
+def failed_datasets(instance: DagsterInstance) -> dict[str, DatasetFailure]:
+    """The datasets the latest `images` materialization could not collect."""
+    return _latest_metadata(instance, FAILED_DATASETS) or {}
+
+
+def _latest_metadata(instance: DagsterInstance, key: str) -> Any:
+    event = instance.get_latest_materialization_event(IMAGES)
+    entry = event.asset_materialization.metadata.get(key) if event else None
+    return entry.value if entry is not None else None
 
 
 def _dataset_spec(key: AssetKey, description: str) -> AssetSpec:
@@ -68,37 +108,119 @@ def _dataset_spec(key: AssetKey, description: str) -> AssetSpec:
     ],
 )
 def images(context: AssetExecutionContext, warehouse: WarehouseResource):
+    """Collect each dataset on its own: one that fails (bad YAML, a missing folder...) keeps its
+    earlier rows and is reported (log, metadata, the `every_dataset_collected` check) while the
+    others are written."""
     files = dataset_configs()
     if not files:
         raise ConfigError("no dataset configs: add one under configs/datasets/ (kind: shapes)")
-    configs = {name: load_dataset_config(f.path) for name, f in files.items()}
     with warehouse.session() as wh:
-        collected = collect_all(configs, join(wh.location.files_root, "datasets"))
+        collected, failed = collect_each(files, join(wh.location.files_root, "datasets"))
+        if not collected:
+            raise ConfigError(
+                "no dataset could be collected: "
+                + "; ".join(failure_message(name, f) for name, f in failed.items())
+            )
         tables = {
             table: pa.Table.from_pylist([r for c in collected for r in getattr(c, part)], schema)
             for table, (part, schema) in DATASET_TABLES.items()
         }
-        wh.replace_dataset_rows(list(configs), tables)
+        wh.replace_dataset_rows([c.name for c in collected], tables)
     for c in collected:
         for error in c.errors:
             context.log.warning(f"{c.name}: {error['error']}")
+    for name, failure in failed.items():
+        context.log.error(failure_message(name, failure))
+    digests = _digests(collected, failed, _latest_metadata(context.instance, DATASET_DIGESTS))
     per_dataset = [
         {"dataset": c.name, "images": len(c.rows),
          "concepts": len({r["concept"] for r in c.labels}), "prompts": len(c.prompts),
-         "errors": len(c.errors)}
+         "errors": len(c.errors), "collected": "yes"}
         for c in collected
+    ] + [
+        {"dataset": name, "images": "kept", "concepts": "kept", "prompts": "kept",
+         "errors": "kept", "collected": "FAILED (see check every_dataset_collected)"}
+        for name in failed
     ]  # fmt: skip
     yield MaterializeResult(
         asset_key=IMAGES,
+        data_version=_table_version(digests, "images"),
         metadata={
             "rows": tables["images"].num_rows,
             "datasets": MetadataValue.json({c.name: len(c.rows) for c in collected}),
-            "preview": markdown_table(per_dataset),
+            "preview": markdown_table(sorted(per_dataset, key=lambda row: str(row["dataset"]))),
+            FAILED_DATASETS: MetadataValue.json(failed),
+            DATASET_DIGESTS: MetadataValue.json(digests),
         },
     )
     for key, table in ((IMAGE_LABELS, "image_labels"), (PROMPTS, "prompts"),
                        (IMAGE_ERRORS, "image_errors")):  # fmt: skip
-        yield MaterializeResult(asset_key=key, metadata={"rows": tables[table].num_rows})
+        yield MaterializeResult(
+            asset_key=key,
+            data_version=_table_version(digests, table),
+            metadata={"rows": tables[table].num_rows},
+        )
+
+
+def collect_each(
+    files: dict[str, ConfigFile], rendered: str
+) -> tuple[list[DatasetImages], dict[str, DatasetFailure]]:
+    """Every dataset that can be collected (by name), and why each other one could not.
+
+    Any exception counts, not only a ConfigError: whatever one dataset's cause (a malformed
+    CSV, an unreadable folder), the others must still land, and the failure is reported."""
+    configs: dict[str, DatasetConfig] = {}
+    failed: dict[str, DatasetFailure] = {}
+    for name, file in files.items():
+        try:
+            configs[name] = load_dataset_config(file.path)
+        except Exception as error:
+            failed[name] = DatasetFailure(config=str(file.path), error=_cause(error))
+    done: dict[str, DatasetImages] = {}
+    # blank datasets last: they ask the questions of those collected before them
+    for name in sorted(configs, key=lambda n: (isinstance(configs[n], BlankDataset), n)):
+        config = configs[name]
+        try:
+            if isinstance(config, BlankDataset) and config.of in failed:
+                raise ConfigError(f"it asks the questions of dataset {config.of!r}, which failed")
+            done[name] = collect_images(name, config, rendered, done)
+        except Exception as error:
+            failed[name] = DatasetFailure(config=str(files[name].path), error=_cause(error))
+    return [done[name] for name in sorted(done)], dict(sorted(failed.items()))
+
+
+def _cause(error: Exception) -> str:
+    """A ConfigError's own words (they name the field and the fix); anything else with its
+    type, which may be all its message leaves to go on."""
+    return str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
+
+
+def _digests(
+    collected: list[DatasetImages],
+    failed: dict[str, DatasetFailure],
+    before: dict[str, dict[str, str]] | None,
+) -> dict[str, dict[str, str]]:
+    """Per dataset, a hash of its rows in each table; a failed dataset keeps its earlier rows,
+    so it keeps their digests (none when it never had any)."""
+    digests = {
+        c.name: {table: _digest(getattr(c, part)) for table, (part, _) in DATASET_TABLES.items()}
+        for c in collected
+    }
+    digests.update({name: (before or {}).get(name, {}) for name in failed})
+    return dict(sorted(digests.items()))
+
+
+def _digest(rows: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _table_version(digests: dict[str, dict[str, str]], table: str) -> DataVersion:
+    """A table's data version is its content's: collecting the same rows again (a file was
+    only touched) leaves every model's activations fresh."""
+    digest = hashlib.sha256()
+    for name, tables in digests.items():
+        digest.update(f"{name}={tables.get(table)};".encode())
+    return DataVersion(digest.hexdigest()[:16])
 
 
 @asset(

@@ -1,5 +1,6 @@
-"""Asset checks on every activation partition, run after each materialization (and on demand
-from the UI): complete, finite, one width per layer."""
+"""Asset checks, run after each materialization (and on demand from the UI): every dataset
+config was collected into `images`; every activation partition is complete, finite, and of
+one width per layer."""
 
 from collections.abc import Callable
 
@@ -8,12 +9,18 @@ from dagster import (
     AssetCheckResult,
     AssetChecksDefinition,
     AssetSelection,
+    MetadataValue,
     asset_check,
     define_asset_job,
 )
 
 from lens_assets import integrity
-from lens_assets.orchestration.assets import activations
+from lens_assets.orchestration.assets import (
+    IMAGES,
+    activations,
+    failed_datasets,
+    failure_message,
+)
 from lens_assets.orchestration.partitions import MODELS
 from resources.configurable import WarehouseResource
 from resources.warehouse import Warehouse
@@ -40,6 +47,24 @@ ACTIVATION_CHECKS: list[AssetChecksDefinition] = [
     _check("finite_values", integrity.finite_values, "No NaN or Inf in any vector."),
     _check("one_dim_per_layer", integrity.one_dimension_per_layer, "One width per layer."),
 ]
+
+
+@asset_check(
+    asset=IMAGES,
+    description="Every dataset config was collected by the latest `images` run; one that "
+    "failed kept its earlier rows, and this check names it, its file and the cause.",
+)
+def every_dataset_collected(context: AssetCheckExecutionContext) -> AssetCheckResult:
+    failed = failed_datasets(context.instance)
+    message = "; ".join(failure_message(name, failure) for name, failure in failed.items())
+    return AssetCheckResult(
+        passed=not failed,
+        description=message or "every dataset config was collected",
+        metadata={"failed": MetadataValue.json(failed)},
+    )
+
+
+DATASET_CHECKS: list[AssetChecksDefinition] = [every_dataset_collected]
 
 
 # Re-run the checks of one partition (say, after the warehouse was changed by hand) without

@@ -18,8 +18,8 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._time import get_current_datetime
 
 from lens_assets.definitions import ASSETS, defs
-from lens_assets.orchestration.assets import IMAGES
-from lens_assets.orchestration.checks import ACTIVATION_CHECKS
+from lens_assets.orchestration.assets import IMAGES, failed_datasets
+from lens_assets.orchestration.checks import ACTIVATION_CHECKS, DATASET_CHECKS
 from lens_assets.orchestration.partitions import MODELS
 from lens_assets.orchestration.sensors import sync_configs
 from resources.configurable import VLMRuntimeResource, WarehouseResource
@@ -35,7 +35,7 @@ PER_MODEL = {
     if not asset.is_observable
     for key in asset.keys
 }
-EVERY_ASSET = [*ASSETS, *ACTIVATION_CHECKS]
+EVERY_ASSET = [*ASSETS, *DATASET_CHECKS, *ACTIVATION_CHECKS]
 
 
 def dagster_home(warehouse_root: str | Path | None = None) -> Path:
@@ -88,13 +88,16 @@ def plan(
     instance: DagsterInstance, assets: set[str] | None = None, models: set[str] | None = None
 ) -> Plan:
     """What is missing or stale, restricted to the selected assets and models. An asset that
-    re-runs takes along the selected assets that read it (activations: probes, similarity)."""
+    re-runs takes along the selected assets that read it (activations: probes, similarity).
+    `images` also re-runs while a dataset failed last time: never "up to date" while one is
+    broken, and a passing cause (an unmounted disk) heals without an edit."""
     resolver = stale_resolver(instance)
     graph = defs.resolve_asset_graph()
     wanted = assets or {"images", *PER_MODEL}
     need_images = "images" in wanted and (
         instance.get_latest_materialization_event(IMAGES) is None
         or resolver.get_status(IMAGES) == StaleStatus.STALE
+        or bool(failed_datasets(instance))
     )
     per_model: dict[str, list[str]] = {}
     for name in instance.get_dynamic_partitions(MODELS.name):
@@ -163,7 +166,15 @@ def materialize_missing(
     batch_size: int | None = None,
     instance: DagsterInstance | None = None,
 ) -> tuple[Plan, list[tuple[str, ExecuteInProcessResult]]]:
+    """Bring `images` up to date, then the model partitions its new data version made stale.
+
+    Two steps, because `images` reports its data version (a hash of the rows it wrote): until
+    it runs, nobody knows whether the models' input changed (a touched file changes nothing)."""
     instance = instance or open_instance(warehouse_root)
+    resources = resources_for(warehouse_root, device, batch_size)
     sync_configs(instance)
     todo = plan(instance, assets, models)
-    return todo, run(instance, todo, resources_for(warehouse_root, device, batch_size))
+    results = run(instance, Plan(images=todo.images), resources)
+    if todo.images:
+        todo = Plan(images=True, per_model=plan(instance, assets, models).per_model)
+    return todo, results + run(instance, Plan(images=False, per_model=todo.per_model), resources)
