@@ -158,12 +158,31 @@ def _extract_images(config, config_path: str, input_dir: str | None, dataset: st
     default="table",
     show_default=True,
 )
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=lambda: float(os.environ.get("LENS_SQL_TIMEOUT") or 300),
+    show_default="300 s, or $LENS_SQL_TIMEOUT",
+    help="Stop the query after this many seconds.",
+)
+@click.option(
+    "--memory-limit",
+    default=lambda: os.environ.get("LENS_SQL_MEMORY_LIMIT") or "4GiB",
+    show_default="4GiB, or $LENS_SQL_MEMORY_LIMIT",
+    help="The most memory the query may use, e.g. 4GiB or 512MB.",
+)
 @WAREHOUSE_OPTION
-def sql(query: str, fmt: str, warehouse_root: str | None) -> None:
-    """Run a read-only SQL query on the warehouse."""
+def sql(
+    query: str, fmt: str, timeout: float, memory_limit: str, warehouse_root: str | None
+) -> None:
+    """Run one read-only SQL statement on the warehouse's tables and views."""
     from resources.warehouse import Warehouse
 
-    table = _run(lambda: Warehouse.at(warehouse_root).fetch_arrow(query))
+    table = _run(
+        lambda: Warehouse.at(warehouse_root).fetch_arrow(
+            query, timeout=timeout, memory_limit=memory_limit
+        )
+    )
     click.echo(format_table(table.column_names, table.to_pylist(), fmt), nl=False)
 
 
@@ -201,17 +220,31 @@ def tiny(architecture: str, out_dir: str, preset: str, seed: int) -> None:
 @main.command()
 @click.option(
     "--older-than-hours",
-    type=float,
+    type=click.FloatRange(min=0),
     default=0.0,
     show_default=True,
     help="Keep snapshots younger than this.",
 )
+@click.option(
+    "--orphans-older-than-hours",
+    type=click.FloatRange(min=0),
+    default=24.0,
+    show_default=True,
+    help="Delete files no snapshot names (a commit that never landed) once this old.",
+)
 @WAREHOUSE_OPTION
-def maintain(older_than_hours: float, warehouse_root: str | None) -> None:
-    """Expire old snapshots and delete the data files only they used."""
+def maintain(
+    older_than_hours: float, orphans_older_than_hours: float, warehouse_root: str | None
+) -> None:
+    """Expire old snapshots and delete the data files only they used.
+
+    Waits for running writers of this warehouse and holds new ones back while it works, so it
+    never deletes a file a live writer is about to commit."""
     from resources.warehouse import Warehouse
 
-    stats = _run(lambda: Warehouse.at(warehouse_root).maintain(older_than_hours))
+    stats = _run(
+        lambda: Warehouse.at(warehouse_root).maintain(older_than_hours, orphans_older_than_hours)
+    )
     click.echo(
         f"expired {stats['snapshots_expired']} snapshots, removed {stats['files_removed']} files"
     )

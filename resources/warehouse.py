@@ -8,8 +8,12 @@ root; a lab points the catalog at PostgreSQL and the data at object storage.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import logging
 import os
 import random
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,6 +26,10 @@ import duckdb
 from duckdb_extensions import import_extension
 
 from lens_assets import files
+from resources.errors import QueryLimitError, ReadOnlyError, WarehouseError
+from resources.sql_guard import checked_statement
+
+log = logging.getLogger(__name__)
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 DEFAULT_ROOT = Path("warehouse")
@@ -48,12 +56,7 @@ RUN_COLUMNS = (
 )
 
 
-class WarehouseError(RuntimeError):
-    """The warehouse cannot be opened or used; the message names the cause and the fix."""
-
-
-class ReadOnlyError(WarehouseError):
-    """A statement tried to change the warehouse through a read-only connection."""
+__all__ = ["QueryLimitError", "ReadOnlyError", "Warehouse", "WarehouseError", "WarehouseLocation"]
 
 
 def _is_retryable(error: Exception) -> bool:
@@ -73,8 +76,54 @@ def retry_transaction(work: Callable[[], T], attempts: int = 30, base_delay: flo
         except duckdb.Error as error:
             if not _is_retryable(error) or attempt == attempts - 1:
                 raise
+            log.info("the catalog is busy (%s); retry %d", str(error).splitlines()[0], attempt + 1)
             time.sleep(base_delay * (1.5**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
+
+
+_TRANSACTION_START = ("BEGIN", "START")
+_TRANSACTION_END = ("COMMIT", "ROLLBACK", "ABORT", "END")
+
+
+class PatientConnection:
+    """A DuckDB connection whose statements wait out a locked catalog.
+
+    A statement run on its own (autocommit) is retried whole when the catalog is locked,
+    since it is its own transaction; inside an explicit BEGIN ... COMMIT nothing is retried
+    here, because the caller's `retry_transaction` starts the whole transaction again.
+    A `guarded` connection (every read-only one, once set up) runs only statements that
+    `sql_guard` lets through, whoever sends them: `lens sql`, an analysis or the UI.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._con = con
+        self._in_transaction = False
+        self.guarded = False
+
+    def execute(self, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:
+        if self.guarded:
+            sql = checked_statement(sql)
+        word = sql.lstrip().split(None, 1)[0].upper().rstrip(";") if sql.strip() else ""
+        if word in _TRANSACTION_START:
+            self._in_transaction = True
+        elif word in _TRANSACTION_END:
+            self._in_transaction = False
+        if self._in_transaction or word in _TRANSACTION_END:
+            return self._con.execute(sql, params)
+        return retry_transaction(lambda: self._con.execute(sql, params))
+
+    def sql(self, query: str, *args: Any, **kwargs: Any) -> duckdb.DuckDBPyRelation:
+        return self._con.sql(checked_statement(query) if self.guarded else query, *args, **kwargs)
+
+    query = sql
+
+    def executemany(self, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:
+        if self.guarded:
+            sql = checked_statement(sql)
+        return self._con.executemany(sql, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
 
 
 @dataclass(frozen=True)
@@ -97,6 +146,14 @@ class WarehouseLocation:
     @property
     def is_local(self) -> bool:
         return self.catalog.startswith("sqlite:") and "://" not in self.data_path
+
+    @property
+    def is_embedded(self) -> bool:
+        """The default layout: catalog and data inside the root, so the root may move."""
+        return (
+            self.catalog == f"sqlite:{self.root / 'catalog.sqlite'}"
+            and self.data_path == f"{self.root / 'data'}/"
+        )
 
     @property
     def extensions(self) -> list[str]:
@@ -140,7 +197,13 @@ class Warehouse:
     def root(self) -> Path:
         return self.location.root
 
-    def _attach(self, con: duckdb.DuckDBPyConnection, read_only: bool, alias: str = LAKE) -> None:
+    def _attach(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        read_only: bool,
+        alias: str = LAKE,
+        override_data_path: bool = False,
+    ) -> None:
         for name in self.location.extensions:
             try:
                 import_extension(name, con=con)
@@ -151,24 +214,93 @@ class Warehouse:
                 ) from None
         if self.location.data_path.startswith("s3://"):
             con.execute(s3_secret(os.environ))
-        options = [f"DATA_PATH '{self.location.data_path}'", "DATA_INLINING_ROW_LIMIT 0"]
+        options = [f"DATA_PATH {_quoted(self.location.data_path)}", "DATA_INLINING_ROW_LIMIT 0"]
         if read_only:
             options.append("READ_ONLY")
-        con.execute(f"ATTACH 'ducklake:{self.location.catalog}' AS {alias} ({', '.join(options)})")
+        if override_data_path:
+            options.append("OVERRIDE_DATA_PATH true")
+        attach = (
+            f"ATTACH IF NOT EXISTS {_quoted('ducklake:' + self.location.catalog)} AS {alias} "
+            f"({', '.join(options)})"
+        )
+        try:
+            retry_transaction(lambda: con.execute(attach))
+        except duckdb.Error as error:
+            if "does not match existing data path" in str(error):
+                raise WarehouseError(
+                    f"the catalog {self.location.catalog} keeps its data at "
+                    f"{self.stored_data_path()}, not at {self.location.data_path}: set "
+                    "LENS_DATA_PATH to the catalog's data path (or unset it for an embedded "
+                    "warehouse, which follows its folder when moved)"
+                ) from None
+            raise
         if alias == LAKE:
-            con.execute(f"USE {LAKE}")
+            retry_transaction(lambda: con.execute(f"USE {LAKE}"))
 
     def exists(self) -> bool:
         if self.location.catalog.startswith("sqlite:"):
             return Path(self.location.catalog.removeprefix("sqlite:")).is_file()
         return True
 
+    def stored_data_path(self) -> str | None:
+        """The data path an embedded catalog recorded when it was created (None when the
+        catalog is not a local SQLite file or holds no lake yet)."""
+        if not self.location.is_embedded or not self.exists():
+            return None
+        catalog = self.location.catalog.removeprefix("sqlite:")
+        try:
+            with contextlib.closing(
+                sqlite3.connect(f"file:{catalog}?mode=ro", uri=True, timeout=60)
+            ) as db:
+                row = db.execute(
+                    "SELECT value FROM ducklake_metadata WHERE key = 'data_path'"
+                ).fetchone()
+        except sqlite3.Error:
+            return None
+        return str(row[0]) if row else None
+
+    def _moved_from(self) -> str | None:
+        """The data path of an embedded warehouse's old home, when its folder was moved or
+        copied (the catalog still names the old place); None when it is where it was made."""
+        stored = self.stored_data_path()
+        if stored is None or stored == self.location.data_path or "://" in stored:
+            return None
+        return stored
+
+    def _rehome(self, old_data_path: str) -> None:
+        """Make a moved embedded warehouse's catalog name its new home: first the rendered
+        images' paths (a lake transaction), then the stored data path (the catalog's own
+        metadata row, written through SQLite since DuckDB writes one database per
+        transaction). Redoing the first after a crash between them changes nothing."""
+        old_root = files.parent(old_data_path).rstrip("/") + "/"
+        new_root = self.location.files_root.rstrip("/") + "/"
+        con = duckdb.connect()
+        try:
+            self._attach(con, read_only=False, override_data_path=True)
+            PatientConnection(con).execute(
+                "UPDATE images SET path = ? || path[length(?) + 1:] WHERE starts_with(path, ?)",
+                [new_root, old_root, old_root],
+            )
+        finally:
+            con.close()
+        catalog = self.location.catalog.removeprefix("sqlite:")
+        with contextlib.closing(sqlite3.connect(catalog, timeout=600)) as db, db:
+            db.execute(
+                "UPDATE ducklake_metadata SET value = ? WHERE key = 'data_path'",
+                [self.location.data_path],
+            )
+        log.warning("the warehouse moved from %s to %s: its catalog now says so", old_root,
+                    new_root)  # fmt: skip
+
     @contextmanager
-    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    def connect(
+        self, read_only: bool = False, memory_limit: str | None = None
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection with the lake attached as the default database.
 
-        Read-only connections also lose access to any file outside the warehouse, so
-        `lens sql` can neither change the lake nor read the rest of the disk.
+        Every statement that can meet a locked catalog (the attach, migrations, macros, each
+        read) waits it out. A read-only connection is locked down: it reads the lake's tables
+        and nothing else (see `lock_down`), and `fetch_arrow` runs only checked statements.
         """
         if self._session is not None:
             yield self._session
@@ -180,20 +312,54 @@ class Warehouse:
             )
         if not read_only and self.location.is_local:
             Path(self.location.data_path).mkdir(parents=True, exist_ok=True)
+        override = False
+        if moved := self._moved_from():
+            try:
+                self._rehome(moved)
+            except (duckdb.Error, sqlite3.Error, OSError) as error:  # a read-only copy
+                log.warning("cannot record the warehouse's new home (%s); reading it as is", error)
+                override = True
         con = duckdb.connect()
+        patient = PatientConnection(con)
         try:
-            retry_transaction(lambda: self._attach(con, read_only))
+            self._attach(con, read_only, override_data_path=override)
             if not read_only:
-                self._migrate(con)
+                self._migrate(patient)
             for macro in sorted((SQL_DIR / "macros").glob("*.sql")):
-                con.execute(macro.read_text())
+                patient.execute(macro.read_text())
             if read_only:
-                allowed = f"{self.root}/" if self.location.is_local else self.location.data_path
-                con.execute(f"SET allowed_directories = [{_quoted(allowed)}]")
-                con.execute("SET enable_external_access = false")
-            yield con
+                self.lock_down(con, memory_limit)
+                patient.guarded = True
+            yield patient  # type: ignore[misc]
         finally:
             con.close()
+
+    def lock_down(self, con: duckdb.DuckDBPyConnection, memory_limit: str | None = None) -> None:
+        """No file but the lake's data is reachable, nothing spills to disk, no extension
+        loads, and no setting changes after this (memory and threads included)."""
+        allowed = self.location.data_path
+        settings = [
+            "SET temp_directory = ''",  # nothing spills to disk (DuckDB's default is ./.tmp)
+            "SET python_enable_replacements = false",  # no Python variables as tables
+            "SET autoinstall_known_extensions = false",
+            "SET autoload_known_extensions = false",
+            "SET allow_community_extensions = false",
+            f"SET allowed_directories = [{_quoted(allowed)}]",
+            "SET enable_external_access = false",
+        ]
+        if memory_limit:
+            settings.append(f"SET memory_limit = {_quoted(memory_limit)}")
+        for setting in settings:
+            try:
+                con.execute(setting)
+            except duckdb.Error:
+                if "memory_limit" in setting:
+                    raise WarehouseError(
+                        f"memory limit {memory_limit!r} is not a size DuckDB reads; write e.g. "
+                        "4GiB or 512MB"
+                    ) from None
+                raise
+        con.execute("SET lock_configuration = true")
 
     @contextmanager
     def session(self) -> Iterator[Warehouse]:
@@ -242,11 +408,56 @@ class Warehouse:
 
             retry_transaction(apply)
 
-    def fetch_arrow(self, sql: str, params: Sequence[Any] | None = None):
-        """Run a read-only query and return a pyarrow Table."""
-        with self.connect(read_only=True) as con:
+    @contextmanager
+    def write_lease(self, exclusive: bool = False) -> Iterator[None]:
+        """Writers hold the lease shared while their data files are written but not yet
+        committed; `maintain` holds it exclusively, so it never deletes such a file as an
+        orphan, nor expires the snapshot a writer started from. A file lock in the root, so
+        embedded warehouses only; on a shared catalog (PostgreSQL + S3) `maintain` leaves
+        orphans younger than its minimum age instead."""
+        if not self.location.is_local:
+            yield
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "write.lease", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             try:
-                return con.execute(sql, params or []).to_arrow_table()
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def fetch_arrow(
+        self,
+        sql: str,
+        params: Sequence[Any] | None = None,
+        *,
+        timeout: float | None = None,
+        memory_limit: str | None = None,
+    ):
+        """Run one reading statement and return a pyarrow Table.
+
+        The statement is checked first (`sql_guard`: one SELECT-like statement over the
+        warehouse's tables), then run on a locked-down read-only connection, interrupted after
+        `timeout` seconds and held to `memory_limit` (e.g. "4GiB") when they are given."""
+        statement = checked_statement(sql)  # also inside a step's read-write session
+        with self.connect(read_only=True, memory_limit=memory_limit) as con:
+            timer = threading.Timer(timeout, con.interrupt) if timeout else None
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
+            try:
+                return con.execute(statement, params or []).to_arrow_table()
+            except duckdb.InterruptException:
+                raise QueryLimitError(
+                    f"the query ran past its time limit of {timeout:g} s and was stopped; "
+                    "narrow it (WHERE, LIMIT) or raise the limit (lens sql --timeout SECONDS)"
+                ) from None
+            except duckdb.OutOfMemoryException:
+                limit = memory_limit or "DuckDB's default"
+                raise QueryLimitError(
+                    f"the query needs more memory than its limit ({limit}); narrow it (WHERE, "
+                    "LIMIT, fewer columns) or raise the limit (lens sql --memory-limit SIZE)"
+                ) from None
             except duckdb.InvalidInputException as error:
                 if "read-only" in str(error) or "Cannot execute statement" in str(error):
                     raise ReadOnlyError(
@@ -255,6 +466,9 @@ class Warehouse:
                         "`lens maintain`"
                     ) from None
                 raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
 
     def replace_partition(
         self,
@@ -273,7 +487,7 @@ class Warehouse:
             scope_params += list(datasets)
         columns = ", ".join(RUN_COLUMNS)
         placeholders = ", ".join("?" for _ in RUN_COLUMNS)
-        with self.connect() as con:
+        with self.connect() as con, self.write_lease():
             activations = _quoted(stage / "activations.parquet")
             images = _quoted(stage / "images.parquet")
 
@@ -321,7 +535,7 @@ class Warehouse:
     def replace_rows(self, where: str, params: Sequence[Any], tables: dict[str, Any]) -> None:
         """For each table (name -> Arrow rows): delete the rows `where` selects, insert the new
         ones; all tables in one transaction, retried whole on a lock."""
-        with self.connect() as con:
+        with self.connect() as con, self.write_lease():
 
             def commit() -> None:
                 con.execute("BEGIN")
@@ -364,8 +578,8 @@ class Warehouse:
         source_files = self.location.files_root.rstrip("/") + "/"
         target_files = target.location.files_root.rstrip("/") + "/"
         moved = self._copy_image_files(source_files, target_files)
-        with target.connect() as con:
-            retry_transaction(lambda: self._attach(con, read_only=True, alias="source"))
+        with target.connect() as con, target.write_lease():
+            self._attach(con, read_only=True, alias="source")
             tables = [
                 row[0]
                 for row in con.execute(
@@ -411,10 +625,16 @@ class Warehouse:
             files.write_bytes(target_root + path[len(source_root) :], files.read_bytes(path))
         return len(inside)
 
-    def maintain(self, older_than_hours: float = 0.0) -> dict[str, int]:
-        """Expire snapshots older than the cutoff and delete the files only they used."""
-        with self.connect() as con:
-            cutoff = f"now() - INTERVAL '{float(older_than_hours) * 3600:.0f} seconds'"
+    def maintain(
+        self, older_than_hours: float = 0.0, orphans_older_than_hours: float = 24.0
+    ) -> dict[str, int]:
+        """Expire snapshots older than the cutoff and delete the files only they used; delete
+        orphaned files (written by a commit that never landed) older than
+        `orphans_older_than_hours`. Runs under the exclusive write lease: a live writer's
+        uncommitted files are never taken for orphans, and the minimum age protects writers
+        that hold no lease (other machines, plain DuckDB)."""
+        with self.connect() as con, self.write_lease(exclusive=True):
+            cutoff = _interval_ago(older_than_hours)
             expired = con.execute(
                 f"CALL ducklake_expire_snapshots('{LAKE}', older_than => {cutoff})"
             ).fetchall()
@@ -422,12 +642,20 @@ class Warehouse:
                 f"CALL ducklake_cleanup_old_files('{LAKE}', cleanup_all => true)"
             ).fetchall()
             orphans = con.execute(
-                f"CALL ducklake_delete_orphaned_files('{LAKE}', cleanup_all => true)"
+                f"CALL ducklake_delete_orphaned_files('{LAKE}', "
+                f"older_than => {_interval_ago(orphans_older_than_hours)})"
             ).fetchall()
         return {
             "snapshots_expired": len(expired),
             "files_removed": len(removed) + len(orphans),
+            "orphans_removed": len(orphans),
         }
+
+
+def _interval_ago(hours: float) -> str:
+    if not hours >= 0:  # NaN too
+        raise WarehouseError(f"an age must be zero or more hours, got {hours}")
+    return f"now() - INTERVAL '{float(hours) * 3600:.0f} seconds'"
 
 
 def s3_secret(env: Mapping[str, str]) -> str:
