@@ -419,8 +419,17 @@ class Warehouse:
             yield
             return
         self.root.mkdir(parents=True, exist_ok=True)
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         with open(self.root / "write.lease", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                fcntl.flock(handle, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning(
+                    "waiting for %s of %s to finish",
+                    "the running writers" if exclusive else "maintenance",
+                    self.root,
+                )
+                fcntl.flock(handle, mode)
             try:
                 yield
             finally:

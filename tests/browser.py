@@ -68,9 +68,7 @@ class Server:
 
 
 @contextmanager
-def dagster_dev(
-    repo: Path, home: Path, log: Path, env: Mapping[str, str], timeout: float = 120
-) -> Iterator[Server]:
+def dagster_dev(repo: Path, home: Path, log: Path, env: Mapping[str, str]) -> Iterator[Server]:
     """`dagster dev` in `repo` with a fresh DAGSTER_HOME, serving until the block ends.
 
     Output goes to `log`. On the way out the whole process group (webserver, daemon, code
@@ -92,7 +90,7 @@ def dagster_dev(
         )
     server = Server(f"http://127.0.0.1:{port}", log)
     try:
-        wait_for_server(server, process, timeout)
+        wait_for_server(server, process)
         yield server
     finally:
         stop_process_group(process)
@@ -105,10 +103,10 @@ def _default_interrupt_handling() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def wait_for_server(server: Server, process: subprocess.Popen[bytes], timeout: float) -> None:
-    """Return once `/server_info` answers; fail early if the server exits, late at `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_for_server(server: Server, process: subprocess.Popen[bytes]) -> None:
+    """Return once `/server_info` answers, however slow the machine; fail if the server
+    exits first."""
+    while True:
         if process.poll() is not None:
             raise RuntimeError(
                 f"dagster dev exited with code {process.returncode} before serving:\n"
@@ -121,7 +119,6 @@ def wait_for_server(server: Server, process: subprocess.Popen[bytes], timeout: f
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"dagster dev did not answer within {timeout:.0f} s:\n{server.log_tail()}")
 
 
 def stop_process_group(process: subprocess.Popen[bytes], grace: float = 30) -> None:

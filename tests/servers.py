@@ -30,16 +30,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_for_port(port: int, process: subprocess.Popen, what: str) -> None:
+    """Until the server listens (however slow the machine) or exits (then the test skips)."""
+    while True:
         if process.poll() is not None:
             pytest.skip(f"{what} exited at start (code {process.returncode})")
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.05)
-    pytest.skip(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
 
 
 def postgres_bin(name: str) -> Path | None:
@@ -259,9 +258,8 @@ def celery_workers(env: dict[str, str], count: int, logs: Path) -> Iterator[None
         workers.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True))  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
         while not all("ready." in (logs / f"worker{i}.log").read_text() for i in range(count)):
-            if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
+            if any(w.poll() is not None for w in workers):
                 pytest.fail("the Celery workers did not start: see " + str(logs))
             time.sleep(0.2)
         yield

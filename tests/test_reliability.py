@@ -63,9 +63,10 @@ def extract(config: Path, warehouse: Path, images: Path) -> subprocess.Popen[str
     )  # fmt: skip
 
 
-def extract_to_end(config: Path, warehouse: Path, images: Path, timeout: float = 120) -> None:
+def extract_to_end(config: Path, warehouse: Path, images: Path) -> None:
     done = extract(config, warehouse, images)
-    assert done.wait(timeout=timeout) == 0, done.stderr.read()
+    _, err = done.communicate()
+    assert done.returncode == 0, err
 
 
 def snapshot(warehouse: Warehouse) -> list[dict]:
@@ -85,11 +86,10 @@ def duplicates(warehouse: Warehouse) -> int:
     )
 
 
-def wait_for_staging(warehouse: Path, process: subprocess.Popen[str], timeout: float) -> None:
+def wait_for_staging(warehouse: Path, process: subprocess.Popen[str]) -> None:
     """Until the run has opened its stage and run a few batches: inference under way, the
-    commit not yet done."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    commit not yet done. Waits for that event or the process's end, however slow."""
+    while True:
         if any((warehouse / "staging").glob("run-*/activations.parquet")):
             time.sleep(0.3)
             if process.poll() is not None:
@@ -98,7 +98,6 @@ def wait_for_staging(warehouse: Path, process: subprocess.Popen[str], timeout: f
         if process.poll() is not None:
             pytest.fail(f"extraction ended before it could be killed: {process.stderr.read()}")
         time.sleep(0.01)
-    pytest.fail("the extraction never started staging rows")
 
 
 def test_sigkill_mid_extraction_keeps_the_previous_partition_and_a_rerun_completes_it(
@@ -114,15 +113,15 @@ def test_sigkill_mid_extraction_keeps_the_previous_partition_and_a_rerun_complet
     assert len(before) == 4 * ROWS_PER_IMAGE
 
     killed = extract(config, root, many)
-    wait_for_staging(root, killed, timeout=120)
+    wait_for_staging(root, killed)
     killed.send_signal(signal.SIGKILL)
-    assert killed.wait(timeout=30) == -signal.SIGKILL
+    assert killed.wait() == -signal.SIGKILL
     assert snapshot(warehouse) == before  # the earlier partition, whole and unchanged
     runs = warehouse.fetch_arrow("SELECT count(*) FROM runs").column(0)[0].as_py()
     assert runs == 1  # the killed run logged nothing
 
     assert len(list((root / "staging").glob("run-*"))) == 1  # the killed run's spool
-    extract_to_end(config, root, many, timeout=300)
+    extract_to_end(config, root, many)
     assert list((root / "staging").glob("run-*")) == []  # swept by the next run
     rows = warehouse.fetch_arrow("SELECT count(*) FROM activations").column(0)[0].as_py()
     assert rows == 200 * ROWS_PER_IMAGE

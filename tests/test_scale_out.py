@@ -63,7 +63,7 @@ def webserver(env: dict[str, str], log: Path) -> Iterator[Server]:
         )  # fmt: skip
     server = Server(f"http://127.0.0.1:{port}", log)
     try:
-        wait_for_server(server, process, 120)
+        wait_for_server(server, process)
         yield server
     finally:
         stop_process_group(process)
@@ -82,7 +82,7 @@ def ui_row_counts(server: Server) -> list[tuple[str, int]]:
         f"{server.url}/graphql", data=json.dumps({"query": MATERIALIZATIONS}).encode(),
         headers={"Content-Type": "application/json"},
     )  # fmt: skip
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with urllib.request.urlopen(request, timeout=600) as response:
         events = json.load(response)["data"]["assetOrError"]["assetMaterializations"]
     return [
         (event["partition"], entry["intValue"])
@@ -95,8 +95,7 @@ def ui_row_counts(server: Server) -> list[tuple[str, int]]:
 def kill_one_step_mid_extraction(local_root: Path, runs: list[subprocess.Popen]) -> int:
     """SIGKILL the worker process of the first step seen spooling rows (its spool folder is
     named after its pid); returns that pid."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
+    while True:
         for spool in (local_root / "staging").glob("run-*/activations.parquet"):
             pid = int(spool.parent.name.split("-")[1])
             os.kill(pid, signal.SIGKILL)
@@ -104,7 +103,6 @@ def kill_one_step_mid_extraction(local_root: Path, runs: list[subprocess.Popen])
         if all(run.poll() is not None for run in runs):
             pytest.fail("every run ended before a step could be killed")
         time.sleep(0.02)
-    pytest.fail("no step started spooling rows")
 
 
 def test_three_workers_fill_a_postgres_and_s3_warehouse_and_survive_a_sigkill(
@@ -144,7 +142,7 @@ def test_three_workers_fill_a_postgres_and_s3_warehouse_and_survive_a_sigkill(
         readers.start()
         killed = kill_one_step_mid_extraction(Path(env["LENS_WAREHOUSE"]), runs)
         for run in runs:
-            run.wait(timeout=600)
+            run.wait()
         readers.join()
 
         for name, run in zip(MODELS, runs, strict=True):

@@ -193,7 +193,7 @@ def test_concurrent_writers_each_land_whole(tmp_path: Path) -> None:
     for worker in workers:
         worker.start()
     for worker in workers:
-        worker.join(timeout=120)
+        worker.join()
         assert worker.exitcode == 0
     warehouse = Warehouse.at(root)
     rows = warehouse.fetch_arrow(
@@ -216,7 +216,7 @@ def test_two_writers_of_the_same_model_leave_one_whole_result(tmp_path: Path) ->
     for worker in workers:
         worker.start()
     for worker in workers:
-        worker.join(timeout=120)
+        worker.join()
         assert worker.exitcode == 0
     (row,) = (
         Warehouse.at(root)
