@@ -591,3 +591,26 @@ def test_images_fails_when_no_dataset_can_be_collected(datasets_only: Project) -
         materialize_missing(
             datasets_only.warehouse.root, {"images"}, instance=datasets_only.instance
         )
+
+
+def test_a_dataset_edit_that_changes_no_rows_re_extracts_no_model(project: Project) -> None:
+    sync_configs(project.instance)
+    project.materialize(assets={"images", "activations"}, models={"tiny-clip"})
+    before = project.partition_files("tiny-clip")
+    shapes = project.configs / "datasets" / "shapes.yaml"
+    shapes.write_text(shapes.read_text() + "# the same four images\n")
+    todo, _ = project.materialize(assets={"images", "activations"}, models={"tiny-clip"})
+    assert todo.images and todo.per_model == {}
+    assert plan(project.instance, {"images", "activations"}, {"tiny-clip"}).empty
+    assert project.partition_files("tiny-clip") == before
+
+
+def test_a_dataset_edit_that_changes_rows_re_extracts_in_the_same_run(project: Project) -> None:
+    """The models' staleness is known only once `images` has written its rows (its data
+    version is their hash): one `lens materialize` still does both."""
+    sync_configs(project.instance)
+    project.materialize(assets={"images", "activations"}, models={"tiny-clip"})
+    (project.configs / "datasets" / "shapes.yaml").write_text("kind: shapes\nsize: 5\nseed: 1\n")
+    todo, _ = project.materialize(assets={"images", "activations"}, models={"tiny-clip"})
+    assert todo.images and todo.per_model == {"tiny-clip": ["activations"]}
+    assert plan(project.instance, {"images", "activations"}, {"tiny-clip"}).empty
