@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from lens_assets.config import ConfigError, load_model_config, parse_model_config
+from lens_assets.config import (
+    MAX_BATCH_SIZE,
+    MAX_PROMPT_CHARS,
+    ConfigError,
+    load_model_config,
+    parse_model_config,
+)
 
 VLM_LENS_FILE = """\
 architecture: llava
@@ -117,3 +123,79 @@ def test_the_repo_enables_only_the_three_demo_models() -> None:
     from lens_assets.catalog import model_configs
 
     assert sorted(model_configs()) == ["tiny-clip", "tiny-llava", "tiny-qwen2-vl"]
+
+
+# -- strict scalars (issue 16): a config says what it means, or fails naming the key ----------
+
+
+@pytest.mark.parametrize("value", ["yes", "true", "True", 1])
+def test_a_quoted_or_numeric_trust_remote_code_is_an_error_not_a_grant(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"trust_remote_code: must be a YAML boolean"):
+        parse_model_config({**MINIMAL, "trust_remote_code": value})
+
+
+@pytest.mark.parametrize("value", ["yes", "true", 1])
+def test_a_quoted_trust_remote_code_under_model_is_an_error_not_a_grant(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"model: trust_remote_code must be a YAML boolean"):
+        parse_model_config({**MINIMAL, "model": [{"trust_remote_code": value}]})
+
+
+def test_only_a_yaml_boolean_true_grants_remote_code(tmp_path: Path) -> None:
+    path = tmp_path / "remote.yaml"
+    path.write_text("architecture: llava\nmodel_path: x\nmodules: [a]\ntrust_remote_code: true\n")
+    assert load_model_config(path).remote_code_requested is True
+    path.write_text(
+        "architecture: llava\nmodel_path: x\nmodules: [a]\nmodel:\n  - trust_remote_code: true\n"
+    )
+    assert load_model_config(path).remote_code_requested is True
+
+
+@pytest.mark.parametrize("field", ["trust_remote_code", "enabled", "pooled_output"])
+@pytest.mark.parametrize("value", ["false", "no", 0, 1.0])
+def test_boolean_fields_accept_only_booleans(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=rf"{field}: must be a YAML boolean.*{value!r}"):
+        parse_model_config({**MINIMAL, field: value})
+
+
+@pytest.mark.parametrize("value", [True, 1.0, 8.0, "8"])
+def test_batch_size_accepts_only_integers(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"batch_size: must be an integer"):
+        parse_model_config({**MINIMAL, "batch_size": value})
+
+
+@pytest.mark.parametrize("value", [MAX_BATCH_SIZE + 1, 10**23, 2**63])
+def test_batch_size_is_capped_at_validation(value: int) -> None:
+    with pytest.raises(ConfigError, match=rf"batch_size: at most {MAX_BATCH_SIZE} images"):
+        parse_model_config({**MINIMAL, "batch_size": value})
+
+
+@pytest.mark.parametrize("written", ["1e23", "1.0e+23", "100000000000000000000000"])
+def test_batch_size_1e23_in_a_file_fails_at_validation(tmp_path: Path, written: str) -> None:
+    path = tmp_path / "huge.yaml"
+    path.write_text(f"architecture: llava\nmodel_path: x\nmodules: [a]\nbatch_size: {written}\n")
+    with pytest.raises(ConfigError, match=r"batch_size: (must be an integer|at most 4096)"):
+        load_model_config(path)
+
+
+def test_the_largest_batch_size_is_accepted() -> None:
+    assert parse_model_config({**MINIMAL, "batch_size": MAX_BATCH_SIZE}).batch_size == 4096
+
+
+def test_a_prompt_longer_than_the_cap_is_refused_naming_its_length() -> None:
+    prompt = "word " * 20_000
+    with pytest.raises(
+        ConfigError, match=rf"prompt: 100000 characters, over the {MAX_PROMPT_CHARS}"
+    ):
+        parse_model_config({**MINIMAL, "prompt": prompt})
+
+
+@pytest.mark.parametrize("path", ["", "   "])
+def test_an_empty_model_path_is_refused(path: str) -> None:
+    with pytest.raises(ConfigError, match="model_path is empty"):
+        parse_model_config({**MINIMAL, "model_path": path})
+
+
+@pytest.mark.parametrize("device", ["meta", "META", "meta:0"])
+def test_the_meta_device_is_refused_in_the_config(device: str) -> None:
+    with pytest.raises(ConfigError, match=r"device: .*holds no data.*auto, cpu or cuda"):
+        parse_model_config({**MINIMAL, "device": device})

@@ -70,3 +70,49 @@ def test_broken_yaml_is_a_config_error(tmp_path: Path) -> None:
         assert "not valid YAML" in str(error)
     else:  # pragma: no cover
         raise AssertionError("broken YAML was accepted")
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.binary(max_size=80))
+def test_any_file_bytes_load_or_fail_with_a_config_error(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "model.yaml"
+    path.write_bytes(data)
+    try:
+        load_model_config(path)
+    except ConfigError as error:
+        assert str(path) in str(error) or "invalid model config" in str(error)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.integers(min_value=0, max_value=30_000), st.sampled_from(["[", "{a: ", "- ", "a: - "]))
+def test_any_nesting_depth_loads_or_fails_with_a_config_error(
+    tmp_path: Path, depth: int, opener: str
+) -> None:
+    path = tmp_path / "model.yaml"
+    path.write_text(opener * depth + "x\n")
+    try:
+        load_model_config(path)
+    except ConfigError as error:
+        assert str(path) in str(error) or "invalid model config" in str(error)
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.sampled_from(FIELD_NAMES), SCALARS, SCALARS)
+def test_a_key_given_twice_is_named_never_silently_overwritten(
+    tmp_path: Path, key: str, first: object, second: object
+) -> None:
+    path = tmp_path / "model.yaml"
+    body = yaml.safe_dump({key: first}) + yaml.safe_dump({key: second})
+    path.write_text(body)
+    try:
+        load_model_config(path)
+    except ConfigError as error:
+        assert f"key {key!r} appears twice" in str(error)
+    else:  # pragma: no cover
+        raise AssertionError(f"{key} given twice was accepted")
