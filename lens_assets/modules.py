@@ -2,7 +2,8 @@
 
 `*` matches within one dotted segment (`model.language_model.layers.*` is every decoder
 layer, not every linear inside them); `**` matches across segments. A name without glob
-characters must match exactly.
+characters must match exactly, and `?` is one character other than a dot. Globs are matched
+in time linear in the name whatever the pattern (see Glob), so no pattern can hang a run.
 
 A name that matches nothing as written may be a transformers 4.x name (VLM-Lens's configs):
 given the model, it is renamed the way transformers renames that model's old checkpoint keys
@@ -30,28 +31,99 @@ class ModuleSelectionError(ValueError):
     """A module pattern that selects nothing; the message lists the closest names."""
 
 
-@lru_cache(maxsize=256)
-def glob_to_regex(pattern: str) -> re.Pattern[str]:
-    parts: list[str] = []
+# Pattern tokens: a literal character, or one of these.
+STAR = "*"  # any run of characters within one dotted segment
+DOUBLE_STAR = "**"  # any run of characters, dots included
+ANY_ONE = "?"  # one character other than a dot
+
+
+@dataclass(frozen=True)
+class Glob:
+    """A compiled module glob, matched in time linear in the name for any pattern.
+
+    A backtracking regex (`*` as `[^.]*`, `**` as `.*`) takes exponential time on a pattern
+    such as `********************Z`. Here a run of stars is first collapsed (two or more are
+    one `**`, which any longer run equals), and the name is then read once, one character at
+    a time, with every pattern position it may have reached held as a bit of an int (the
+    shift-and automaton): O(len(pattern) x len(name)) bit work at worst, no backtracking. A
+    literal head and tail are compared as strings first, which settles most names
+    (`model.language_model.layers.*`) at once.
+    """
+
+    head: str
+    tail: str
+    length: int  # pattern tokens between head and tail; bit `length` set means matched
+    literals: dict[str, int]  # character -> bits of the positions that are that literal
+    any_one: int  # bits of `?` positions: one character other than a dot
+    stars: int  # bits of `*` and `**` positions: they may match nothing, or loop
+    dot_loops: int  # bits of `**` positions: the only ones that loop over a dot
+
+    def matches(self, name: str) -> bool:
+        if len(name) < len(self.head) + len(self.tail):
+            return False
+        if not (name.startswith(self.head) and name.endswith(self.tail)):
+            return False
+        middle = name[len(self.head) : len(name) - len(self.tail)]
+        live = self._skip_stars(1)
+        for char in middle:
+            if char == ".":
+                step, loops = self.literals.get(char, 0), self.dot_loops
+            else:
+                step, loops = self.literals.get(char, 0) | self.any_one, self.stars
+            live = self._skip_stars((live & loops) | ((live & step) << 1))
+            if not live:
+                return False
+        return bool(live >> self.length & 1)
+
+    def _skip_stars(self, live: int) -> int:
+        """Add the positions just past each live star: a star may match the empty string."""
+        while True:
+            grown = live | ((live & self.stars) << 1)
+            if grown == live:
+                return live
+            live = grown
+
+
+def tokenize(pattern: str) -> list[str]:
+    """Pattern tokens: STAR, DOUBLE_STAR, ANY_ONE or a literal character; a run of two or more
+    stars is one DOUBLE_STAR (`**` then `*` already matched anything, as `.*[^.]*`)."""
+    tokens: list[str] = []
     i = 0
     while i < len(pattern):
-        if pattern.startswith("**", i):
-            parts.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            parts.append("[^.]*")
-            i += 1
-        elif pattern[i] == "?":
-            parts.append("[^.]")
-            i += 1
+        if pattern[i] == "*":
+            run = len(pattern) - i - len(pattern[i:].lstrip("*"))
+            tokens.append(DOUBLE_STAR if run >= 2 else STAR)
+            i += run
         else:
-            parts.append(re.escape(pattern[i]))
+            tokens.append(pattern[i])  # "?" is ANY_ONE; anything else is itself
             i += 1
-    return re.compile("".join(parts))
+    return tokens
+
+
+@lru_cache(maxsize=256)
+def compile_glob(pattern: str) -> Glob:
+    tokens = tokenize(pattern)
+    wild = [i for i, token in enumerate(tokens) if token in (STAR, DOUBLE_STAR, ANY_ONE)]
+    if not wild:
+        return Glob(pattern, "", 0, {}, 0, 0, 0)
+    middle = tokens[wild[0] : wild[-1] + 1]
+    literals: dict[str, int] = {}
+    any_one = stars = dot_loops = 0
+    for i, token in enumerate(middle):
+        if token == ANY_ONE:
+            any_one |= 1 << i
+        elif token in (STAR, DOUBLE_STAR):
+            stars |= 1 << i
+            dot_loops |= (token == DOUBLE_STAR) << i
+        else:
+            literals[token] = literals.get(token, 0) | 1 << i
+    head, tail = "".join(tokens[: wild[0]]), "".join(tokens[wild[-1] + 1 :])
+    return Glob(head, tail, len(middle), literals, any_one, stars, dot_loops)
 
 
 def matches(pattern: str, name: str) -> bool:
-    return glob_to_regex(pattern).fullmatch(name) is not None
+    """Whether `name` is matched in full by `pattern` (see the module docstring)."""
+    return compile_glob(pattern).matches(name)
 
 
 def closest_names(pattern: str, names: Sequence[str], n: int = 5) -> list[str]:

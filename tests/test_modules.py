@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from lens_assets.modules import ModuleSelectionError, list_modules, select_modules
+from lens_assets.modules import ModuleSelectionError, list_modules, matches, select_modules
 from resources.runtime import LoadedModel
 
 NAMES = [
@@ -52,3 +57,73 @@ def test_list_modules_marks_the_selected_with_their_class(
     ]
     assert {i.class_name for i in selected} == {"LlamaDecoderLayer"}
     assert len(infos) == len([n for n, _ in model.named_modules() if n])
+
+
+# -- globs without catastrophic backtracking (issue 16) ---------------------------------------
+
+
+def reference_regex(pattern: str) -> re.Pattern[str]:
+    """The glob semantics as the backtracking regex LensFlow used to compile: `**` is `.*`,
+    `*` is `[^.]*`, `?` is `[^.]`, anything else is itself; matched in full."""
+    parts, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            parts.append(".*")
+            i += 2
+        elif pattern[i] in "*?":
+            parts.append("[^.]*" if pattern[i] == "*" else "[^.]")
+            i += 1
+        else:
+            parts.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(parts))
+
+
+GLOB_CHARS = st.text(alphabet="ab.*?", max_size=12)
+NAME_CHARS = st.text(alphabet="ab.*?", max_size=14)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(GLOB_CHARS, NAME_CHARS)
+def test_a_glob_matches_exactly_what_the_regex_semantics_match(pattern: str, name: str) -> None:
+    assert matches(pattern, name) == (reference_regex(pattern).fullmatch(name) is not None)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(["model", "layers", "0", "12", "mlp", "q_proj"]), max_size=6))
+def test_a_glob_built_from_a_module_name_matches_it(parts: list[str]) -> None:
+    name = ".".join(parts)
+    for pattern in (name, ".".join("*" for _ in parts), "**", f"**{name[-3:]}"):
+        assert matches(pattern, name) == (reference_regex(pattern).fullmatch(name) is not None)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "name", "expected"),
+    [
+        ("model.*", "model.layers", True),
+        ("model.*", "model.layers.0", False),  # `*` stays within one segment
+        ("model.***", "model.layers.0", True),  # a run of three stars is `**`
+        ("model.layers.?", "model.layers.7", True),
+        ("model.layers.?", "model.layers.12", False),
+        ("model?layers", "model.layers", False),  # `?` is never a dot
+        ("model.[0]", "model.[0]", True),  # regex characters are literal
+        ("", "", True),
+    ],
+)
+def test_glob_semantics_by_example(pattern: str, name: str, expected: bool) -> None:
+    assert matches(pattern, name) is expected
+
+
+def test_a_hostile_glob_over_a_long_name_returns() -> None:
+    """`********************Z` compiled to `.*` ten times backtracks for hours over 300
+    characters; the subprocess's generous timeout only stops a hang from stalling the suite
+    (the regex holds the GIL, so a thread could not be abandoned)."""
+    name = ".".join(["layer"] * 50)  # 299 characters, no Z
+    script = (
+        "from lens_assets.modules import matches; "
+        f"print(matches({'*' * 20 + 'Z'!r}, {name!r}), matches({'*a' * 15 + 'Z'!r}, {name!r}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["False", "False"]
