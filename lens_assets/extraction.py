@@ -21,6 +21,8 @@ import torch
 from tqdm import tqdm
 from transformers import BatchFeature
 
+from lens_assets.adapters.base import check_sequence_length
+from lens_assets.adapters.base import forward_kwargs as usable_forward_kwargs
 from lens_assets.config import ModelConfig
 from lens_assets.hooks import StopForward, capture
 from lens_assets.images import ImageReadError, LoadedImage, duplicate_of, load_image
@@ -63,15 +65,16 @@ def capture_batch(
     not pay for the LLM.
     """
     adapter = loaded.architecture.adapter
-    inputs = to_device(
-        adapter.prepare(loaded.processor, images, prompts), loaded.device, loaded.dtype
-    )
+    prepared = adapter.prepare(loaded.processor, images, prompts)
+    check_sequence_length(prepared, loaded.token_limit, prompts)  # before the forward pass
+    inputs = to_device(prepared, loaded.device, loaded.dtype)
+    extra = usable_forward_kwargs(loaded.model, forward_kwargs)
     batch_size = len(images)
     key = tuple(modules)
     stop_at = loaded.stop_points.get(key) if stop_early else None
     with capture(loaded.model, modules, stop_at) as store, torch.inference_mode():
         with suppress(StopForward):  # the pass ended after the last hooked module
-            adapter.forward(loaded.model, inputs, forward_kwargs or {})
+            adapter.forward(loaded.model, inputs, extra)
         if key not in loaded.stop_points:
             loaded.stop_points[key] = store.last_call
         loaded.capture_bytes[key] = store.output_bytes / max(batch_size, 1)

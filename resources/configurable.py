@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from lens_assets.config import ModelConfig
-from resources.runtime import LoadedModel, load_model, parse_bytes, release
+from lens_assets.config import MAX_BATCH_SIZE, ModelConfig
+from resources.runtime import LoadedModel, RuntimeConfigError, load_model, parse_bytes, release
 from resources.warehouse import Warehouse, WarehouseLocation
 
 
@@ -43,7 +43,9 @@ class VLMRuntimeResource(ConfigurableResource):
 
     device: str | None = Field(default=None, description="auto, cpu or cuda[:N]")
     dtype: str | None = Field(default=None, description="auto, float32, float16, bfloat16")
-    batch_size: int | None = Field(default=None, ge=1, description="Images per forward pass.")
+    batch_size: int | None = Field(
+        default=None, ge=1, le=MAX_BATCH_SIZE, strict=True, description="Images per forward pass."
+    )
     memory_budget: str | None = Field(
         default=None,
         description="Cap on the activations the hooks hold per batch, e.g. 4GiB (env "
@@ -55,7 +57,7 @@ class VLMRuntimeResource(ConfigurableResource):
 
     def effective_batch_size(self, config: ModelConfig) -> int:
         env = os.environ.get("LENS_BATCH_SIZE")
-        return self.batch_size or (int(env) if env else config.batch_size)
+        return self.batch_size or (batch_size_from_env(env) if env else config.batch_size)
 
     @contextmanager
     def model(self, config: ModelConfig, name: str, warehouse: Warehouse) -> Iterator[LoadedModel]:
@@ -71,3 +73,14 @@ class VLMRuntimeResource(ConfigurableResource):
             yield loaded
         finally:
             release(loaded)
+
+
+def batch_size_from_env(text: str) -> int:
+    """LENS_BATCH_SIZE as a whole number in the config's bounds, else one clear error."""
+    value = text.strip()
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_BATCH_SIZE:
+        raise RuntimeConfigError(
+            f"LENS_BATCH_SIZE {text!r} is not a batch size; set it to a whole number from 1 "
+            f"to {MAX_BATCH_SIZE}, or unset it to use the config's batch_size"
+        )
+    return int(value)

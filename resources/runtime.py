@@ -5,9 +5,13 @@ Plain Python so notebooks and the CLI use it directly; the Dagster resource wrap
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
+import re
 import resource
 import sys
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ import torch
 from torch import nn
 
 from lens_assets.adapters import Architecture, ModelLayout, get_architecture
+from lens_assets.adapters.base import forward_kwargs, position_limit
 from lens_assets.config import ModelConfig
 from lens_assets.families import get_family, require_packages
 
@@ -33,19 +38,48 @@ class RuntimeConfigError(ValueError):
     """A device or dtype that cannot be used here; the message names the fix."""
 
 
+RUN_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
 def resolve_device(name: str | None = "auto") -> torch.device:
-    name = (name or "auto").lower()
+    """The device to run on: `auto` (CUDA when visible, else CPU) or one that holds data and
+    is there; `meta` holds only shapes, so nothing could be read back from it."""
+    name = (name or "auto").strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeConfigError(
-            f"device {name!r} was asked for but no CUDA GPU is visible; use --device cpu "
-            "or --device auto"
-        )
     try:
-        return torch.device(name)
-    except RuntimeError:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
         raise RuntimeConfigError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+    if device.type == "meta":
+        raise RuntimeConfigError(
+            f"device {name!r} holds no data, only shapes, so no activation can be read from "
+            "it; use --device (or the config's `device:`) auto, cpu or cuda[:N]"
+        )
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeConfigError(
+                f"device {name!r} was asked for but no CUDA GPU is visible; use --device cpu "
+                "or --device auto"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise RuntimeConfigError(
+                f"device {name!r} was asked for but {count} CUDA GPU(s) are visible; use "
+                f"cuda:0 to cuda:{count - 1}, or --device auto"
+            )
+    elif device.type not in RUN_DEVICE_TYPES or not _available(device.type):
+        raise RuntimeConfigError(
+            f"device {name!r} is not one this machine can run on; use auto, cpu or cuda[:N]"
+        )
+    return device
+
+
+def _available(kind: str) -> bool:
+    if kind == "cpu":
+        return True
+    backend = getattr(torch.backends, kind, None) or getattr(torch, kind, None)
+    return bool(backend is not None and backend.is_available())
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
@@ -62,21 +96,22 @@ BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10
               "mib": 2**20, "gib": 2**30}  # fmt: skip
 
 
+SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*")
+
+
 def parse_bytes(text: str | int | None) -> int | None:
-    """`4GiB`, `512MB`, `1000000` -> bytes; None or empty -> None (no budget)."""
+    """`4GiB`, `512MB`, `1.5GB`, `1000000` -> bytes; None or empty -> None (no budget)."""
     if text is None or text == "":
         return None
-    if isinstance(text, int):
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
         return text
-    import re
-
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(text))
+    match = SIZE.fullmatch(str(text))
     unit = match.group(2).lower() if match else ""
     if match is None or unit not in BYTE_UNITS:
         raise RuntimeConfigError(
             f"memory budget {text!r} is not a size; write e.g. 4GiB, 512MB or a number of bytes"
         )
-    return int(float(match.group(1)) * BYTE_UNITS[unit])
+    return int(Fraction(match.group(1)) * BYTE_UNITS[unit])  # exact: no float overflow
 
 
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
@@ -124,13 +159,54 @@ def checkpoint_config(config: ModelConfig, path: str) -> Any:
             "LensFlow runs it only when the model config says `trust_remote_code: true`. Read "
             "that code first, then add the line to the config"
         ) from None
+    except OSError as error:  # the hub: unknown id, no network, gated, no token
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise RuntimeConfigError(
+            f"model_path {path!r} is not a folder here and could not be fetched from the hub "
+            f"({reason}); fix the path, or check the hub id, the network and HF_TOKEN"
+        ) from None
+
+
+def checked_model_path(model_path: str) -> str:
+    """A local checkpoint folder (holding config.json) or a well-formed hub id, else a
+    RuntimeConfigError naming model_path and the fix; `~` is expanded, as a shell would."""
+    text = model_path.strip()
+    if not text:
+        raise RuntimeConfigError(
+            "model_path is empty; name a hub id (org/name), a checkpoint folder or "
+            "tiny:<architecture>"
+        )
+    folder = Path(text).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise RuntimeConfigError(
+                f"model_path {model_path!r} is a folder without config.json; point it at the "
+                "checkpoint folder itself (the one holding config.json and the weights)"
+            )
+        return str(folder)
+    if folder.exists():
+        raise RuntimeConfigError(
+            f"model_path {model_path!r} is a file; point it at the checkpoint folder (the one "
+            "holding config.json and the weights) or a hub id (org/name)"
+        )
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        raise RuntimeConfigError(
+            f"model_path {model_path!r} is neither an existing folder nor a hub id (org/name); "
+            "fix the folder's path or the id"
+        ) from None
+    return text
 
 
 def resolve_model_path(model_path: str, models_dir: Path) -> str:
     """`tiny:<architecture>` names the tiny checkpoint built under the warehouse (built on first
-    use); anything else is a hub id or a folder, handed to `from_pretrained` as is."""
+    use); anything else is a hub id or a folder, checked (see checked_model_path) and handed
+    to `from_pretrained`."""
     if not model_path.startswith(TINY_SCHEME):
-        return model_path
+        return checked_model_path(model_path)
     from lens_assets.tiny import build_tiny
 
     architecture = model_path.removeprefix(TINY_SCHEME)
@@ -138,6 +214,60 @@ def resolve_model_path(model_path: str, models_dir: Path) -> str:
     if not (folder / "config.json").is_file():
         build_tiny(architecture, folder)
     return str(folder)
+
+
+# attn_implementation values that need a package transformers does not bring.
+ATTENTION_PACKAGES = {
+    "flash_attention_2": "flash_attn",
+    "flash_attention_3": "flash_attn_interface",
+}
+# from_pretrained's common kwargs, for the nearest-name hint on a misspelt one.
+LOAD_KWARGS = (
+    "dtype", "torch_dtype", "device_map", "attn_implementation", "low_cpu_mem_usage",
+    "revision", "use_safetensors", "quantization_config", "max_memory", "subfolder", "variant",
+    "cache_dir", "local_files_only", "token", "offload_folder", "key_mapping",
+)  # fmt: skip
+
+
+def check_attention(kwargs: dict[str, Any]) -> None:
+    """`attn_implementation` names a kernel whose package is installed, before loading (a
+    missing flash_attn is otherwise an ImportError from deep inside from_pretrained)."""
+    choice = kwargs.get("attn_implementation")
+    if choice is None:
+        return
+    if not isinstance(choice, str):
+        raise RuntimeConfigError(
+            f"model: attn_implementation must be a name such as sdpa or eager (got {choice!r})"
+        )
+    package = ATTENTION_PACKAGES.get(choice)
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise RuntimeConfigError(
+            f"model: attn_implementation {choice!r} needs the {package} package, which is not "
+            f"installed; install it (CUDA GPUs only) or use attn_implementation sdpa or eager"
+        )
+
+
+def load_error(error: Exception, kwargs: dict[str, Any], model_config: Any) -> Exception:
+    """from_pretrained's error for a bad `model:` kwarg, as one line naming it; any other
+    error as it is."""
+    unknown = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+    if isinstance(error, TypeError) and unknown and unknown.group(1) in kwargs:
+        key = unknown.group(1)
+        known = [*LOAD_KWARGS, *getattr(model_config, "to_dict", dict)()]
+        return RuntimeConfigError(
+            f"model: {key} is neither a from_pretrained argument nor a setting of this "
+            f"checkpoint's config{nearest(key, known)}; remove it from `model:`"
+        )
+    if isinstance(error, ValueError | ImportError) and "attn_implementation" in str(error):
+        choice = kwargs.get("attn_implementation")
+        first = str(error).strip().splitlines()[0]
+        return RuntimeConfigError(f"model: attn_implementation {choice!r} cannot be used: {first}")
+    return error
+
+
+def nearest(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclass
@@ -160,6 +290,12 @@ class LoadedModel:
     def module_names(self) -> list[str]:
         return [name for name, _ in self.model.named_modules() if name]
 
+    @property
+    def token_limit(self) -> tuple[int, str] | None:
+        """The longest token sequence the language model has positions for, and where that
+        number comes from; None for a model without one (a vision encoder)."""
+        return position_limit(self.model, self.processor)
+
 
 def load_model(
     config: ModelConfig,
@@ -174,13 +310,22 @@ def load_model(
     kwargs = config.model_kwargs
     chosen = resolve_dtype(dtype or _dtype_name(kwargs.pop("dtype", None)), target)
     path = resolve_model_path(config.model_path, models_dir)
-    architecture = get_architecture(config.architecture, checkpoint_config(config, path))
+    model_config = checkpoint_config(config, path)
+    architecture = get_architecture(config.architecture, model_config)
     if architecture.family is not None:
         require_packages(architecture.family)
     kwargs = require_safetensors(path, kwargs)
-    model, processor = architecture.adapter.load(
-        path, {**kwargs, "dtype": chosen}, config.remote_code_requested
-    )
+    check_attention(kwargs)
+    try:
+        model, processor = architecture.adapter.load(
+            path, {**kwargs, "dtype": chosen}, config.remote_code_requested
+        )
+    except (TypeError, ValueError, ImportError) as error:
+        translated = load_error(error, kwargs, model_config)
+        if translated is error:
+            raise
+        raise translated from None
+    forward_kwargs(model, config.forward)  # a bad `forward:` key fails before any inference
     model.to(target)
     return LoadedModel(
         name=name,
