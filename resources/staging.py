@@ -9,9 +9,12 @@ catalog, without recomputing anything.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pyarrow as pa
@@ -41,6 +44,17 @@ IMAGE_ROWS = pa.schema(
     ]
 )
 FLUSH_BYTES = 16 * 1024 * 1024  # a row group of the stage file
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class StageDiskFullError(ValueError):
+    """The disk under the staging folder filled up while a run was being staged. The stage is
+    removed and nothing was committed, so the warehouse still holds the previous rows."""
+
+
+def _disk_full(error: OSError) -> bool:
+    """ENOSPC or a quota, by errno or, from pyarrow (which may not set it), by its text."""
+    return error.errno in DISK_FULL or any(os.strerror(code) in str(error) for code in DISK_FULL)
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -84,10 +98,12 @@ class ActivationStage:
     def __init__(self, directory: Path) -> None:
         remove_stale_stages(directory)
         self.path = directory / f"run-{os.getpid()}-{uuid.uuid4().hex}"
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
-            self.path / "activations.parquet", STAGED_ACTIVATIONS, compression="none"
-        )
+        self._writer: pq.ParquetWriter | None = None
+        with self._writing():
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(
+                self.path / "activations.parquet", STAGED_ACTIVATIONS, compression="none"
+            )
         self._pending: list[pa.Table] = []
         self._pending_bytes = 0
         self._images: list[pa.Table] = []
@@ -107,7 +123,8 @@ class ActivationStage:
         if not self._pending:
             return
         assert self._writer is not None, "stage already closed"
-        self._writer.write_table(pa.concat_tables(self._pending))
+        with self._writing():
+            self._writer.write_table(pa.concat_tables(self._pending))
         self._pending.clear()
         self._pending_bytes = 0
 
@@ -115,17 +132,38 @@ class ActivationStage:
         """Flush and close, leaving the files for the lake commit to read."""
         if self._writer is not None:
             self.flush()
-            self._writer.close()
-            self._writer = None
-            images = pa.concat_tables(self._images) if self._images else IMAGE_ROWS.empty_table()
-            pq.write_table(images, self.path / "images.parquet", compression="none")
+            with self._writing():
+                self._writer.close()
+                self._writer = None
+                images = (
+                    pa.concat_tables(self._images) if self._images else IMAGE_ROWS.empty_table()
+                )
+                pq.write_table(images, self.path / "images.parquet", compression="none")
         return self.path
 
     def discard(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with suppress(OSError):  # e.g. the disk is full: the files are deleted next
+                writer.close()
         shutil.rmtree(self.path, ignore_errors=True)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A full disk while staging: remove the stage and say which disk and what to do,
+        instead of a traceback from inside pyarrow."""
+        try:
+            yield
+        except OSError as error:
+            if not _disk_full(error):
+                raise
+            self.discard()
+            raise StageDiskFullError(
+                f"the disk holding the staging folder {self.path.parent} is full "
+                f"({os.strerror(errno.ENOSPC)}); nothing was committed and the warehouse "
+                "keeps its previous rows. Free space there, or point LENS_WAREHOUSE (or "
+                "--warehouse) at a disk with room, and run again"
+            ) from None
 
     def __enter__(self) -> ActivationStage:
         return self
