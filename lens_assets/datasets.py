@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import io
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,6 +263,11 @@ def _label_table(path: Path) -> dict[str, dict[str, Any]]:
 
 def collect_folder(config: FolderDataset, out: DatasetImages, _: Path, __: Any) -> None:
     folder = Path(config.path)
+    if not folder.is_dir():
+        raise ConfigError(
+            f"dataset {out.name}: path: {folder} is not a folder; point `path` at the folder "
+            "of images"
+        )
     labels = {}
     if config.labels:
         table = folder / config.labels
@@ -428,6 +434,20 @@ COLLECTORS: dict[type, Callable[[Any, DatasetImages, Path, dict[str, DatasetImag
 }
 
 
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.+=,@-]{0,127}")
+
+
+def checked_dataset_name(name: str) -> str:
+    """A dataset's name is also a folder name (`<rendered>/<name>/`): a plain name, so no
+    name can write outside that folder (`../../x`, `/tmp/x`, `.hidden`)."""
+    if not DATASET_NAME.fullmatch(name):
+        raise ConfigError(
+            f"dataset name {name!r} is not a plain name: use letters, digits and . _ - (at "
+            "most 128, starting with a letter or digit), with no / and no leading dot"
+        )
+    return name
+
+
 def collect_images(
     name: str,
     config: DatasetConfig,
@@ -437,7 +457,7 @@ def collect_images(
     """Every image of one dataset; `rendered` (a folder or an object-store prefix) holds
     generated or extracted files (`<rendered>/<name>/`), `others` the datasets already
     collected (for `blank`)."""
-    out = DatasetImages(name)
+    out = DatasetImages(checked_dataset_name(name))
     COLLECTORS[type(config)](config, out, rendered, others or {})
     return out
 

@@ -486,7 +486,7 @@ def test_interpretability_fills_its_five_tables_and_skips_a_dual_encoder(
 BROKEN_DATASETS = {
     "invalid YAML": ("kind: folder\npath: [unclosed\n", "is not valid YAML"),
     "unknown kind": ("kind: shapez\n", "unknown kind 'shapez'"),
-    "missing folder": ("kind: folder\npath: {tmp}/nowhere\n", "nowhere does not exist"),
+    "missing folder": ("kind: folder\npath: {tmp}/nowhere\n", "nowhere is not a folder"),
     "manifest without image_path": (
         "kind: manifest\npath: {tmp}/listed.csv\n",
         "needs an `image_path` column",

@@ -300,3 +300,18 @@ def test_images_asset_stores_rows_labels_prompts_and_errors(
     assert "empty" in error["error"]
     assert rows("SELECT count(*) AS n FROM prompts WHERE dataset = 'shapes'") == [{"n": 3}]
     assert rows("SELECT count(*) AS n FROM image_labels WHERE dataset = 'shapes'") == [{"n": 6}]
+
+
+def test_a_dataset_name_that_is_not_a_plain_name_is_refused(tmp_path: Path) -> None:
+    """A dataset's name becomes a folder under the warehouse: `../../x` must not escape it."""
+    config = parse_dataset_config({"kind": "shapes", "size": 1}, "x.yaml")
+    for name in ("../../x", "/tmp/x", ".hidden", "a/b", ""):
+        with pytest.raises(ConfigError, match="not a plain name"):
+            collect_images(name, config, tmp_path / "rendered")
+    assert not (tmp_path.parent / "x").exists() and not list(tmp_path.rglob("*.png"))
+
+
+def test_a_folder_dataset_whose_folder_is_missing_names_its_path(tmp_path: Path) -> None:
+    config = parse_dataset_config({"kind": "folder", "path": str(tmp_path / "gone")}, "x.yaml")
+    with pytest.raises(ConfigError, match="path: .*gone is not a folder"):
+        collect_images("photos", config, tmp_path / "rendered")
