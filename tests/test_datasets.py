@@ -313,5 +313,5 @@ def test_a_dataset_name_that_is_not_a_plain_name_is_refused(tmp_path: Path) -> N
 
 def test_a_folder_dataset_whose_folder_is_missing_names_its_path(tmp_path: Path) -> None:
     config = parse_dataset_config({"kind": "folder", "path": str(tmp_path / "gone")}, "x.yaml")
-    with pytest.raises(ConfigError, match="path: .*gone is not a folder"):
+    with pytest.raises(ConfigError, match=r"path: .*gone is not a folder"):
         collect_images("photos", config, tmp_path / "rendered")
