@@ -9,11 +9,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from lens_assets.config import ConfigError, load_model_config, model_name
+from lens_assets.config import MAX_BATCH_SIZE, ConfigError, load_model_config, model_name
+
+if TYPE_CHECKING:
+    from lens_assets.extraction import Skipped
 
 WAREHOUSE_OPTION = click.option(
     "--warehouse",
@@ -22,6 +25,9 @@ WAREHOUSE_OPTION = click.option(
     default=None,
     help="Warehouse root (default: $LENS_WAREHOUSE, else ./warehouse).",
 )
+
+
+BATCH_SIZE = click.IntRange(min=1, max=MAX_BATCH_SIZE)
 
 
 def _fail(message: str) -> None:
@@ -67,8 +73,14 @@ def modules(config_path: str, patterns: Sequence[str], warehouse_root: str | Non
 @click.argument("config_path", type=click.Path(dir_okay=False))
 @click.option("--input-dir", type=click.Path(file_okay=False), help="Images (default: input_dir).")
 @click.option("--dataset", help="Dataset name (default: the image folder's name).")
+@click.option("--name", "model", help="Model name in the tables (default: the config's stem).")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Replace rows another config file wrote under the same model name.",
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N images.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Images per forward pass.")
+@click.option("--batch-size", type=BATCH_SIZE, help="Images per forward pass.")
 @click.option("--device", default=None, help="auto, cpu or cuda[:N] (default: auto).")
 @click.option("--dtype", default=None, help="auto, float32, float16 or bfloat16.")
 @click.option(
@@ -81,6 +93,8 @@ def extract(
     config_path: str,
     input_dir: str | None,
     dataset: str | None,
+    model: str | None,
+    replace: bool,
     limit: int | None,
     batch_size: int | None,
     device: str | None,
@@ -88,25 +102,35 @@ def extract(
     memory_budget: str | None,
     warehouse_root: str | None,
 ) -> None:
-    """Extract one model config over a folder of images into the warehouse."""
+    """Extract one model config over a folder of images into the warehouse.
+
+    Unreadable or refused images are printed and recorded in `image_errors`; a model name that
+    already holds another config file's rows is refused (see --name and --replace)."""
+    from lens_assets.datasets import checked_dataset_name
     from lens_assets.extraction import extract_to_warehouse
     from resources.runtime import parse_bytes
     from resources.warehouse import Warehouse
 
     config = _config(config_path)
     warehouse = Warehouse.at(warehouse_root)
-    name, paths = _run(lambda: _extract_images(config, config_path, input_dir, dataset, warehouse))
+    name = _run(lambda: checked_dataset_name(model or model_name(config_path)))
+    dataset_name, paths, refused = _run(
+        lambda: _extract_images(config, config_path, input_dir, dataset, warehouse)
+    )
     paths = paths[:limit] if limit else paths
     result = _run(
         lambda: extract_to_warehouse(
             config,
-            model_name(config_path),
+            name,
             warehouse,
-            {name: paths},
+            {dataset_name: paths},
             batch_size=batch_size,
             device=device,
             dtype=dtype,
             memory_budget=parse_bytes(memory_budget or os.environ.get("LENS_MEMORY_BUDGET")),
+            config_source=str(Path(config_path).resolve()),
+            claim_name=replace,
+            image_errors={dataset_name: refused},
         )
     )
     click.echo(
@@ -115,34 +139,39 @@ def extract(
         f"{result.seconds / result.n_images * 1000:.1f} ms/image, "
         f"peak {result.peak_memory_bytes / 2**20:.0f} MiB)"
     )
-    for reason in result.skipped:
-        click.echo(f"skipped: {reason}", err=True)
+    for skip in result.skipped:
+        click.echo(f"skipped: {skip.reason}", err=True)
 
 
 def _extract_images(config, config_path: str, input_dir: str | None, dataset: str | None,
-                    warehouse) -> tuple[str, list[str | Path]]:  # fmt: skip
+                    warehouse) -> tuple[str, list[str | Path], list[Skipped]]:  # fmt: skip
     """The images `lens extract` runs on: --input-dir, else `input_dir`, else VLM-Lens's
-    `dataset:` block (a Hugging Face dataset, its images written under the warehouse)."""
-    from lens_assets.datasets import collect_images, vlm_lens_dataset
+    `dataset:` block (a Hugging Face dataset, its images written under the warehouse); with
+    the dataset's name and the files refused on the way."""
+    from lens_assets.datasets import checked_dataset_name, collect_images, vlm_lens_dataset
+    from lens_assets.extraction import Skipped
     from lens_assets.files import join
     from lens_assets.images import folder_images_within
 
     folder = input_dir or config.input_dir
     if folder is not None:
+        name = checked_dataset_name(dataset or Path(folder).resolve().name)
         paths, refused = folder_images_within(folder)
-        for _, reason in refused:
-            click.echo(f"skipped: {reason}", err=True)
+        skipped = [Skipped(str(path), reason) for path, reason in refused]
+        for skip in skipped:
+            click.echo(f"skipped: {skip.reason}", err=True)
         if not paths:
             raise FileNotFoundError(f"no image files in {folder}")
-        return dataset or Path(folder).resolve().name, paths
+        return name, paths, skipped
     if config.dataset:
-        name = dataset or f"{model_name(config_path)}-dataset"
+        name = checked_dataset_name(dataset or f"{model_name(config_path)}-dataset")
         collected = collect_images(
             name, vlm_lens_dataset(config.dataset), join(warehouse.location.files_root, "datasets")
         )
-        for error in collected.errors:
-            click.echo(f"skipped: {error['error']}", err=True)
-        return name, [row["path"] for row in collected.rows]
+        skipped = [Skipped(error["path"], error["error"]) for error in collected.errors]
+        for skip in skipped:
+            click.echo(f"skipped: {skip.reason}", err=True)
+        return name, [row["path"] for row in collected.rows], skipped
     raise ConfigError(
         f"{config_path} names no images: add `input_dir: FOLDER` (or a VLM-Lens `dataset:` block) "
         "or pass --input-dir"
@@ -278,7 +307,7 @@ def copy_warehouse(to_catalog: str, to_data_path: str, warehouse_root: str | Non
 )  # fmt: skip
 @click.option("--model", "models", multiple=True, help="Only these model partitions.")
 @click.option("--device", default=None, help="auto, cpu or cuda[:N] (default: auto).")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Images per forward pass.")
+@click.option("--batch-size", type=BATCH_SIZE, help="Images per forward pass.")
 @WAREHOUSE_OPTION
 def materialize(
     selected: str,

@@ -13,7 +13,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -147,6 +147,17 @@ def extract_batch(
     return pieces_to_table(pieces, [i.image_id for i in images], prompts)
 
 
+class Skipped(NamedTuple):
+    """An input file the run could not use, and why: a row of `image_errors`."""
+
+    path: str
+    reason: str
+
+
+class ModelNameTakenError(ValueError):
+    """The model name already holds rows extracted from another config file."""
+
+
 @dataclass
 class DatasetRun:
     """One (model, dataset) pass: a row of the `runs` table."""
@@ -155,7 +166,7 @@ class DatasetRun:
     n_images: int
     seconds: float
     peak_memory_bytes: int
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
     batch_size: int = 0  # what the run ended with (lowered by the memory guard or an OOM)
     requested_batch_size: int = 0
     oom_retries: int = 0
@@ -186,12 +197,12 @@ class ExtractionResult:
         return max((run.peak_memory_bytes for run in self.runs), default=0)
 
     @property
-    def skipped(self) -> list[str]:
-        return [reason for run in self.runs for reason in run.skipped]
+    def skipped(self) -> list[Skipped]:
+        return [skip for run in self.runs for skip in run.skipped]
 
 
 def _readable(
-    paths: Iterable[str | Path], skipped: list[str], seen: dict[str, str] | None = None
+    paths: Iterable[str | Path], skipped: list[Skipped], seen: dict[str, str] | None = None
 ) -> list[LoadedImage]:
     """The images that can be read, each image id once: an unreadable file or a second file
     with an image's bytes (which would stage every row twice) is noted in `skipped`. `seen`
@@ -203,12 +214,12 @@ def _readable(
             loaded = load_image(path)
         except ImageReadError as error:
             log.warning("%s; skipped", error)
-            skipped.append(str(error))
+            skipped.append(Skipped(str(path), str(error)))
             continue
         if loaded.image_id in seen:
             reason = f"{path}: {duplicate_of(seen[loaded.image_id], loaded.image_id)}"
             log.warning("%s", reason)
-            skipped.append(reason)
+            skipped.append(Skipped(str(path), reason))
             continue
         seen[loaded.image_id] = str(path)
         images.append(loaded)
@@ -283,7 +294,8 @@ def stage_dataset(
     memory_budget: int | None = None,
 ) -> DatasetRun:
     """Run one dataset through the hooked model, batch by batch, into the stage."""
-    skipped: list[str] = []
+    skipped: list[Skipped] = []
+    seen: dict[str, str] = {}  # image id -> first path: a copy is staged once, across batches
     n_images = 0
     sizer = BatchSizer(batch_size, memory_budget)
     clock = time.perf_counter()
@@ -296,7 +308,7 @@ def stage_dataset(
         while start < len(paths):
             batch = paths[start : start + sizer.size]
             start += len(batch)
-            pending = _readable(batch, skipped)
+            pending = _readable(batch, skipped, seen)
             while pending:
                 part = pending[: sizer.size]
                 try:
@@ -317,7 +329,7 @@ def stage_dataset(
     if n_images == 0:
         raise ValueError(
             f"none of the {len(paths)} images of dataset {dataset!r} could be read: "
-            + "; ".join(skipped[:3])
+            + "; ".join(skip.reason for skip in skipped[:3])
         )
     return DatasetRun(
         dataset, n_images, time.perf_counter() - clock, peak.bytes, skipped,
@@ -335,12 +347,23 @@ def extract_loaded(
     batch_size: int | None = None,
     progress: bool = True,
     memory_budget: int | None = None,
+    config_source: str | None = None,
+    claim_name: bool = False,
+    image_errors: Mapping[str, Sequence[Skipped]] | None = None,
 ) -> ExtractionResult:
     """Stage every dataset, then replace the rows in one transaction: the model's whole
     partition (`whole_model`), or only the rows of these datasets. `memory_budget` (bytes)
-    caps what the hooks hold per batch (see BatchSizer)."""
+    caps what the hooks hold per batch (see BatchSizer).
+
+    `config_source` (the config file) is logged with each run; unless `claim_name`, a name
+    whose rows came from another config file is refused before any inference. With
+    `image_errors` (files refused before the run, per dataset), the datasets' `image_errors`
+    rows are replaced by those and the run's own skipped files (`lens extract`; under Dagster
+    the `images` step records them)."""
     if not sources or not any(sources.values()):
         raise ValueError(f"no images to extract for model {loaded.name!r}")
+    if config_source is not None:
+        check_name_is_free(warehouse, loaded.name, config_source, claim_name)
     if config.output_db:
         log.info("output_db %s: rows go to the warehouse at %s", config.output_db, warehouse.root)
     modules = select_modules(loaded.module_names, config.modules, loaded.model)
@@ -373,11 +396,46 @@ def extract_loaded(
                     "per_image_seconds": run.per_image_seconds,
                     "peak_memory_bytes": run.peak_memory_bytes,
                     "started_at": started_at,
+                    "config": config_source,
                 }
                 for run in runs
             ],
+            None if image_errors is None else _error_rows(image_errors, runs),
         )
     return ExtractionResult(loaded.name, loaded.architecture.name, rows, modules, runs)
+
+
+def check_name_is_free(
+    warehouse: Warehouse, name: str, config_source: str, claim_name: bool = False
+) -> None:
+    """A model's name is its config's file stem, so two files named alike in different
+    folders would replace each other's rows without a word: refuse, or with `claim_name`
+    say so."""
+    owner = warehouse.config_of(name)
+    if owner in (None, config_source):
+        return
+    if claim_name:
+        log.warning("model %r: replacing the rows extracted from %s with %s's", name, owner,
+                    config_source)  # fmt: skip
+    else:
+        raise ModelNameTakenError(
+            f"model name {name!r} already holds rows extracted from {owner}, and this run's "
+            f"config is {config_source}: pass --name OTHER_NAME to keep both, or --replace to "
+            "replace that config's rows with this one's"
+        )
+
+
+def _error_rows(
+    refused: Mapping[str, Sequence[Skipped]], runs: Sequence[DatasetRun]
+) -> list[dict[str, str]]:
+    found = {dataset: list(skips) for dataset, skips in refused.items()}
+    for run in runs:
+        found.setdefault(run.dataset, []).extend(run.skipped)
+    return [
+        {"dataset": dataset, "path": skip.path, "error": skip.reason}
+        for dataset, skips in found.items()
+        for skip in skips
+    ]
 
 
 def extract_to_warehouse(
@@ -392,14 +450,21 @@ def extract_to_warehouse(
     dtype: str | None = None,
     progress: bool = True,
     memory_budget: int | None = None,
+    config_source: str | None = None,
+    claim_name: bool = False,
+    image_errors: Mapping[str, Sequence[Skipped]] | None = None,
 ) -> ExtractionResult:
-    """Load the model, extract every dataset, replace its rows in the warehouse."""
+    """Load the model, extract every dataset, replace its rows in the warehouse (see
+    `extract_loaded` for the keyword arguments)."""
+    if config_source is not None and not claim_name:
+        check_name_is_free(warehouse, name, config_source)  # before the model loads, too
     loaded = load_model(config, name, warehouse.location.models_dir, device, dtype)
     try:
         return extract_loaded(
             loaded, config, warehouse, sources,
             whole_model=whole_model, batch_size=batch_size, progress=progress,
-            memory_budget=memory_budget,
+            memory_budget=memory_budget, config_source=config_source, claim_name=True,
+            image_errors=image_errors,
         )  # fmt: skip
     finally:
         release(loaded)

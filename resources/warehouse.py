@@ -53,6 +53,7 @@ RUN_COLUMNS = (
     "started_at",
     "oom_retries",
     "requested_batch_size",
+    "config",
 )
 
 
@@ -486,10 +487,13 @@ class Warehouse:
         architecture: str,
         datasets: Sequence[str] | None,
         runs: Sequence[dict[str, Any]],
+        image_errors: Sequence[dict[str, str]] | None = None,
     ) -> int:
         """Replace a model's rows (all of them, or those of `datasets`) with the staged ones and
         log the runs, in one transaction: readers see the old rows or the new ones, never a mix
-        or a duplicate. Returns the model's row count after the commit."""
+        or a duplicate. `image_errors` (dataset, path, error), when given, replace the error
+        rows of the runs' datasets (`lens extract`, which has no `images` step to record
+        them). Returns the model's row count after the commit."""
         scope, scope_params = "model = ?", [model]
         if datasets is not None:
             scope += f" AND dataset IN ({', '.join('?' for _ in datasets)})"
@@ -525,6 +529,17 @@ class Warehouse:
                         )
                         """
                     )
+                    if image_errors is not None:
+                        run_datasets = sorted({run["dataset"] for run in runs})
+                        marks = ", ".join("?" for _ in run_datasets)
+                        con.execute(
+                            f"DELETE FROM image_errors WHERE dataset IN ({marks})", run_datasets
+                        )
+                        if image_errors:
+                            con.executemany(
+                                "INSERT INTO image_errors (dataset, path, error) VALUES (?, ?, ?)",
+                                [[e["dataset"], e["path"], e["error"]] for e in image_errors],
+                            )
                     if runs:  # rows written by hand (benchmarks, imports) log no run
                         con.executemany(
                             f"INSERT INTO runs ({columns}) VALUES ({placeholders})",
@@ -570,6 +585,19 @@ class Warehouse:
         """Replace one model's rows of an analysis table; returns the rows written."""
         self.replace_rows("model = ?", [model], {table: rows})
         return int(rows.num_rows)
+
+    def config_of(self, model: str) -> str | None:
+        """The config file the model's latest logged run came from (None when no run recorded
+        one: before the `config` column existed, or rows written by hand)."""
+        if not self.exists():
+            return None
+        with self.connect() as con:  # read-write: a warehouse from before `config` migrates
+            row = con.execute(
+                "SELECT config FROM runs WHERE model = ? AND config IS NOT NULL "
+                "ORDER BY started_at DESC LIMIT 1",
+                [model],
+            ).fetchone()
+        return row[0] if row else None
 
     def image_paths(self, dataset: str) -> list[str]:
         """The dataset's images as the `images` asset recorded them (paths, or object-store

@@ -121,11 +121,12 @@ def test_a_labels_file_that_is_a_named_pipe_is_a_config_error(folder: Path, tmp_
 
 def test_extraction_skips_a_named_pipe_it_is_given(folder: Path) -> None:
     os.mkfifo(folder / "stuck.png")
-    skipped: list[str] = []
+    skipped: list[extraction.Skipped] = []
     paths = [folder / "stuck.png", folder / "red.png"]
     loaded = finishes(lambda: extraction._readable(paths, skipped), folder / "stuck.png")
     assert [Path(i.path).name for i in loaded] == ["red.png"]
-    (reason,) = skipped
+    ((path, reason),) = skipped
+    assert path == str(folder / "stuck.png")
     assert "stuck.png" in reason and "not a regular file (a named pipe)" in reason
 
 
@@ -381,12 +382,13 @@ def test_input_dir_lists_a_copy_once(copied: Path) -> None:
 
 
 def test_extraction_stages_each_image_id_once_across_batches(copied: Path) -> None:
-    skipped: list[str] = []
+    skipped: list[extraction.Skipped] = []
     seen: dict[str, str] = {}
     first = extraction._readable([copied / "red.png", copied / "blue.png"], skipped, seen)
     second = extraction._readable([copied / "red-again.png"], skipped, seen)
     assert [Path(i.path).name for i in first] == ["red.png", "blue.png"] and second == []
-    (reason,) = skipped
+    ((path, reason),) = skipped
+    assert path == str(copied / "red-again.png")
     assert reason.startswith(f"{copied / 'red-again.png'}: duplicate of {copied / 'red.png'} ")
 
 

@@ -254,6 +254,8 @@ def activations(
                 loaded, config, wh, sources, whole_model=True,
                 batch_size=runtime.effective_batch_size(config), progress=False,
                 memory_budget=runtime.memory_budget_bytes(),
+                # the configs folder keeps names unique: this partition owns its name
+                config_source=str(model_configs()[name].path.resolve()), claim_name=True,
             )  # fmt: skip
         summary = _partition_summary(wh, name)
         stored_bytes = _partition_bytes(wh, name)
