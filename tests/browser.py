@@ -145,7 +145,7 @@ def headless_chromium(
     options.add_argument(f"--window-size={size[0]},{size[1]}")
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     try:
-        driver.set_page_load_timeout(60)
+        driver.set_page_load_timeout(300)
         yield driver
     finally:
         driver.quit()

@@ -45,7 +45,7 @@ def asset_node_texts(driver: WebDriver) -> set[str]:
     return {text for text in driver.execute_script(ASSET_NODE_TEXTS) if text}
 
 
-def show_asset_nodes(driver: WebDriver, names: set[str], timeout: float = 90) -> set[str]:
+def show_asset_nodes(driver: WebDriver, names: set[str], timeout: float = 240) -> set[str]:
     """Wait for the graph, expand its groups if all are collapsed, then wait until `names` are
     asset nodes whose status has loaded, zooming out a step (Ctrl + wheel, as a user would)
     while some are out of view: the graph draws only the nodes in view. Returns the texts of
