@@ -7,12 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 from click.testing import CliRunner, Result
 
 from lens_assets.cli import main
 from resources import warehouse as warehouse_module
 from resources.warehouse import Warehouse
+from tests.test_reliability import model_config
 from tests.writers import write_partitions
 
 
@@ -23,20 +23,9 @@ def lens(*args: str) -> Result:
 def write_config(folder: Path, tiny_dir: Path, images: Path, name: str = "config") -> Path:
     """A VLM-Lens-style `config.yaml` in its own folder (VLM-Lens configs all share a name)."""
     folder.mkdir(parents=True)
-    path = folder / f"{name}.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "architecture": "llava",
-                "model_path": str(tiny_dir / "llava"),
-                "input_dir": str(images),
-                "prompt": "What colour is the shape?",
-                "modules": ["model.language_model.norm"],
-                "pooling": ["last"],
-            }
-        )
+    return model_config(
+        folder, tiny_dir, images, name, modules=["model.language_model.norm"], pooling=["last"]
     )
-    return path
 
 
 def query(root: Path, sql: str) -> list[dict]:
