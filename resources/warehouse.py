@@ -227,14 +227,17 @@ class Warehouse:
         try:
             retry_transaction(lambda: con.execute(attach))
         except duckdb.Error as error:
-            if "does not match existing data path" in str(error):
-                raise WarehouseError(
-                    f"the catalog {self.location.catalog} keeps its data at "
-                    f"{self.stored_data_path()}, not at {self.location.data_path}: set "
-                    "LENS_DATA_PATH to the catalog's data path (or unset it for an embedded "
-                    "warehouse, which follows its folder when moved)"
-                ) from None
-            raise
+            if "does not match existing data path" not in str(error):
+                raise
+            stored = self.stored_data_path()
+            if stored is not None and "://" not in stored:
+                raise _Moved(stored) from None  # an embedded warehouse in a new folder
+            raise WarehouseError(
+                f"the catalog {self.location.catalog} keeps its data elsewhere, not at "
+                f"{self.location.data_path} ({_first_line(error)}): set LENS_DATA_PATH to the "
+                "catalog's data path (or unset it for an embedded warehouse, which follows "
+                "its folder when moved)"
+            ) from None
         if alias == LAKE:
             retry_transaction(lambda: con.execute(f"USE {LAKE}"))
 
@@ -244,8 +247,8 @@ class Warehouse:
         return True
 
     def stored_data_path(self) -> str | None:
-        """The data path an embedded catalog recorded when it was created (None when the
-        catalog is not a local SQLite file or holds no lake yet)."""
+        """The data path an embedded catalog recorded when it was created or last re-homed
+        (None when the catalog is not a local SQLite file or holds no lake yet)."""
         if not self.location.is_embedded or not self.exists():
             return None
         catalog = self.location.catalog.removeprefix("sqlite:")
@@ -260,38 +263,38 @@ class Warehouse:
             return None
         return str(row[0]) if row else None
 
-    def _moved_from(self) -> str | None:
-        """The data path of an embedded warehouse's old home, when its folder was moved or
-        copied (the catalog still names the old place); None when it is where it was made."""
-        stored = self.stored_data_path()
-        if stored is None or stored == self.location.data_path or "://" in stored:
-            return None
-        return stored
-
-    def _rehome(self, old_data_path: str) -> None:
+    def _rehome(self, old_data_path: str) -> bool:
         """Make a moved embedded warehouse's catalog name its new home: first the rendered
         images' paths (a lake transaction), then the stored data path (the catalog's own
         metadata row, written through SQLite since DuckDB writes one database per
-        transaction). Redoing the first after a crash between them changes nothing."""
+        transaction). Redoing the first after a crash between them changes nothing.
+        Returns False where the catalog cannot be written (a read-only copy): it is then
+        read where it is, as it is."""
         old_root = files.parent(old_data_path).rstrip("/") + "/"
         new_root = self.location.files_root.rstrip("/") + "/"
-        con = duckdb.connect()
         try:
-            self._attach(con, read_only=False, override_data_path=True)
-            PatientConnection(con).execute(
-                "UPDATE images SET path = ? || path[length(?) + 1:] WHERE starts_with(path, ?)",
-                [new_root, old_root, old_root],
-            )
-        finally:
-            con.close()
-        catalog = self.location.catalog.removeprefix("sqlite:")
-        with contextlib.closing(sqlite3.connect(catalog, timeout=600)) as db, db:
-            db.execute(
-                "UPDATE ducklake_metadata SET value = ? WHERE key = 'data_path'",
-                [self.location.data_path],
-            )
+            con = duckdb.connect()
+            try:
+                self._attach(con, read_only=False, override_data_path=True)
+                PatientConnection(con).execute(
+                    "UPDATE images SET path = ? || path[length(?) + 1:] WHERE starts_with(path, ?)",
+                    [new_root, old_root, old_root],
+                )
+            finally:
+                con.close()
+            catalog = self.location.catalog.removeprefix("sqlite:")
+            with contextlib.closing(sqlite3.connect(catalog, timeout=600)) as db, db:
+                db.execute(
+                    "UPDATE ducklake_metadata SET value = ? WHERE key = 'data_path'",
+                    [self.location.data_path],
+                )
+        except (duckdb.Error, sqlite3.Error, OSError) as error:
+            log.warning("cannot record the warehouse's move to %s (%s); reading it as is",
+                        new_root, error)  # fmt: skip
+            return False
         log.warning("the warehouse moved from %s to %s: its catalog now says so", old_root,
                     new_root)  # fmt: skip
+        return True
 
     @contextmanager
     def connect(
@@ -313,17 +316,13 @@ class Warehouse:
             )
         if not read_only and self.location.is_local:
             Path(self.location.data_path).mkdir(parents=True, exist_ok=True)
-        override = False
-        if moved := self._moved_from():
-            try:
-                self._rehome(moved)
-            except (duckdb.Error, sqlite3.Error, OSError) as error:  # a read-only copy
-                log.warning("cannot record the warehouse's new home (%s); reading it as is", error)
-                override = True
         con = duckdb.connect()
         patient = PatientConnection(con)
         try:
-            self._attach(con, read_only, override_data_path=override)
+            try:
+                self._attach(con, read_only)
+            except _Moved as moved:
+                self._attach(con, read_only, override_data_path=not self._rehome(moved.old))
             if not read_only:
                 self._migrate(patient)
             for macro in sorted((SQL_DIR / "macros").glob("*.sql")):
@@ -687,6 +686,18 @@ class Warehouse:
             "files_removed": len(removed) + len(orphans),
             "orphans_removed": len(orphans),
         }
+
+
+class _Moved(Exception):
+    """An embedded warehouse whose catalog still names the folder it was made in."""
+
+    def __init__(self, old: str) -> None:
+        super().__init__(old)
+        self.old = old
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0]
 
 
 def _interval_ago(hours: float) -> str:
