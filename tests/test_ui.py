@@ -26,6 +26,7 @@ LINEAGE = "/asset-groups"  # "Lineage" in the side bar: the global asset graph
 EXPECTED_ASSETS = {"images", "activations", "vision_vs_vlm"}
 WINDOW = (1600, 1200)
 ZOOM_STEPS = 3
+ZOOM_AFTER_S = 20
 LOADING = "Loading..."  # an asset node's status rows until its live data arrives
 
 # In the graph's <svg>, every node is a <foreignObject>; group boxes carry class "group" (a
@@ -45,12 +46,13 @@ def asset_node_texts(driver: WebDriver) -> set[str]:
     return {text for text in driver.execute_script(ASSET_NODE_TEXTS) if text}
 
 
-def show_asset_nodes(driver: WebDriver, names: set[str], timeout: float = 240) -> set[str]:
+def show_asset_nodes(driver: WebDriver, names: set[str], patience: float = 600) -> set[str]:
     """Wait for the graph, expand its groups if all are collapsed, then wait until `names` are
     asset nodes whose status has loaded, zooming out a step (Ctrl + wheel, as a user would)
     while some are out of view: the graph draws only the nodes in view. Returns the texts of
-    all asset nodes."""
-    wait = WebDriverWait(driver, timeout, poll_frequency=0.25)
+    all asset nodes. A zoom step is taken after ZOOM_AFTER_S without the names (taking it
+    early only shows more of the graph); `patience` only stops a hang."""
+    wait = WebDriverWait(driver, patience, poll_frequency=0.25)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, GRAPH_NODES))
     if not asset_node_texts(driver):
         # Several groups start collapsed to one box each; ⌥E is the graph's "Expand all groups".
@@ -62,9 +64,7 @@ def show_asset_nodes(driver: WebDriver, names: set[str], timeout: float = 240) -
 
     for _ in range(ZOOM_STEPS):
         try:
-            return WebDriverWait(driver, timeout / (ZOOM_STEPS + 1), poll_frequency=0.25).until(
-                shown
-            )
+            return WebDriverWait(driver, ZOOM_AFTER_S, poll_frequency=0.25).until(shown)
         except TimeoutException:
             centre = ScrollOrigin.from_viewport(*(v // 2 for v in WINDOW))
             zoom_out = ActionChains(driver).key_down(Keys.CONTROL)
