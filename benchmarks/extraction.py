@@ -30,19 +30,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
+from lens_assets.resources.runtime import LoadedModel, load_model, release
+from lens_assets.resources.staging import ActivationStage
+from lens_assets.resources.warehouse import Warehouse
 from PIL import Image
 
 from benchmarks.probes import _load_average, _machine
+from lens_assets.analyses.patches import stack_layers
+from lens_assets.analyses.probing import load_vectors
+from lens_assets.capture.extraction import capture_batch, extract_loaded, to_device
+from lens_assets.capture.modules import select_modules
+from lens_assets.capture.tiny import build_tiny
 from lens_assets.config import ModelConfig
-from lens_assets.extraction import capture_batch, extract_loaded, to_device
-from lens_assets.images import load_image
-from lens_assets.modules import select_modules
-from lens_assets.patches import stack_layers
-from lens_assets.probing import load_vectors
-from lens_assets.tiny import build_tiny
-from resources.runtime import LoadedModel, load_model, release
-from resources.staging import ActivationStage
-from resources.warehouse import Warehouse
+from lens_assets.data.images import load_image
 
 ARCHITECTURE = "llava"
 POOLINGS = ["mean_image", "mean_text", "last", "cls"]
@@ -220,7 +220,7 @@ def peak_memory(images: int, root: Path) -> dict[str, Any]:
     code = (
         "import sys; from pathlib import Path; "
         "from benchmarks.extraction import memory_child; "
-        "from resources.runtime import _status_kib; "
+        "from lens_assets.resources.runtime import _status_kib; "
         "memory_child(Path(sys.argv[1]), int(sys.argv[2])); "
         "print(_status_kib('VmHWM') * 1024)"
     )

@@ -17,14 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lens_assets.resources.runtime import LoadedModel, load_model, release
 from PIL import Image
 
 from benchmarks.probes import _load_average, _machine
-from lens_assets.attention import attention_maps
-from lens_assets.attribution import attribute, gradcam_layer
-from lens_assets.config import parse_model_config
-from lens_assets.generators import generate, params_model
-from lens_assets.interventions import (
+from lens_assets.analyses.attention import attention_maps
+from lens_assets.analyses.attribution import attribute, gradcam_layer
+from lens_assets.analyses.interventions import (
     PatchPair,
     Sample,
     activation_patching,
@@ -32,9 +31,10 @@ from lens_assets.interventions import (
     prepare_input,
     run_logits,
 )
-from lens_assets.logit_lens import logit_lens
-from lens_assets.tiny import build_tiny
-from resources.runtime import LoadedModel, load_model, release
+from lens_assets.analyses.logit_lens import logit_lens
+from lens_assets.capture.tiny import build_tiny
+from lens_assets.config import parse_model_config
+from lens_assets.data.generators import generate, params_model
 
 ARCHITECTURES = ("llava", "qwen2-vl")
 PRESETS = ("tiny", "small")

@@ -29,9 +29,9 @@ import numpy as np
 import pyarrow as pa
 import scipy
 import sklearn
+from lens_assets.resources.warehouse import Warehouse
 
-from lens_assets.probing import ProbeSettings, load_vectors, probe_layers
-from resources.warehouse import Warehouse
+from lens_assets.analyses.probing import ProbeSettings, load_vectors, probe_layers
 
 MODEL = "synthetic-vlm"
 DATASET = "synthetic-clevr"

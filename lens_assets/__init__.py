@@ -1,8 +1,11 @@
 """LensFlow: open up vision-language models for interpretability research.
 
-The domain modules (config, hooks, pooling, adapters, extraction, ...) import no Dagster. The
-code location's `defs` is loaded on first access, so `import lens_assets.hooks` in a notebook
-stays light while `dagster dev` and `-m lens_assets` still find it.
+The packages follow the data flow: `data` (datasets, images, generators) -> `capture` (hook
+points, hooks, pooling, adapters, extraction) -> `resources` (runtime, warehouse) -> `analyses`
+(probes, similarity, interpretability); `orchestration` wraps them as Dagster assets. The domain
+packages import no Dagster. The code location's `defs` is loaded on first access, so
+`import lens_assets.capture.hooks` in a notebook stays light while `dagster dev` and
+`-m lens_assets` still find it.
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def datasets_version(files: dict[str, ConfigFile]) -> str:
 
 
 def _data_tokens(config_path: Path) -> list[str]:
-    from lens_assets import datasets  # the kinds' models, only where a version is computed
+    from lens_assets.data import datasets  # the kinds' models, only where a version is computed
 
     try:
         config: Any = datasets.load_dataset_config(config_path)
@@ -118,14 +118,14 @@ def _data_tokens(config_path: Path) -> list[str]:
 
 
 def _folder_images(folder: Path) -> list[Path]:
-    from lens_assets.images import folder_images
+    from lens_assets.data.images import folder_images
 
     return folder_images(folder)
 
 
 def _named(manifest: Path) -> list[Path]:
     """The images a manifest names, as the collector finds them (beside the manifest)."""
-    from lens_assets.datasets import _manifest_rows
+    from lens_assets.data.datasets import _manifest_rows
 
     manifest = manifest.resolve()
     rows = _manifest_rows(manifest) if _regular(manifest) else []

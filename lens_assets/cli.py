@@ -16,7 +16,7 @@ import click
 from lens_assets.config import MAX_BATCH_SIZE, ConfigError, load_model_config, model_name
 
 if TYPE_CHECKING:
-    from lens_assets.extraction import Skipped
+    from lens_assets.capture.extraction import Skipped
 
 WAREHOUSE_OPTION = click.option(
     "--warehouse",
@@ -50,9 +50,9 @@ def main() -> None:
 @WAREHOUSE_OPTION
 def modules(config_path: str, patterns: Sequence[str], warehouse_root: str | None) -> None:
     """List every named module of the model with its class, marking those selected."""
-    from lens_assets.modules import ModuleSelectionError, list_modules
-    from resources.runtime import skeleton
-    from resources.warehouse import WarehouseLocation
+    from lens_assets.capture.modules import ModuleSelectionError, list_modules
+    from lens_assets.resources.runtime import skeleton
+    from lens_assets.resources.warehouse import WarehouseLocation
 
     config = _config(config_path)
     location = WarehouseLocation.resolve(warehouse_root)
@@ -106,10 +106,10 @@ def extract(
 
     Unreadable or refused images are printed and recorded in `image_errors`; a model name that
     already holds another config file's rows is refused (see --name and --replace)."""
-    from lens_assets.datasets import checked_dataset_name
-    from lens_assets.extraction import extract_to_warehouse
-    from resources.runtime import parse_bytes
-    from resources.warehouse import Warehouse
+    from lens_assets.capture.extraction import extract_to_warehouse
+    from lens_assets.data.datasets import checked_dataset_name
+    from lens_assets.resources.runtime import parse_bytes
+    from lens_assets.resources.warehouse import Warehouse
 
     config = _config(config_path)
     warehouse = Warehouse.at(warehouse_root)
@@ -148,10 +148,10 @@ def _extract_images(config, config_path: str, input_dir: str | None, dataset: st
     """The images `lens extract` runs on: --input-dir, else `input_dir`, else VLM-Lens's
     `dataset:` block (a Hugging Face dataset, its images written under the warehouse); with
     the dataset's name and the files refused on the way."""
-    from lens_assets.datasets import checked_dataset_name, collect_images, vlm_lens_dataset
-    from lens_assets.extraction import Skipped
-    from lens_assets.files import join
-    from lens_assets.images import folder_images_within
+    from lens_assets.capture.extraction import Skipped
+    from lens_assets.data.datasets import checked_dataset_name, collect_images, vlm_lens_dataset
+    from lens_assets.data.files import join
+    from lens_assets.data.images import folder_images_within
 
     folder = input_dir or config.input_dir
     if folder is not None:
@@ -205,7 +205,7 @@ def sql(
     query: str, fmt: str, timeout: float, memory_limit: str, warehouse_root: str | None
 ) -> None:
     """Run one read-only SQL statement on the warehouse's tables and views."""
-    from resources.warehouse import Warehouse
+    from lens_assets.resources.warehouse import Warehouse
 
     table = _run(
         lambda: Warehouse.at(warehouse_root).fetch_arrow(
@@ -221,7 +221,7 @@ def sql(
 )
 def models(fmt: str) -> None:
     """Print the coverage table: every family, its class, tiny checkpoint, tests, extras."""
-    from lens_assets.families import coverage_markdown, coverage_rows
+    from lens_assets.capture.families import coverage_markdown, coverage_rows
 
     if fmt == "markdown":
         click.echo(coverage_markdown(), nl=False)
@@ -239,7 +239,7 @@ def models(fmt: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def tiny(architecture: str, out_dir: str, preset: str, seed: int) -> None:
     """Write a random checkpoint of a real architecture, built offline."""
-    from lens_assets.tiny import build_tiny
+    from lens_assets.capture.tiny import build_tiny
 
     path = _run(lambda: build_tiny(architecture, out_dir, preset=preset, seed=seed))
     size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
@@ -269,7 +269,7 @@ def maintain(
 
     Waits for running writers of this warehouse and holds new ones back while it works, so it
     never deletes a file a live writer is about to commit."""
-    from resources.warehouse import Warehouse
+    from lens_assets.resources.warehouse import Warehouse
 
     stats = _run(
         lambda: Warehouse.at(warehouse_root).maintain(older_than_hours, orphans_older_than_hours)
@@ -286,7 +286,7 @@ def maintain(
 def copy_warehouse(to_catalog: str, to_data_path: str, warehouse_root: str | None) -> None:
     """Copy this warehouse (tables and rendered images) into another catalog and data path,
     e.g. an embedded one into PostgreSQL + S3. Credentials come from the environment."""
-    from resources.warehouse import Warehouse, WarehouseLocation
+    from lens_assets.resources.warehouse import Warehouse, WarehouseLocation
 
     source = Warehouse.at(warehouse_root)
     if not source.exists():
@@ -362,7 +362,7 @@ def _run(work):
 
     The domain's errors (config, module selection, architecture, runtime) are ValueErrors,
     so naming them here would only import torch into `lens sql`."""
-    from resources.warehouse import WarehouseError
+    from lens_assets.resources.warehouse import WarehouseError
 
     expected = (WarehouseError, FileNotFoundError, ValueError)
     try:

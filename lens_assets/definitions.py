@@ -18,7 +18,7 @@ from lens_assets.orchestration.similarity import (
 )
 from lens_assets.orchestration.sources import dataset_configs_source, model_config
 from lens_assets.orchestration.vision import vision_vs_vlm
-from resources.configurable import VLMRuntimeResource, WarehouseResource
+from lens_assets.resources.configurable import VLMRuntimeResource, WarehouseResource
 
 # Every asset of the graph; `lens materialize` runs from this same list.
 ASSETS = [

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from lens_assets.adapters import Architecture, ModelLayout, get_architecture
-from lens_assets.adapters.base import forward_kwargs, position_limit
+from lens_assets.capture.adapters import Architecture, ModelLayout, get_architecture
+from lens_assets.capture.adapters.base import forward_kwargs, position_limit
+from lens_assets.capture.families import get_family, require_packages
 from lens_assets.config import ModelConfig
-from lens_assets.families import get_family, require_packages
 
 TINY_SCHEME = "tiny:"
 DTYPES: dict[str, torch.dtype] = {
@@ -207,7 +207,7 @@ def resolve_model_path(model_path: str, models_dir: Path) -> str:
     to `from_pretrained`."""
     if not model_path.startswith(TINY_SCHEME):
         return checked_model_path(model_path)
-    from lens_assets.tiny import build_tiny
+    from lens_assets.capture.tiny import build_tiny
 
     architecture = model_path.removeprefix(TINY_SCHEME)
     folder = models_dir / f"tiny-{architecture}"

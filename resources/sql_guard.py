@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import duckdb
-
-from resources.errors import ReadOnlyError
+from lens_assets.resources.errors import ReadOnlyError
 
 LAKE = "lake"
 # Reads only: the catalog's tables and views, generated rows, and the lake's own history.

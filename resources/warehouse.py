@@ -24,10 +24,10 @@ from urllib.parse import urlsplit
 
 import duckdb
 from duckdb_extensions import import_extension
+from lens_assets.resources.errors import QueryLimitError, ReadOnlyError, WarehouseError
+from lens_assets.resources.sql_guard import checked_statement
 
-from lens_assets import files
-from resources.errors import QueryLimitError, ReadOnlyError, WarehouseError
-from resources.sql_guard import checked_statement
+from lens_assets.data import files
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from lens_assets.resources.runtime import LoadedModel, load_model
+from lens_assets.resources.warehouse import Warehouse
 from PIL import Image
 
+from lens_assets.capture.families import BY_NAME
+from lens_assets.capture.tiny import build_tiny
 from lens_assets.config import ModelConfig, parse_model_config
-from lens_assets.families import BY_NAME
-from lens_assets.tiny import build_tiny
-from resources.runtime import LoadedModel, load_model
-from resources.warehouse import Warehouse
 
 ARCHITECTURES = ("llava", "qwen2-vl", "clip")
 

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from transformers import CLIPImageProcessor, PreTrainedModel
 
-from lens_assets.tiny.llava import CHAT_TEMPLATE
-from lens_assets.tiny.tokenizer import build_tokenizer
+from lens_assets.capture.tiny.llava import CHAT_TEMPLATE
+from lens_assets.capture.tiny.tokenizer import build_tokenizer
 
 ASSETS = Path(__file__).resolve().parent / "remote_code_assets"
 MARKER_LINE = re.compile(r'^RUN_MARKER_DIR = ""$', re.MULTILINE)

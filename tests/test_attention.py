@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from lens_assets.resources.runtime import LoadedModel
 from PIL import Image
 
-from lens_assets.attention import (
+from lens_assets.analyses.attention import (
     ATTENTION_MAP_ROWS,
     AttentionCaptureError,
     answer_attention,
@@ -26,8 +27,7 @@ from lens_assets.attention import (
     head_mean_map,
     render_attention_overlay,
 )
-from lens_assets.extraction import to_device
-from resources.runtime import LoadedModel
+from lens_assets.capture.extraction import to_device
 
 LAYERS = "model.language_model.layers.*"
 LAYER_0 = "model.language_model.layers.0"

@@ -13,10 +13,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from lens_assets.resources.runtime import LoadedModel
 from PIL import Image
 from torch import nn
 
-from lens_assets.attribution import (
+from lens_assets.analyses.attribution import (
     ATTRIBUTION_ROWS,
     GRADCAM,
     INPUT_X_GRADIENT,
@@ -29,7 +30,6 @@ from lens_assets.attribution import (
     input_x_gradient,
     render_attributions,
 )
-from resources.runtime import LoadedModel
 
 Loader = Callable[[str], LoadedModel]
 PROMPT = "What colour is the shape?"

@@ -6,11 +6,11 @@ from collections.abc import Callable, Sequence
 
 import pytest
 import torch
+from lens_assets.resources.runtime import LoadedModel
 from PIL import Image
 
-from lens_assets.extraction import capture_batch, to_device
-from lens_assets.pooling import TokenRole
-from resources.runtime import LoadedModel
+from lens_assets.capture.extraction import capture_batch, to_device
+from lens_assets.capture.pooling import TokenRole
 from tests.conftest import ALL_POOLINGS, ARCHITECTURES, HOOK_POINTS, PROMPTS
 
 Key = tuple[int, str, str, int]

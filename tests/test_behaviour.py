@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from lens_assets.resources.runtime import LoadedModel
 from PIL import Image
 
-from lens_assets.behaviour import (
+from lens_assets.analyses.behaviour import (
     BehaviourNotSupported,
     generate_answers,
     generate_token_ids,
@@ -20,7 +21,6 @@ from lens_assets.behaviour import (
     score_answers,
     supports_generation,
 )
-from resources.runtime import LoadedModel
 from tests.conftest import PROMPTS
 
 GENERATIVE = ("llava", "qwen2-vl")

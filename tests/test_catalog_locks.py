@@ -15,14 +15,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from lens_assets.resources.warehouse import Warehouse
 
-from resources.warehouse import Warehouse
 from tests.writers import write_partitions
 
 CONNECT_AND_COUNT = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-from resources.warehouse import Warehouse
+from lens_assets.resources.warehouse import Warehouse
 warehouse = Warehouse.at(sys.argv[1])
 with warehouse.connect(read_only=sys.argv[2] == "read") as con:
     print(con.execute("SELECT count(*) FROM activations").fetchone()[0])

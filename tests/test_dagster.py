@@ -16,6 +16,7 @@ import dagster as dg
 import pytest
 import yaml
 from dagster._core.definitions.data_version import StaleStatus
+from lens_assets.resources.warehouse import Warehouse
 from PIL import Image
 
 from lens_assets.config import ConfigError
@@ -26,7 +27,6 @@ from lens_assets.orchestration.materialize import (
     stale_resolver,
 )
 from lens_assets.orchestration.sensors import model_configs_sensor, sync_configs
-from resources.warehouse import Warehouse
 from tests.conftest import HOOK_POINTS
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from lens_assets.config import ConfigError
-from lens_assets.datasets import (
+from lens_assets.data.datasets import (
     BlankDataset,
     HfDataset,
     collect_all,
@@ -22,7 +22,7 @@ from lens_assets.datasets import (
     parse_dataset_config,
     vlm_lens_dataset,
 )
-from lens_assets.images import MAX_PIXELS, ImageReadError, decode
+from lens_assets.data.images import MAX_PIXELS, ImageReadError, decode
 
 
 def png(colour: tuple[int, int, int], size: tuple[int, int] = (24, 16)) -> bytes:
@@ -272,9 +272,9 @@ def test_images_asset_stores_rows_labels_prompts_and_errors(
     photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import dagster as dg
+    from lens_assets.resources.warehouse import Warehouse
 
     from lens_assets.orchestration.materialize import materialize_missing
-    from resources.warehouse import Warehouse
 
     (photos / "empty.png").write_bytes(b"")
     configs = tmp_path / "configs"

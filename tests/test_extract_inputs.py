@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from lens_assets.resources import warehouse as warehouse_module
+from lens_assets.resources.warehouse import Warehouse
 
 from lens_assets.cli import main
-from resources import warehouse as warehouse_module
-from resources.warehouse import Warehouse
 from tests.test_reliability import model_config
 from tests.writers import write_partitions
 

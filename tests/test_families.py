@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from lens_assets.resources.runtime import LoadedModel, load_model
 from PIL import Image
 
-from lens_assets.extraction import capture_batch, to_device
-from lens_assets.families import BY_NAME, coverage_markdown, get_family
-from lens_assets.pooling import TokenRole
-from lens_assets.tiny import build_tiny, tiny_architectures
-from resources.runtime import LoadedModel, load_model
+from lens_assets.capture.extraction import capture_batch, to_device
+from lens_assets.capture.families import BY_NAME, coverage_markdown, get_family
+from lens_assets.capture.pooling import TokenRole
+from lens_assets.capture.tiny import build_tiny, tiny_architectures
 from tests.conftest import ALL_POOLINGS, tiny_config
 
 FAMILIES = tiny_architectures()
@@ -166,8 +166,9 @@ def test_tiles_land_in_the_warehouse_tile_column(
 ) -> None:
     """InternVL cuts a wide image into crops plus a thumbnail: its vision `tokens` rows carry
     their tile, pooled rows carry none, and `mean_image` is one row per image over all tiles."""
-    from lens_assets.extraction import extract_loaded
-    from resources.warehouse import Warehouse
+    from lens_assets.resources.warehouse import Warehouse
+
+    from lens_assets.capture.extraction import extract_loaded
 
     loaded = load_family("internvl")
     vision = BY_NAME["internvl"].hook_points[0]

@@ -9,20 +9,20 @@ from typing import Any
 
 import pytest
 import torch
+from lens_assets.resources.runtime import LoadedModel, load_model
 from PIL import Image
 from transformers import BatchFeature
 
-from lens_assets.adapters.base import Adapter
-from lens_assets.adapters.blip2 import QueryAdapter
-from lens_assets.adapters.gemma3 import Gemma3Adapter
-from lens_assets.adapters.paligemma import PaliGemmaAdapter
-from lens_assets.behaviour import padding_side
-from lens_assets.extraction import capture_batch, to_device
-from lens_assets.families import BY_NAME
-from lens_assets.patches import patch_grids
-from lens_assets.pooling import TokenRole
-from lens_assets.tiny import build_tiny
-from resources.runtime import LoadedModel, load_model
+from lens_assets.analyses.behaviour import padding_side
+from lens_assets.analyses.patches import patch_grids
+from lens_assets.capture.adapters.base import Adapter
+from lens_assets.capture.adapters.blip2 import QueryAdapter
+from lens_assets.capture.adapters.gemma3 import Gemma3Adapter
+from lens_assets.capture.adapters.paligemma import PaliGemmaAdapter
+from lens_assets.capture.extraction import capture_batch, to_device
+from lens_assets.capture.families import BY_NAME
+from lens_assets.capture.pooling import TokenRole
+from lens_assets.capture.tiny import build_tiny
 from tests.conftest import tiny_config
 
 FAMILIES = ["blip-2", "instructblip", "paligemma", "gemma3"]

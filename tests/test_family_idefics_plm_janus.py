@@ -12,19 +12,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from lens_assets.resources.runtime import LoadedModel, load_model
 from PIL import Image
 
-from lens_assets.adapters.base import Adapter, PatchGridError
-from lens_assets.adapters.idefics3 import SubImageAdapter
-from lens_assets.adapters.perception_lm import PackedTilesAdapter
-from lens_assets.behaviour import generate_token_ids
-from lens_assets.extraction import capture_batch, to_device
-from lens_assets.families import BY_NAME, MissingExtraError, require_packages
-from lens_assets.hooks import capture
-from lens_assets.patches import patch_grids
-from lens_assets.pooling import TokenRole
-from lens_assets.tiny import build_tiny
-from resources.runtime import LoadedModel, load_model
+from lens_assets.analyses.behaviour import generate_token_ids
+from lens_assets.analyses.patches import patch_grids
+from lens_assets.capture.adapters.base import Adapter, PatchGridError
+from lens_assets.capture.adapters.idefics3 import SubImageAdapter
+from lens_assets.capture.adapters.perception_lm import PackedTilesAdapter
+from lens_assets.capture.extraction import capture_batch, to_device
+from lens_assets.capture.families import BY_NAME, MissingExtraError, require_packages
+from lens_assets.capture.hooks import capture
+from lens_assets.capture.pooling import TokenRole
+from lens_assets.capture.tiny import build_tiny
 from tests.conftest import tiny_config
 
 FAMILIES = ["idefics3", "smolvlm", "perception-lm", "janus"]

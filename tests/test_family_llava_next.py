@@ -8,15 +8,15 @@ from collections.abc import Callable, Sequence
 
 import pytest
 import torch
+from lens_assets.resources.runtime import LoadedModel, load_model
 from PIL import Image
 
-from lens_assets.adapters.base import PatchGridError
-from lens_assets.adapters.llava_next import AnyresTileAdapter
-from lens_assets.extraction import capture_batch, to_device
-from lens_assets.families import BY_NAME
-from lens_assets.hooks import capture
-from lens_assets.tiny import build_tiny
-from resources.runtime import LoadedModel, load_model
+from lens_assets.capture.adapters.base import PatchGridError
+from lens_assets.capture.adapters.llava_next import AnyresTileAdapter
+from lens_assets.capture.extraction import capture_batch, to_device
+from lens_assets.capture.families import BY_NAME
+from lens_assets.capture.hooks import capture
+from lens_assets.capture.tiny import build_tiny
 from tests.conftest import tiny_config
 
 FAMILIES = ["llava-next", "llava-onevision"]

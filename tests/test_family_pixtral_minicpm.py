@@ -7,20 +7,20 @@ from collections.abc import Callable, Sequence
 
 import pytest
 import torch
+from lens_assets.resources.runtime import LoadedModel, load_model
 from PIL import Image
 from transformers import BatchFeature, LlavaConfig, PixtralVisionConfig
 
-from lens_assets.adapters import GENERIC, adapter_for, checkpoint_types
-from lens_assets.adapters.base import PatchGridError, Sequences
-from lens_assets.adapters.minicpm_v import PackedViewsAdapter
-from lens_assets.adapters.molmo2 import CropsAndPooledTokensAdapter
-from lens_assets.adapters.pixtral import PixtralAdapter
-from lens_assets.extraction import to_device
-from lens_assets.families import BY_NAME
-from lens_assets.hooks import capture, output_tensor
-from lens_assets.pooling import TokenRole
-from lens_assets.tiny import build_tiny
-from resources.runtime import LoadedModel, load_model
+from lens_assets.capture.adapters import GENERIC, adapter_for, checkpoint_types
+from lens_assets.capture.adapters.base import PatchGridError, Sequences
+from lens_assets.capture.adapters.minicpm_v import PackedViewsAdapter
+from lens_assets.capture.adapters.molmo2 import CropsAndPooledTokensAdapter
+from lens_assets.capture.adapters.pixtral import PixtralAdapter
+from lens_assets.capture.extraction import to_device
+from lens_assets.capture.families import BY_NAME
+from lens_assets.capture.hooks import capture, output_tensor
+from lens_assets.capture.pooling import TokenRole
+from lens_assets.capture.tiny import build_tiny
 from tests.conftest import tiny_config
 
 # (width, height): landscape, portrait, and a square large enough for MiniCPM-V to slice.

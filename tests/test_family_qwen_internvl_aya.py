@@ -14,18 +14,22 @@ from typing import Any
 
 import pytest
 import torch
+from lens_assets.resources.runtime import LoadedModel, load_model
 from PIL import Image
 from transformers import BatchFeature
 
-from lens_assets.adapters.base import PatchGridError, Sequences
-from lens_assets.adapters.internvl_aya import DynamicTileAdapter
-from lens_assets.adapters.qwen2_5_vl import WindowedLayout, WindowedVisionAdapter, window_order
-from lens_assets.extraction import capture_batch, to_device
-from lens_assets.families import BY_NAME
-from lens_assets.hooks import capture
-from lens_assets.pooling import TokenRole
-from lens_assets.tiny import build_tiny
-from resources.runtime import LoadedModel, load_model
+from lens_assets.capture.adapters.base import PatchGridError, Sequences
+from lens_assets.capture.adapters.internvl_aya import DynamicTileAdapter
+from lens_assets.capture.adapters.qwen2_5_vl import (
+    WindowedLayout,
+    WindowedVisionAdapter,
+    window_order,
+)
+from lens_assets.capture.extraction import capture_batch, to_device
+from lens_assets.capture.families import BY_NAME
+from lens_assets.capture.hooks import capture
+from lens_assets.capture.pooling import TokenRole
+from lens_assets.capture.tiny import build_tiny
 from tests.conftest import tiny_config
 
 TILED = ["internvl", "aya-vision"]

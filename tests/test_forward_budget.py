@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import torch
+from lens_assets.resources.runtime import LoadedModel
+from lens_assets.resources.warehouse import Warehouse
 from PIL import Image
 
-from lens_assets.extraction import capture_batch, extract_loaded
-from resources.runtime import LoadedModel
-from resources.warehouse import Warehouse
+from lens_assets.capture.extraction import capture_batch, extract_loaded
 from tests.conftest import PROMPTS, tiny_config
 
 VISION_ONLY = ["model.vision_tower.encoder.layers.0", "model.vision_tower.encoder.layers.1"]
@@ -119,8 +119,7 @@ def test_out_of_memory_halves_the_batch_and_loses_no_image(
 
 def test_cpu_peak_memory_is_the_runs_own_not_the_process_lifetime() -> None:
     import numpy as np
-
-    from resources.runtime import PeakMemory, _status_kib
+    from lens_assets.resources.runtime import PeakMemory, _status_kib
 
     earlier = np.ones(400_000_000 // 8)  # an earlier, larger run of the same process
     del earlier

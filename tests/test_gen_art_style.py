@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lens_assets.generators import art_style, generate, params_model
+from lens_assets.data.generators import art_style, generate, params_model
 
 SIZE, SEED = 48, 3
 PAPER = (246, 241, 228)

@@ -14,8 +14,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from lens_assets.generators import Sample, clevr_lite
-from lens_assets.generators import generate as generate_kind
+from lens_assets.data.generators import Sample, clevr_lite
+from lens_assets.data.generators import generate as generate_kind
 
 SIZE = clevr_lite.Params().image_size
 # Shadows darken the floor by at most 15% of 164 (25 levels); the darkest floor (138) is 46

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from lens_assets.generators import correspondence, generate, params_model
-from lens_assets.generators.textures import font
+from lens_assets.data.generators import correspondence, generate, params_model
+from lens_assets.data.generators.textures import font
 
 SIZE, SEED = 48, 7
 LETTERS = "ABCD"

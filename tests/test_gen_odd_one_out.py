@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from lens_assets.generators import generate, odd_one_out, params_model
-from lens_assets.generators.textures import font
+from lens_assets.data.generators import generate, odd_one_out, params_model
+from lens_assets.data.generators.textures import font
 
 SIZE, SEED = 48, 5
 LETTERS = "ABCD"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from lens_assets.generators import generator, stroop
+from lens_assets.data.generators import generator, stroop
 
 PARAMS = stroop.Params()
 SIZE = 48

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
-from lens_assets.hooks import capture, output_tensor
+from lens_assets.capture.hooks import capture, output_tensor
 
 
 class Boom(RuntimeError):

@@ -12,23 +12,23 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from click.testing import CliRunner, Result
-from PIL import Image
-
-from lens_assets.adapters.base import ForwardKeyError, PromptTooLongError
-from lens_assets.cli import main
-from lens_assets.config import ConfigError, load_model_config
-from lens_assets.datasets import load_dataset_config
-from lens_assets.extraction import capture_batch, extract_loaded
-from resources.configurable import VLMRuntimeResource
-from resources.runtime import (
+from lens_assets.resources.configurable import VLMRuntimeResource
+from lens_assets.resources.runtime import (
     LoadedModel,
     RuntimeConfigError,
     load_model,
     parse_bytes,
     resolve_device,
 )
-from resources.staging import StageDiskFullError
-from resources.warehouse import Warehouse
+from lens_assets.resources.staging import StageDiskFullError
+from lens_assets.resources.warehouse import Warehouse
+from PIL import Image
+
+from lens_assets.capture.adapters.base import ForwardKeyError, PromptTooLongError
+from lens_assets.capture.extraction import capture_batch, extract_loaded
+from lens_assets.cli import main
+from lens_assets.config import ConfigError, load_model_config
+from lens_assets.data.datasets import load_dataset_config
 from tests.conftest import tiny_config
 
 LLAVA_LAYER = "model.language_model.layers.1"

@@ -23,9 +23,10 @@ import yaml
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from lens_assets import extraction, images
+from lens_assets.capture import extraction
 from lens_assets.config import ConfigError
-from lens_assets.datasets import collect_images, parse_dataset_config
+from lens_assets.data import images
+from lens_assets.data.datasets import collect_images, parse_dataset_config
 
 T = TypeVar("T")
 HANG_GUARD_S = 120  # only so a regression fails instead of hanging the suite; never reached

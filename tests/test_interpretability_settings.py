@@ -6,8 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from lens_assets.analyses.interpretability import (
+    clean_corrupted_pairs,
+    load_settings,
+    pick_questions,
+)
 from lens_assets.config import ConfigError
-from lens_assets.interpretability import clean_corrupted_pairs, load_settings, pick_questions
 
 LABELS = {
     "a": {"word": "red", "font": "blue", "background": "white"},

@@ -18,13 +18,13 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pytest
 import torch
+from lens_assets.resources.runtime import LoadedModel
+from lens_assets.resources.warehouse import Warehouse
 from PIL import Image
 
-from lens_assets.answer_tokens import AnswerTokenError
-from lens_assets.generators.stroop import Params, render
-from lens_assets.hooks import capture
-from lens_assets.interpretability import AblationSettings, PatchingSettings
-from lens_assets.interventions import (
+from lens_assets.analyses.answer_tokens import AnswerTokenError
+from lens_assets.analyses.interpretability import AblationSettings, PatchingSettings
+from lens_assets.analyses.interventions import (
     ABLATION_EFFECTS,
     PATCHING_EFFECTS,
     InterventionError,
@@ -45,8 +45,8 @@ from lens_assets.interventions import (
     rows_table,
     run_logits,
 )
-from resources.runtime import LoadedModel
-from resources.warehouse import Warehouse
+from lens_assets.capture.hooks import capture
+from lens_assets.data.generators.stroop import Params, render
 
 GENERATORS = ("llava", "qwen2-vl")
 PROMPT = "Describe the color in this image in one word."
@@ -257,7 +257,7 @@ def test_bare_answer_word_follows_a_space_unless_the_prompt_ends_in_one() -> Non
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from lens_assets.adapters.base import Adapter
+    from lens_assets.capture.adapters.base import Adapter
 
     vocab = {"[UNK]": 0, "ASSISTANT": 1, ":": 2, "red": 3, "\u0120red": 4, "\u010a": 5}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))

@@ -8,17 +8,17 @@ from typing import Any
 
 import pytest
 import torch
+from lens_assets.resources.runtime import LoadedModel
 from PIL import Image
 
-from lens_assets.answer_tokens import answer_token_id
-from lens_assets.extraction import to_device
-from lens_assets.logit_lens import (
+from lens_assets.analyses.answer_tokens import answer_token_id
+from lens_assets.analyses.logit_lens import (
     LogitLensError,
     decoder_stack,
     layer_logits,
     logit_lens,
 )
-from resources.runtime import LoadedModel
+from lens_assets.capture.extraction import to_device
 
 LAYER_0 = "model.language_model.layers.0"
 LAYER_1 = "model.language_model.layers.1"

@@ -10,9 +10,9 @@ from collections.abc import Callable
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lens_assets.resources.runtime import LoadedModel
 
-from lens_assets.modules import ModuleSelectionError, list_modules, matches, select_modules
-from resources.runtime import LoadedModel
+from lens_assets.capture.modules import ModuleSelectionError, list_modules, matches, select_modules
 
 NAMES = [
     "model",
@@ -120,7 +120,7 @@ def test_a_hostile_glob_over_a_long_name_returns() -> None:
     (the regex holds the GIL, so a thread could not be abandoned)."""
     name = ".".join(["layer"] * 50)  # 299 characters, no Z
     script = (
-        "from lens_assets.modules import matches; "
+        "from lens_assets.capture.modules import matches; "
         f"print(matches({'*' * 20 + 'Z'!r}, {name!r}), matches({'*a' * 15 + 'Z'!r}, {name!r}))"
     )
     done = subprocess.run(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lens_assets.pooling import TokenRole, pool
+from lens_assets.capture.pooling import TokenRole, pool
 
 C, IMG, T, P = TokenRole.CLS, TokenRole.IMAGE, TokenRole.TEXT, TokenRole.PAD
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from lens_assets.resources.warehouse import Warehouse
 from scipy.stats import norm
 
-from lens_assets.probing import (
+from lens_assets.analyses.probing import (
     RESULT_COLUMNS,
     ProbeSettings,
     _list_column_to_matrix,
@@ -27,7 +28,6 @@ from lens_assets.probing import (
     probe_layers,
     two_proportion_z_p_value,
 )
-from resources.warehouse import Warehouse
 
 
 def planted(

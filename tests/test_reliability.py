@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lens_assets.resources.warehouse import Warehouse
 from PIL import Image
 
-from resources.warehouse import Warehouse
 from tests.servers import lens_sql
 
 MODULES = ["model.vision_tower.encoder.layers.*", "model.language_model.norm"]
@@ -194,7 +194,7 @@ def image_ids(warehouse: Warehouse, model: str) -> set[str]:
 
 
 def folder_ids(folder: Path) -> set[str]:
-    from lens_assets.images import content_id
+    from lens_assets.data.images import content_id
 
     return {content_id(path.read_bytes()) for path in folder.glob("*.png")}
 
@@ -266,8 +266,9 @@ def pickle_only_checkpoint(tiny_dir: Path, folder: Path) -> Path:
 
 
 def test_pickle_only_weights_are_refused_without_an_opt_in(tmp_path: Path, tiny_dir: Path) -> None:
+    from lens_assets.resources.runtime import PickleWeightsError, load_model
+
     from lens_assets.config import parse_model_config
-    from resources.runtime import PickleWeightsError, load_model
 
     folder = pickle_only_checkpoint(tiny_dir, tmp_path / "pickled")
     base = {"architecture": "llava", "model_path": str(folder), "modules": MODULES}
@@ -284,7 +285,7 @@ def test_a_python_tag_in_any_config_is_an_error_and_runs_nothing(
     """YAML's `!!python/object/apply` would call os.system under an unsafe loader."""
     from lens_assets.catalog import model_configs
     from lens_assets.config import ConfigError, load_model_config
-    from lens_assets.datasets import load_dataset_config
+    from lens_assets.data.datasets import load_dataset_config
     from lens_assets.orchestration.probes import probing_config
 
     marker = tmp_path / "ran"
@@ -312,7 +313,7 @@ def test_a_dataset_loading_script_is_refused_not_run(tmp_path: Path) -> None:
     """A Hugging Face dataset folder that ships a loading script: `datasets` will not run it,
     and the refusal is a config error naming the dataset."""
     from lens_assets.config import ConfigError
-    from lens_assets.datasets import collect_images, parse_dataset_config
+    from lens_assets.data.datasets import collect_images, parse_dataset_config
 
     folder = tmp_path / "scripted"
     folder.mkdir()

@@ -17,12 +17,13 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner, Result
+from lens_assets.resources.runtime import LoadedModel, RemoteCodeError, load_model, skeleton
 from PIL import Image
 from transformers import BatchFeature
 
-from lens_assets.adapters import get_architecture
-from lens_assets.adapters.base import ModelLayout
-from lens_assets.adapters.remote_code import (
+from lens_assets.capture.adapters import get_architecture
+from lens_assets.capture.adapters.base import ModelLayout
+from lens_assets.capture.adapters.remote_code import (
     COGVLM,
     GLAMM,
     IMAGE_TOKEN_INDEX,
@@ -36,12 +37,11 @@ from lens_assets.adapters.remote_code import (
     SplicedLayout,
     XComposerAdapter,
 )
+from lens_assets.capture.extraction import capture_batch
+from lens_assets.capture.families import BY_NAME
+from lens_assets.capture.pooling import TokenRole
 from lens_assets.cli import main
 from lens_assets.config import ModelConfig, parse_model_config
-from lens_assets.extraction import capture_batch
-from lens_assets.families import BY_NAME
-from lens_assets.pooling import TokenRole
-from resources.runtime import LoadedModel, RemoteCodeError, load_model, skeleton
 from tests.remote_code import PATCHES, RemoteCheckpoint, build_remote_checkpoint
 
 GENERIC_MODULES = ["vision_tower.blocks.1", "multi_modal_projector", "language_model.layers.1"]

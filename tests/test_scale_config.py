@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from lens_assets.resources.warehouse import WarehouseError, WarehouseLocation, s3_secret
 
-from lens_assets import files
 from lens_assets.config import ConfigError
-from resources.warehouse import WarehouseError, WarehouseLocation, s3_secret
+from lens_assets.data import files
 
 AWS = {"AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "se'cret", "AWS_REGION": "eu-west-1"}
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.stats import ortho_group
 
-from lens_assets.similarity import (
+from lens_assets.analyses.similarity import (
     components_to_separate,
     distribution,
     dominance,

@@ -10,10 +10,10 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pytest
+from lens_assets.resources.warehouse import Warehouse
 
+from lens_assets.analyses.probing import load_labels, load_vectors
 from lens_assets.orchestration.materialize import materialize_missing
-from lens_assets.probing import load_labels, load_vectors
-from resources.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parent.parent
 LLAVA, CLIP = "tiny-llava", "tiny-clip"

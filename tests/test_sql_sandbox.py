@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from lens_assets.resources.warehouse import QueryLimitError, ReadOnlyError, Warehouse
 
-from resources.warehouse import QueryLimitError, ReadOnlyError, Warehouse
 from tests.writers import write_partitions
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
-from lens_assets.tiny import build_tiny
+from lens_assets.capture.tiny import build_tiny
 
 EXPECTED = {
     "llava": (AutoModelForImageTextToText, "LlavaForConditionalGeneration", True),

@@ -6,18 +6,18 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from lens_assets.resources.runtime import LoadedModel
 from PIL import Image
 
-from lens_assets.generators import correspondence, odd_one_out
-from lens_assets.patches import PatchGrid, patch_grids, stack_layers
-from lens_assets.visual_tasks import (
+from lens_assets.analyses.patches import PatchGrid, patch_grids, stack_layers
+from lens_assets.analyses.visual_tasks import (
     correspondence_items,
     odd_one_out_items,
     solve_correspondence,
     solve_odd_one_out,
     task_of,
 )
-from resources.runtime import LoadedModel
+from lens_assets.data.generators import correspondence, odd_one_out
 
 SIZE = 128
 CELL = 2  # pixels per patch of the synthetic grids

@@ -12,16 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from lens_assets.resources.runtime import LoadedModel
+from lens_assets.resources.warehouse import Warehouse
 
+from lens_assets.capture.extraction import extract_loaded
+from lens_assets.capture.legacy_names import current_names, key_renamings
+from lens_assets.capture.modules import ModuleSelectionError, list_modules, select_modules
 from lens_assets.config import ModelConfig, load_model_config
-from lens_assets.extraction import extract_loaded
-from lens_assets.images import folder_images
-from lens_assets.legacy_names import current_names, key_renamings
-from lens_assets.modules import ModuleSelectionError, list_modules, select_modules
-from resources.runtime import LoadedModel
-from resources.warehouse import Warehouse
+from lens_assets.data.images import folder_images
 
-LOGGER = "lens_assets.modules"
+LOGGER = "lens_assets.capture.modules"
 
 # VLM-Lens's own style: `model:` as a list of one-key maps, `pooling_method`, `output_db`,
 # and module names from its transformers 4.x configs (tiny checkpoints have two layers).

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from lens_assets.resources.warehouse import Warehouse, WarehouseError, WarehouseLocation
 
-from resources.warehouse import Warehouse, WarehouseError, WarehouseLocation
 from tests.writers import write_partitions
 
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pyarrow as pa
-
-from resources.staging import ActivationStage
-from resources.warehouse import Warehouse
+from lens_assets.resources.staging import ActivationStage
+from lens_assets.resources.warehouse import Warehouse
 
 
 def write_partitions(root: str, model: str, repeats: int, offset: float = 0.0) -> None:

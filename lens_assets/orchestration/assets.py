@@ -18,22 +18,22 @@ from dagster import (
     multi_asset,
 )
 
+from lens_assets.capture.extraction import extract_loaded
 from lens_assets.catalog import ConfigFile, dataset_configs, model_configs
 from lens_assets.config import ConfigError, ModelConfig, load_model_config
-from lens_assets.datasets import (
+from lens_assets.data.datasets import (
     BlankDataset,
     DatasetConfig,
     DatasetImages,
     collect_images,
     load_dataset_config,
 )
-from lens_assets.extraction import extract_loaded
-from lens_assets.files import join
+from lens_assets.data.files import join
 from lens_assets.orchestration.metadata import markdown_table
 from lens_assets.orchestration.partitions import MODELS
 from lens_assets.orchestration.sources import DATASET_CONFIGS, MODEL_CONFIG
-from resources.configurable import VLMRuntimeResource, WarehouseResource
-from resources.warehouse import Warehouse
+from lens_assets.resources.configurable import VLMRuntimeResource, WarehouseResource
+from lens_assets.resources.warehouse import Warehouse
 
 # Bump when extraction changes what it writes for the same config: every partition goes stale.
 EXTRACTION_VERSION = "1"

@@ -8,13 +8,13 @@ from dagster import (
     asset,
 )
 
-from lens_assets.answers import ANSWER_ROWS, answer_questions
-from lens_assets.behaviour import BehaviourNotSupported, require_generation
+from lens_assets.analyses.answers import ANSWER_ROWS, answer_questions
+from lens_assets.analyses.behaviour import BehaviourNotSupported, require_generation
 from lens_assets.orchestration.assets import IMAGES, PROMPTS, datasets_of, model_config_of
 from lens_assets.orchestration.metadata import markdown_table
 from lens_assets.orchestration.partitions import MODELS
 from lens_assets.orchestration.sources import MODEL_CONFIG
-from resources.configurable import VLMRuntimeResource, WarehouseResource
+from lens_assets.resources.configurable import VLMRuntimeResource, WarehouseResource
 
 ANSWERS = AssetKey("answers")
 BEHAVIOUR_VERSION = "1"

@@ -14,7 +14,7 @@ from dagster import (
     define_asset_job,
 )
 
-from lens_assets import integrity
+from lens_assets.capture import integrity
 from lens_assets.orchestration.assets import (
     IMAGES,
     activations,
@@ -22,8 +22,8 @@ from lens_assets.orchestration.assets import (
     failure_message,
 )
 from lens_assets.orchestration.partitions import MODELS
-from resources.configurable import WarehouseResource
-from resources.warehouse import Warehouse
+from lens_assets.resources.configurable import WarehouseResource
+from lens_assets.resources.warehouse import Warehouse
 
 
 def _check(name: str, finding: Callable[[Warehouse, str], integrity.Finding], doc: str):

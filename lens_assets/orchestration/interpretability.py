@@ -18,15 +18,15 @@ from dagster import (
     multi_asset,
 )
 
-from lens_assets.answers import questions_with_answers
-from lens_assets.attention import (
+from lens_assets.analyses.answers import questions_with_answers
+from lens_assets.analyses.attention import (
     ATTENTION_MAP_ROWS,
     attention_maps,
     attention_summary,
     head_mean_map,
     render_attention_overlay,
 )
-from lens_assets.attribution import (
+from lens_assets.analyses.attribution import (
     ATTRIBUTION_ROWS,
     Attribution,
     attribute,
@@ -34,19 +34,25 @@ from lens_assets.attribution import (
     gradcam_layer,
     render_attributions,
 )
-from lens_assets.behaviour import BehaviourNotSupported, require_generation
-from lens_assets.catalog import settings_version
-from lens_assets.config import configs_dir
-from lens_assets.images import load_image
-from lens_assets.interpretability import InterpretabilitySettings, load_settings, pick_questions
-from lens_assets.interventions import (
+from lens_assets.analyses.behaviour import BehaviourNotSupported, require_generation
+from lens_assets.analyses.interpretability import (
+    InterpretabilitySettings,
+    load_settings,
+    pick_questions,
+)
+from lens_assets.analyses.interventions import (
     ABLATION_ROWS,
     PATCHING_ROWS,
     ablation_effects,
     patching_effects,
 )
-from lens_assets.logit_lens import LOGIT_LENS_ROWS, logit_lens
-from lens_assets.modules import select_modules, short_layer
+from lens_assets.analyses.logit_lens import LOGIT_LENS_ROWS, logit_lens
+from lens_assets.analyses.patches import frame_box
+from lens_assets.analyses.reports import layer_curves
+from lens_assets.capture.modules import select_modules, short_layer
+from lens_assets.catalog import settings_version
+from lens_assets.config import configs_dir
+from lens_assets.data.images import load_image
 from lens_assets.orchestration.assets import (
     IMAGE_LABELS,
     IMAGES,
@@ -57,11 +63,9 @@ from lens_assets.orchestration.assets import (
 from lens_assets.orchestration.metadata import markdown_image, markdown_table
 from lens_assets.orchestration.partitions import MODELS
 from lens_assets.orchestration.sources import MODEL_CONFIG
-from lens_assets.patches import frame_box
-from lens_assets.reports import layer_curves
-from resources.configurable import VLMRuntimeResource, WarehouseResource
-from resources.runtime import LoadedModel
-from resources.warehouse import Warehouse
+from lens_assets.resources.configurable import VLMRuntimeResource, WarehouseResource
+from lens_assets.resources.runtime import LoadedModel
+from lens_assets.resources.warehouse import Warehouse
 
 SETTINGS_FILE = "interpretability.yaml"
 TABLES: dict[str, pa.Schema] = {

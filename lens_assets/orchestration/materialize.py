@@ -22,8 +22,8 @@ from lens_assets.orchestration.assets import IMAGES, failed_datasets
 from lens_assets.orchestration.checks import ACTIVATION_CHECKS, DATASET_CHECKS
 from lens_assets.orchestration.partitions import MODELS
 from lens_assets.orchestration.sensors import sync_configs
-from resources.configurable import VLMRuntimeResource, WarehouseResource
-from resources.warehouse import WarehouseLocation
+from lens_assets.resources.configurable import VLMRuntimeResource, WarehouseResource
+from lens_assets.resources.warehouse import WarehouseLocation
 
 ACTIVATIONS = AssetKey("activations")
 # Assets with one partition per model, in the order of the Definitions' list (the order a run

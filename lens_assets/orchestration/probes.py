@@ -11,14 +11,14 @@ from dagster import (
 )
 from pydantic import ValidationError
 
+from lens_assets.analyses.probing import ProbeSettings, probe_layers
+from lens_assets.analyses.reports import probe_curves
 from lens_assets.catalog import settings_version
 from lens_assets.config import ConfigError, configs_dir, read_yaml
 from lens_assets.orchestration.assets import IMAGE_LABELS, activations
 from lens_assets.orchestration.metadata import markdown_image, markdown_table
 from lens_assets.orchestration.partitions import MODELS
-from lens_assets.probing import ProbeSettings, probe_layers
-from lens_assets.reports import probe_curves
-from resources.configurable import WarehouseResource
+from lens_assets.resources.configurable import WarehouseResource
 
 PROBE_RESULTS = AssetKey("probe_results")
 RESULT_COLUMNS = pa.schema(

@@ -10,17 +10,17 @@ from dagster import (
     asset,
 )
 
-from lens_assets.blind import blind_test_rows
+from lens_assets.analyses.blind import blind_test_rows
+from lens_assets.analyses.layer_pairs import similarity_rows
+from lens_assets.analyses.reports import dominance_by_layer
+from lens_assets.analyses.stroop import concept_similarity_rows
 from lens_assets.catalog import dataset_configs
-from lens_assets.datasets import BlankDataset, load_dataset_config
-from lens_assets.layer_pairs import similarity_rows
+from lens_assets.data.datasets import BlankDataset, load_dataset_config
 from lens_assets.orchestration.assets import activations
 from lens_assets.orchestration.behaviour import answers
 from lens_assets.orchestration.metadata import markdown_image, markdown_table
 from lens_assets.orchestration.partitions import MODELS
-from lens_assets.reports import dominance_by_layer
-from lens_assets.stroop_analysis import concept_similarity_rows
-from resources.configurable import WarehouseResource
+from lens_assets.resources.configurable import WarehouseResource
 
 LAYER_SIMILARITY = AssetKey("layer_similarity")
 BLIND_TEST = AssetKey("blind_test")

@@ -8,14 +8,14 @@ from dagster import (
     asset,
 )
 
+from lens_assets.analyses.reports import vision_vs_vlm_by_layer
+from lens_assets.analyses.vision_vs_vlm import vision_vs_vlm_table
 from lens_assets.orchestration.assets import IMAGE_LABELS, IMAGES, datasets_of, model_config_of
 from lens_assets.orchestration.behaviour import answers
 from lens_assets.orchestration.metadata import markdown_image, markdown_table
 from lens_assets.orchestration.partitions import MODELS
 from lens_assets.orchestration.sources import MODEL_CONFIG
-from lens_assets.reports import vision_vs_vlm_by_layer
-from lens_assets.vision_vs_vlm import vision_vs_vlm_table
-from resources.configurable import VLMRuntimeResource, WarehouseResource
+from lens_assets.resources.configurable import VLMRuntimeResource, WarehouseResource
 
 VISION_VS_VLM_VERSION = "1"
 

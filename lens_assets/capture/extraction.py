@@ -1,0 +1,470 @@
+"""Hooked, batched extraction: images and prompts in, one Arrow row per pooled vector out.
+
+One forward pass per batch under `torch.inference_mode()`; the pooled vectors of every hooked
+module are gathered on the device and leave it together, once per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm import tqdm
+from transformers import BatchFeature
+
+from lens_assets.capture.adapters.base import check_sequence_length
+from lens_assets.capture.adapters.base import forward_kwargs as usable_forward_kwargs
+from lens_assets.capture.hooks import StopForward, capture
+from lens_assets.capture.modules import select_modules
+from lens_assets.capture.pooling import ROLE_NAMES, Pooled, pool
+from lens_assets.config import ModelConfig
+from lens_assets.data.images import ImageReadError, LoadedImage, duplicate_of, load_image
+from lens_assets.resources.runtime import LoadedModel, PeakMemory, load_model, release
+from lens_assets.resources.staging import ACTIVATION_ROWS, IMAGE_ROWS, ActivationStage
+from lens_assets.resources.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+
+VECTOR_POOLING = "none"  # a module output with no position axis: stored as it is
+
+
+class HookNotCalledError(ValueError):
+    """A selected module did not run in the forward pass, so it has nothing to record."""
+
+
+def to_device(inputs: BatchFeature, device: torch.device, dtype: torch.dtype) -> BatchFeature:
+    inputs = inputs.to(device)
+    for key, value in inputs.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            inputs[key] = value.to(dtype)
+    return inputs
+
+
+def capture_batch(
+    loaded: LoadedModel,
+    images: Sequence[Any],
+    prompts: Sequence[str],
+    modules: Sequence[str],
+    poolings: Sequence[str],
+    forward_kwargs: dict[str, Any] | None = None,
+    stop_early: bool = True,
+) -> list[tuple[str, Pooled]]:
+    """Run one batch and return (module name, pooled vectors) pairs, still on the device.
+
+    The first pass over a set of modules runs the whole model and notes the last hooked call;
+    later passes stop right after it (`stop_early`), so hooking only vision-tower layers does
+    not pay for the LLM.
+    """
+    adapter = loaded.architecture.adapter
+    prepared = adapter.prepare(loaded.processor, images, prompts)
+    check_sequence_length(prepared, loaded.token_limit, prompts)  # before the forward pass
+    inputs = to_device(prepared, loaded.device, loaded.dtype)
+    extra = usable_forward_kwargs(loaded.model, forward_kwargs)
+    batch_size = len(images)
+    key = tuple(modules)
+    stop_at = loaded.stop_points.get(key) if stop_early else None
+    with capture(loaded.model, modules, stop_at) as store, torch.inference_mode():
+        with suppress(StopForward):  # the pass ended after the last hooked module
+            adapter.forward(loaded.model, inputs, extra)
+        if key not in loaded.stop_points:
+            loaded.stop_points[key] = store.last_call
+        loaded.capture_bytes[key] = store.output_bytes / max(batch_size, 1)
+        pieces: list[tuple[str, Pooled]] = []
+        for name in modules:
+            output = store.outputs.get(name)
+            if output is None:
+                raise HookNotCalledError(
+                    f"module {name!r} did not run in the forward pass (for a dual encoder, the "
+                    "text tower only runs when the config has a prompt); remove it from "
+                    "`modules` or give the model the input that runs it"
+                )
+            seq = adapter.sequences(name, output, inputs, loaded.layout, batch_size)
+            if seq.roles is None:
+                samples = torch.arange(batch_size, device=output.device)
+                pieces.append((name, Pooled(VECTOR_POOLING, samples, seq.hidden)))
+            else:
+                pieces.extend((name, p) for p in pool(seq.hidden, seq.roles, poolings, seq.tiles))
+    return pieces
+
+
+def pieces_to_table(
+    pieces: Sequence[tuple[str, Pooled]], image_ids: Sequence[str], prompts: Sequence[str]
+) -> pa.Table:
+    """Move the batch off the device (its vectors in one transfer, their positions in
+    another) and lay them out as Arrow rows."""
+    if not pieces:
+        return ACTIVATION_ROWS.empty_table()
+    values = torch.cat([p.vectors.float().reshape(-1) for _, p in pieces]).cpu().numpy()
+    samples, token_index, token_role, tile = (
+        torch.cat([p.positions() for _, p in pieces], dim=1).cpu().numpy()
+    )
+    counts = [len(p.samples) for _, p in pieces]
+    dims = np.repeat([p.vectors.shape[-1] for _, p in pieces], counts).astype(np.int32)
+    offsets = np.zeros(len(dims) + 1, dtype=np.int32)
+    np.cumsum(dims, out=offsets[1:])
+    layers = np.repeat(np.asarray([name for name, _ in pieces], dtype=object), counts)
+    poolings = np.repeat(np.asarray([p.pooling for _, p in pieces], dtype=object), counts)
+    has_token = token_index >= 0
+    ids = np.asarray(image_ids, dtype=object)
+    texts = np.asarray(prompts, dtype=object)
+    return pa.Table.from_arrays(
+        [
+            pa.array(ids[samples], pa.string()),
+            pa.array(texts[samples], pa.string()),
+            pa.array(layers, pa.string()),
+            pa.array(poolings, pa.string()),
+            pa.array(np.where(has_token, token_index, 0).astype(np.int32), mask=~has_token),
+            pa.array([ROLE_NAMES[int(r)] if r >= 0 else None for r in token_role], pa.string()),
+            pa.array(np.where(tile >= 0, tile, 0).astype(np.int32), mask=tile < 0),
+            pa.array(dims),
+            pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+        ],
+        schema=ACTIVATION_ROWS,
+    )
+
+
+def extract_batch(
+    loaded: LoadedModel,
+    images: Sequence[LoadedImage],
+    prompt: str,
+    modules: Sequence[str],
+    poolings: Sequence[str],
+    forward_kwargs: dict[str, Any] | None = None,
+) -> pa.Table:
+    prompts = [prompt] * len(images)
+    pieces = capture_batch(
+        loaded, [i.image for i in images], prompts, modules, poolings, forward_kwargs
+    )
+    return pieces_to_table(pieces, [i.image_id for i in images], prompts)
+
+
+class Skipped(NamedTuple):
+    """An input file the run could not use, and why: a row of `image_errors`."""
+
+    path: str
+    reason: str
+
+
+class ModelNameTakenError(ValueError):
+    """The model name already holds rows extracted from another config file."""
+
+
+@dataclass
+class DatasetRun:
+    """One (model, dataset) pass: a row of the `runs` table."""
+
+    dataset: str
+    n_images: int
+    seconds: float
+    peak_memory_bytes: int
+    skipped: list[Skipped] = field(default_factory=list)
+    batch_size: int = 0  # what the run ended with (lowered by the memory guard or an OOM)
+    requested_batch_size: int = 0
+    oom_retries: int = 0
+
+    @property
+    def per_image_seconds(self) -> float:
+        return self.seconds / self.n_images if self.n_images else 0.0
+
+
+@dataclass
+class ExtractionResult:
+    model: str
+    architecture: str
+    rows: int
+    modules: list[str]
+    runs: list[DatasetRun]
+
+    @property
+    def n_images(self) -> int:
+        return sum(run.n_images for run in self.runs)
+
+    @property
+    def seconds(self) -> float:
+        return sum(run.seconds for run in self.runs)
+
+    @property
+    def peak_memory_bytes(self) -> int:
+        return max((run.peak_memory_bytes for run in self.runs), default=0)
+
+    @property
+    def skipped(self) -> list[Skipped]:
+        return [skip for run in self.runs for skip in run.skipped]
+
+
+def _readable(
+    paths: Iterable[str | Path], skipped: list[Skipped], seen: dict[str, str] | None = None
+) -> list[LoadedImage]:
+    """The images that can be read, each image id once: an unreadable file or a second file
+    with an image's bytes (which would stage every row twice) is noted in `skipped`. `seen`
+    (image id -> first path) carries the ids across calls; without it, within these paths."""
+    seen = {} if seen is None else seen
+    images = []
+    for path in paths:
+        try:
+            loaded = load_image(path)
+        except ImageReadError as error:
+            log.warning("%s; skipped", error)
+            skipped.append(Skipped(str(path), str(error)))
+            continue
+        if loaded.image_id in seen:
+            reason = f"{path}: {duplicate_of(seen[loaded.image_id], loaded.image_id)}"
+            log.warning("%s", reason)
+            skipped.append(Skipped(str(path), reason))
+            continue
+        seen[loaded.image_id] = str(path)
+        images.append(loaded)
+    return images
+
+
+def _image_rows(images: Sequence[LoadedImage], dataset: str) -> pa.Table:
+    return pa.Table.from_pylist(
+        [
+            {
+                "dataset": dataset,
+                "image_id": i.image_id,
+                "path": i.path,
+                "width": i.width,
+                "height": i.height,
+            }
+            for i in images
+        ],
+        schema=IMAGE_ROWS,
+    )
+
+
+@dataclass
+class BatchSizer:
+    """The batch size a run can afford.
+
+    With a memory budget, the first batch is a single image: the bytes its hooks hold give a
+    per-image estimate, and later batches are as large as the budget allows (never above the
+    requested size). A CUDA out-of-memory error halves the size and the batch is run again.
+    """
+
+    requested: int
+    budget_bytes: int | None = None
+    oom_retries: int = 0
+    size: int = field(init=False)
+    estimated: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.size = 1 if self.budget_bytes else self.requested
+
+    def learn(self, bytes_per_image: float) -> None:
+        if not self.budget_bytes or self.estimated or bytes_per_image <= 0:
+            return
+        self.estimated = True
+        affordable = max(1, int(self.budget_bytes // bytes_per_image))
+        self.size = min(self.requested, affordable)
+        if affordable < self.requested:
+            log.info(
+                "batch size %d -> %d: the hooks hold %.1f MiB per image, the budget is %.1f MiB",
+                self.requested, self.size, bytes_per_image / 2**20, self.budget_bytes / 2**20,
+            )  # fmt: skip
+
+    def out_of_memory(self, error: BaseException) -> None:
+        if self.size == 1:
+            raise error
+        self.size //= 2
+        self.oom_retries += 1
+        log.warning("out of device memory; retrying the batch at size %d", self.size)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def stage_dataset(
+    loaded: LoadedModel,
+    config: ModelConfig,
+    modules: Sequence[str],
+    stage: ActivationStage,
+    dataset: str,
+    paths: Sequence[str | Path],
+    batch_size: int,
+    progress: bool = True,
+    memory_budget: int | None = None,
+) -> DatasetRun:
+    """Run one dataset through the hooked model, batch by batch, into the stage."""
+    skipped: list[Skipped] = []
+    seen: dict[str, str] = {}  # image id -> first path: a copy is staged once, across batches
+    n_images = 0
+    sizer = BatchSizer(batch_size, memory_budget)
+    clock = time.perf_counter()
+    with (
+        PeakMemory(loaded.device) as peak,
+        tqdm(total=len(paths), desc=f"{loaded.name} x {dataset}", unit="image",
+             disable=not progress) as bar,
+    ):  # fmt: skip
+        start = 0
+        while start < len(paths):
+            batch = paths[start : start + sizer.size]
+            start += len(batch)
+            pending = _readable(batch, skipped, seen)
+            while pending:
+                part = pending[: sizer.size]
+                try:
+                    table = extract_batch(
+                        loaded, part, config.prompt, modules, config.pooling, config.forward
+                    )
+                except torch.OutOfMemoryError as error:
+                    sizer.out_of_memory(error)
+                    continue
+                stage.add_activations(
+                    table.append_column("dataset", pa.array([dataset] * len(table)))
+                )
+                stage.add_images(_image_rows(part, dataset))
+                n_images += len(part)
+                pending = pending[len(part) :]
+                sizer.learn(loaded.capture_bytes.get(tuple(modules), 0.0))
+            bar.update(len(batch))
+    if n_images == 0:
+        raise ValueError(
+            f"none of the {len(paths)} images of dataset {dataset!r} could be read: "
+            + "; ".join(skip.reason for skip in skipped[:3])
+        )
+    return DatasetRun(
+        dataset, n_images, time.perf_counter() - clock, peak.bytes, skipped,
+        batch_size=sizer.size, requested_batch_size=batch_size, oom_retries=sizer.oom_retries,
+    )  # fmt: skip
+
+
+def extract_loaded(
+    loaded: LoadedModel,
+    config: ModelConfig,
+    warehouse: Warehouse,
+    sources: Mapping[str, Sequence[str | Path]],
+    *,
+    whole_model: bool = False,
+    batch_size: int | None = None,
+    progress: bool = True,
+    memory_budget: int | None = None,
+    config_source: str | None = None,
+    claim_name: bool = False,
+    image_errors: Mapping[str, Sequence[Skipped]] | None = None,
+) -> ExtractionResult:
+    """Stage every dataset, then replace the rows in one transaction: the model's whole
+    partition (`whole_model`), or only the rows of these datasets. `memory_budget` (bytes)
+    caps what the hooks hold per batch (see BatchSizer).
+
+    `config_source` (the config file) is logged with each run; unless `claim_name`, a name
+    whose rows came from another config file is refused before any inference. With
+    `image_errors` (files refused before the run, per dataset), the datasets' `image_errors`
+    rows are replaced by those and the run's own skipped files (`lens extract`; under Dagster
+    the `images` step records them)."""
+    if not sources or not any(sources.values()):
+        raise ValueError(f"no images to extract for model {loaded.name!r}")
+    if config_source is not None:
+        check_name_is_free(warehouse, loaded.name, config_source, claim_name)
+    if config.output_db:
+        log.info("output_db %s: rows go to the warehouse at %s", config.output_db, warehouse.root)
+    modules = select_modules(loaded.module_names, config.modules, loaded.model)
+    size = batch_size or config.batch_size
+    started_at = datetime.now(UTC)
+    with ActivationStage(warehouse.location.staging_dir) as stage:
+        runs = [
+            stage_dataset(
+                loaded, config, modules, stage, dataset, paths, size, progress, memory_budget
+            )
+            for dataset, paths in sources.items()
+        ]
+        stage.close()
+        rows = warehouse.replace_partition(
+            stage.path,
+            loaded.name,
+            loaded.architecture.name,
+            None if whole_model else list(sources),
+            [
+                {
+                    "model": loaded.name,
+                    "dataset": run.dataset,
+                    "device": str(loaded.device),
+                    "dtype": str(loaded.dtype).removeprefix("torch."),
+                    "batch_size": run.batch_size,
+                    "requested_batch_size": run.requested_batch_size,
+                    "oom_retries": run.oom_retries,
+                    "n_images": run.n_images,
+                    "seconds": run.seconds,
+                    "per_image_seconds": run.per_image_seconds,
+                    "peak_memory_bytes": run.peak_memory_bytes,
+                    "started_at": started_at,
+                    "config": config_source,
+                }
+                for run in runs
+            ],
+            None if image_errors is None else _error_rows(image_errors, runs),
+        )
+    return ExtractionResult(loaded.name, loaded.architecture.name, rows, modules, runs)
+
+
+def check_name_is_free(
+    warehouse: Warehouse, name: str, config_source: str, claim_name: bool = False
+) -> None:
+    """A model's name is its config's file stem, so two files named alike in different
+    folders would replace each other's rows without a word: refuse, or with `claim_name`
+    say so."""
+    owner = warehouse.config_of(name)
+    if owner in (None, config_source):
+        return
+    if claim_name:
+        log.warning("model %r: replacing the rows extracted from %s with %s's", name, owner,
+                    config_source)  # fmt: skip
+    else:
+        raise ModelNameTakenError(
+            f"model name {name!r} already holds rows extracted from {owner}, and this run's "
+            f"config is {config_source}: pass --name OTHER_NAME to keep both, or --replace to "
+            "replace that config's rows with this one's"
+        )
+
+
+def _error_rows(
+    refused: Mapping[str, Sequence[Skipped]], runs: Sequence[DatasetRun]
+) -> list[dict[str, str]]:
+    found = {dataset: list(skips) for dataset, skips in refused.items()}
+    for run in runs:
+        found.setdefault(run.dataset, []).extend(run.skipped)
+    return [
+        {"dataset": dataset, "path": skip.path, "error": skip.reason}
+        for dataset, skips in found.items()
+        for skip in skips
+    ]
+
+
+def extract_to_warehouse(
+    config: ModelConfig,
+    name: str,
+    warehouse: Warehouse,
+    sources: Mapping[str, Sequence[str | Path]],
+    *,
+    whole_model: bool = False,
+    batch_size: int | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    progress: bool = True,
+    memory_budget: int | None = None,
+    config_source: str | None = None,
+    claim_name: bool = False,
+    image_errors: Mapping[str, Sequence[Skipped]] | None = None,
+) -> ExtractionResult:
+    """Load the model, extract every dataset, replace its rows in the warehouse (see
+    `extract_loaded` for the keyword arguments)."""
+    if config_source is not None and not claim_name:
+        check_name_is_free(warehouse, name, config_source)  # before the model loads, too
+    loaded = load_model(config, name, warehouse.location.models_dir, device, dtype)
+    try:
+        return extract_loaded(
+            loaded, config, warehouse, sources,
+            whole_model=whole_model, batch_size=batch_size, progress=progress,
+            memory_budget=memory_budget, config_source=config_source, claim_name=True,
+            image_errors=image_errors,
+        )  # fmt: skip
+    finally:
+        release(loaded)

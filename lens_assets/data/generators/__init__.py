@@ -1,0 +1,64 @@
+"""Synthetic datasets with known ground truth, rendered offline: a registry of generators.
+
+Each generator is a module with a pydantic `Params` model (its YAML keys besides `kind`,
+`size` and `seed`) and `generate(params, size, seed) -> Iterator[Sample]`. The same seed gives
+the same images, byte for byte.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from PIL import Image
+from pydantic import BaseModel
+
+# kind -> module; modules are imported on first use, so one broken generator cannot stop the
+# others from loading.
+GENERATORS: dict[str, str] = {
+    "shapes": "lens_assets.data.generators.shapes",
+    "clevr_lite": "lens_assets.data.generators.clevr_lite",
+    "stroop": "lens_assets.data.generators.stroop",
+    "correspondence": "lens_assets.data.generators.correspondence",
+    "odd_one_out": "lens_assets.data.generators.odd_one_out",
+    "art_style": "lens_assets.data.generators.art_style",
+}
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question about one image with its correct answer, for scoring behaviour."""
+
+    question: str
+    answer: str
+    kind: str  # e.g. attribute, exists, count, correspondence
+    concept: str | None = None  # the label concept the answer is a value of, where there is one
+
+
+@dataclass
+class Sample:
+    """One generated image and its ground truth."""
+
+    name: str  # file stem, unique within the dataset
+    image: Image.Image
+    labels: dict[str, str]
+    questions: list[Question] = field(default_factory=list)
+    split: str | None = None
+
+
+def generator(kind: str) -> ModuleType:
+    if kind not in GENERATORS:
+        raise KeyError(f"unknown generator {kind!r}; known: {', '.join(sorted(GENERATORS))}")
+    return importlib.import_module(GENERATORS[kind])
+
+
+def params_model(kind: str) -> type[BaseModel]:
+    return generator(kind).Params
+
+
+def generate(kind: str, params: BaseModel, size: int, seed: int) -> Iterator[Sample]:
+    module: Any = generator(kind)
+    return module.generate(params, size, seed)
