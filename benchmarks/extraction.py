@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from lens_assets.resources.runtime import LoadedModel, load_model, release
 from lens_assets.resources.staging import ActivationStage
 from lens_assets.resources.warehouse import Warehouse
 from PIL import Image
@@ -39,6 +38,7 @@ from benchmarks.probes import _load_average, _machine
 from lens_assets.analyses.patches import stack_layers
 from lens_assets.analyses.probing import load_vectors
 from lens_assets.capture.extraction import capture_batch, extract_loaded, to_device
+from lens_assets.capture.loading import LoadedModel, load_model, release
 from lens_assets.capture.modules import select_modules
 from lens_assets.capture.tiny import build_tiny
 from lens_assets.config import ModelConfig

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lens_assets.resources.runtime import LoadedModel, load_model, release
 from PIL import Image
 
 from benchmarks.probes import _load_average, _machine
@@ -32,6 +31,7 @@ from lens_assets.analyses.interventions import (
     run_logits,
 )
 from lens_assets.analyses.logit_lens import logit_lens
+from lens_assets.capture.loading import LoadedModel, load_model, release
 from lens_assets.capture.tiny import build_tiny
 from lens_assets.config import parse_model_config
 from lens_assets.data.generators import generate, params_model

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from lens_assets.config import MAX_BATCH_SIZE, ConfigError, load_model_config, model_name
+from lens_assets.tables import format_table
 
 if TYPE_CHECKING:
     from lens_assets.capture.extraction import Skipped
@@ -50,8 +48,8 @@ def main() -> None:
 @WAREHOUSE_OPTION
 def modules(config_path: str, patterns: Sequence[str], warehouse_root: str | None) -> None:
     """List every named module of the model with its class, marking those selected."""
+    from lens_assets.capture.loading import skeleton
     from lens_assets.capture.modules import ModuleSelectionError, list_modules
-    from lens_assets.resources.runtime import skeleton
     from lens_assets.resources.warehouse import WarehouseLocation
 
     config = _config(config_path)
@@ -221,7 +219,7 @@ def sql(
 )
 def models(fmt: str) -> None:
     """Print the coverage table: every family, its class, tiny checkpoint, tests, extras."""
-    from lens_assets.capture.families import coverage_markdown, coverage_rows
+    from lens_assets.capture.coverage import coverage_markdown, coverage_rows
 
     if fmt == "markdown":
         click.echo(coverage_markdown(), nl=False)
@@ -373,35 +371,6 @@ def _run(work):
         if type(error).__module__.startswith(("duckdb", "_duckdb")):
             _fail(f"{type(error).__name__}: {error}")
         raise
-
-
-def format_table(columns: Sequence[str], rows: Sequence[dict[str, Any]], fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps(rows, default=str, indent=None) + "\n"
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(columns)
-        writer.writerows([[row[c] for c in columns] for row in rows])
-        return buffer.getvalue()
-    cells = [[_cell(row[c]) for c in columns] for row in rows]
-    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)),
-        "  ".join("-" * w for w in widths),
-        *("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells),
-        f"({len(rows)} rows)",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, list) and len(value) > 4:
-        shown = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value[:3])
-        return f"[{shown}, ... ({len(value)} values)]"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return "NULL" if value is None else str(value)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,9 +34,9 @@ EXAMPLE_QUERIES = (
 
 
 def run_demo(warehouse_root: str | Path | None = None, echo: Callable[[str], None] = print) -> None:
-    from lens_assets.cli import format_table
     from lens_assets.orchestration.materialize import dagster_home, materialize_missing
     from lens_assets.resources.warehouse import Warehouse
+    from lens_assets.tables import format_table
 
     warehouse = Warehouse.at(warehouse_root)
     echo(f"materializing the asset graph into {warehouse.root} ...")

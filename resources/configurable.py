@@ -9,16 +9,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from dagster import ConfigurableResource
-from lens_assets.resources.runtime import (
-    LoadedModel,
-    RuntimeConfigError,
-    load_model,
-    parse_bytes,
-    release,
-)
+from lens_assets.resources.runtime import RuntimeConfigError, parse_bytes
 from lens_assets.resources.warehouse import Warehouse, WarehouseLocation
 from pydantic import Field
 
+from lens_assets.capture.loading import LoadedModel, load_model, release
 from lens_assets.config import MAX_BATCH_SIZE, ModelConfig
 
 

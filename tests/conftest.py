@@ -10,11 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from lens_assets.resources.runtime import LoadedModel, load_model
 from lens_assets.resources.warehouse import Warehouse
 from PIL import Image
 
 from lens_assets.capture.families import BY_NAME
+from lens_assets.capture.loading import LoadedModel, load_model
 from lens_assets.capture.tiny import build_tiny
 from lens_assets.config import ModelConfig, parse_model_config
 

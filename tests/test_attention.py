@@ -15,7 +15,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from lens_assets.resources.runtime import LoadedModel
 from PIL import Image
 
 from lens_assets.analyses.attention import (
@@ -28,6 +27,7 @@ from lens_assets.analyses.attention import (
     render_attention_overlay,
 )
 from lens_assets.capture.extraction import to_device
+from lens_assets.capture.loading import LoadedModel
 
 LAYERS = "model.language_model.layers.*"
 LAYER_0 = "model.language_model.layers.0"

@@ -13,7 +13,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from lens_assets.resources.runtime import LoadedModel
 from PIL import Image
 from torch import nn
 
@@ -30,6 +29,7 @@ from lens_assets.analyses.attribution import (
     input_x_gradient,
     render_attributions,
 )
+from lens_assets.capture.loading import LoadedModel
 
 Loader = Callable[[str], LoadedModel]
 PROMPT = "What colour is the shape?"

@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 
 import pytest
 import torch
-from lens_assets.resources.runtime import LoadedModel
 from PIL import Image
 
 from lens_assets.capture.extraction import capture_batch, to_device
+from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.pooling import TokenRole
 from tests.conftest import ALL_POOLINGS, ARCHITECTURES, HOOK_POINTS, PROMPTS
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from lens_assets.resources.runtime import LoadedModel
 from PIL import Image
 
 from lens_assets.analyses.behaviour import (
@@ -21,6 +20,7 @@ from lens_assets.analyses.behaviour import (
     score_answers,
     supports_generation,
 )
+from lens_assets.capture.loading import LoadedModel
 from tests.conftest import PROMPTS
 
 GENERATIVE = ("llava", "qwen2-vl")

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from lens_assets.resources.runtime import LoadedModel, load_model
 from PIL import Image
 
+from lens_assets.capture.coverage import coverage_markdown
 from lens_assets.capture.extraction import capture_batch, to_device
-from lens_assets.capture.families import BY_NAME, coverage_markdown, get_family
+from lens_assets.capture.families import BY_NAME, get_family
+from lens_assets.capture.loading import LoadedModel, load_model
 from lens_assets.capture.pooling import TokenRole
 from lens_assets.capture.tiny import build_tiny, tiny_architectures
 from tests.conftest import ALL_POOLINGS, tiny_config

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import torch
-from lens_assets.resources.runtime import LoadedModel, load_model
 from PIL import Image
 from transformers import BatchFeature
 
@@ -21,6 +20,7 @@ from lens_assets.capture.adapters.gemma3 import Gemma3Adapter
 from lens_assets.capture.adapters.paligemma import PaliGemmaAdapter
 from lens_assets.capture.extraction import capture_batch, to_device
 from lens_assets.capture.families import BY_NAME
+from lens_assets.capture.loading import LoadedModel, load_model
 from lens_assets.capture.pooling import TokenRole
 from lens_assets.capture.tiny import build_tiny
 from tests.conftest import tiny_config

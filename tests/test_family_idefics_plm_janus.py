@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from lens_assets.resources.runtime import LoadedModel, load_model
 from PIL import Image
 
 from lens_assets.analyses.behaviour import generate_token_ids
@@ -23,6 +22,7 @@ from lens_assets.capture.adapters.perception_lm import PackedTilesAdapter
 from lens_assets.capture.extraction import capture_batch, to_device
 from lens_assets.capture.families import BY_NAME, MissingExtraError, require_packages
 from lens_assets.capture.hooks import capture
+from lens_assets.capture.loading import LoadedModel, load_model
 from lens_assets.capture.pooling import TokenRole
 from lens_assets.capture.tiny import build_tiny
 from tests.conftest import tiny_config

@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 
 import pytest
 import torch
-from lens_assets.resources.runtime import LoadedModel, load_model
 from PIL import Image
 
 from lens_assets.capture.adapters.base import PatchGridError
@@ -16,6 +15,7 @@ from lens_assets.capture.adapters.llava_next import AnyresTileAdapter
 from lens_assets.capture.extraction import capture_batch, to_device
 from lens_assets.capture.families import BY_NAME
 from lens_assets.capture.hooks import capture
+from lens_assets.capture.loading import LoadedModel, load_model
 from lens_assets.capture.tiny import build_tiny
 from tests.conftest import tiny_config
 

@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 
 import pytest
 import torch
-from lens_assets.resources.runtime import LoadedModel, load_model
 from PIL import Image
 from transformers import BatchFeature, LlavaConfig, PixtralVisionConfig
 
@@ -19,6 +18,7 @@ from lens_assets.capture.adapters.pixtral import PixtralAdapter
 from lens_assets.capture.extraction import to_device
 from lens_assets.capture.families import BY_NAME
 from lens_assets.capture.hooks import capture, output_tensor
+from lens_assets.capture.loading import LoadedModel, load_model
 from lens_assets.capture.pooling import TokenRole
 from lens_assets.capture.tiny import build_tiny
 from tests.conftest import tiny_config

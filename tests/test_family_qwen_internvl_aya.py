@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import torch
-from lens_assets.resources.runtime import LoadedModel, load_model
 from PIL import Image
 from transformers import BatchFeature
 
@@ -28,6 +27,7 @@ from lens_assets.capture.adapters.qwen2_5_vl import (
 from lens_assets.capture.extraction import capture_batch, to_device
 from lens_assets.capture.families import BY_NAME
 from lens_assets.capture.hooks import capture
+from lens_assets.capture.loading import LoadedModel, load_model
 from lens_assets.capture.pooling import TokenRole
 from lens_assets.capture.tiny import build_tiny
 from tests.conftest import tiny_config

@@ -9,12 +9,12 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-from lens_assets.resources.runtime import LoadedModel, load_model
 from PIL import Image
 
 from lens_assets.analyses.patches import patch_grids, stack_layers
 from lens_assets.capture.extraction import capture_batch
 from lens_assets.capture.families import BY_NAME
+from lens_assets.capture.loading import LoadedModel, load_model
 from lens_assets.capture.pooling import TokenRole
 from lens_assets.capture.tiny import build_tiny
 from tests.conftest import ALL_POOLINGS, tiny_config

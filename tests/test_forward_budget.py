@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import torch
-from lens_assets.resources.runtime import LoadedModel
 from lens_assets.resources.warehouse import Warehouse
 from PIL import Image
 
 from lens_assets.capture.extraction import capture_batch, extract_loaded
+from lens_assets.capture.loading import LoadedModel
 from tests.conftest import PROMPTS, tiny_config
 
 VISION_ONLY = ["model.vision_tower.encoder.layers.0", "model.vision_tower.encoder.layers.1"]

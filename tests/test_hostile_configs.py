@@ -13,19 +13,14 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 from lens_assets.resources.configurable import VLMRuntimeResource
-from lens_assets.resources.runtime import (
-    LoadedModel,
-    RuntimeConfigError,
-    load_model,
-    parse_bytes,
-    resolve_device,
-)
+from lens_assets.resources.runtime import RuntimeConfigError, parse_bytes, resolve_device
 from lens_assets.resources.staging import StageDiskFullError
 from lens_assets.resources.warehouse import Warehouse
 from PIL import Image
 
 from lens_assets.capture.adapters.base import ForwardKeyError, PromptTooLongError
 from lens_assets.capture.extraction import capture_batch, extract_loaded
+from lens_assets.capture.loading import LoadedModel, load_model
 from lens_assets.cli import main
 from lens_assets.config import ConfigError, load_model_config
 from lens_assets.data.datasets import load_dataset_config

@@ -18,7 +18,6 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pytest
 import torch
-from lens_assets.resources.runtime import LoadedModel
 from lens_assets.resources.warehouse import Warehouse
 from PIL import Image
 
@@ -46,6 +45,7 @@ from lens_assets.analyses.interventions import (
     run_logits,
 )
 from lens_assets.capture.hooks import capture
+from lens_assets.capture.loading import LoadedModel
 from lens_assets.data.generators.stroop import Params, render
 
 GENERATORS = ("llava", "qwen2-vl")

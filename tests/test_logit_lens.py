@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import torch
-from lens_assets.resources.runtime import LoadedModel
 from PIL import Image
 
 from lens_assets.analyses.answer_tokens import answer_token_id
@@ -19,6 +18,7 @@ from lens_assets.analyses.logit_lens import (
     logit_lens,
 )
 from lens_assets.capture.extraction import to_device
+from lens_assets.capture.loading import LoadedModel
 
 LAYER_0 = "model.language_model.layers.0"
 LAYER_1 = "model.language_model.layers.1"

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lens_assets.resources.runtime import LoadedModel
 
+from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.modules import ModuleSelectionError, list_modules, matches, select_modules
 
 NAMES = [

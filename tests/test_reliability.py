@@ -266,8 +266,9 @@ def pickle_only_checkpoint(tiny_dir: Path, folder: Path) -> Path:
 
 
 def test_pickle_only_weights_are_refused_without_an_opt_in(tmp_path: Path, tiny_dir: Path) -> None:
-    from lens_assets.resources.runtime import PickleWeightsError, load_model
+    from lens_assets.resources.runtime import PickleWeightsError
 
+    from lens_assets.capture.loading import load_model
     from lens_assets.config import parse_model_config
 
     folder = pickle_only_checkpoint(tiny_dir, tmp_path / "pickled")

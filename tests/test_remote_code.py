@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner, Result
-from lens_assets.resources.runtime import LoadedModel, RemoteCodeError, load_model, skeleton
+from lens_assets.resources.runtime import RemoteCodeError
 from PIL import Image
 from transformers import BatchFeature
 
@@ -39,6 +39,7 @@ from lens_assets.capture.adapters.remote_code import (
 )
 from lens_assets.capture.extraction import capture_batch
 from lens_assets.capture.families import BY_NAME
+from lens_assets.capture.loading import LoadedModel, load_model, skeleton
 from lens_assets.capture.pooling import TokenRole
 from lens_assets.cli import main
 from lens_assets.config import ModelConfig, parse_model_config

@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from lens_assets.resources.runtime import LoadedModel
 from PIL import Image
 
 from lens_assets.analyses.patches import PatchGrid, patch_grids, stack_layers
@@ -17,6 +16,7 @@ from lens_assets.analyses.visual_tasks import (
     solve_odd_one_out,
     task_of,
 )
+from lens_assets.capture.loading import LoadedModel
 from lens_assets.data.generators import correspondence, odd_one_out
 
 SIZE = 128

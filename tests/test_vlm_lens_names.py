@@ -12,11 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from lens_assets.resources.runtime import LoadedModel
 from lens_assets.resources.warehouse import Warehouse
 
 from lens_assets.capture.extraction import extract_loaded
 from lens_assets.capture.legacy_names import current_names, key_renamings
+from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.modules import ModuleSelectionError, list_modules, select_modules
 from lens_assets.config import ModelConfig, load_model_config
 from lens_assets.data.images import folder_images

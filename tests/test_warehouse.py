@@ -9,10 +9,10 @@ from pathlib import Path
 import duckdb
 import pytest
 import torch
-from lens_assets.resources.runtime import LoadedModel
 from lens_assets.resources.warehouse import ReadOnlyError, Warehouse, retry_transaction
 
 from lens_assets.capture.extraction import HookNotCalledError, capture_batch, extract_to_warehouse
+from lens_assets.capture.loading import LoadedModel
 from lens_assets.data.images import folder_images, load_image
 from tests.conftest import HOOK_POINTS, tiny_config
 from tests.writers import write_partitions

@@ -3,7 +3,7 @@ logit lens, patching and ablation so that their tables join on it."""
 
 from __future__ import annotations
 
-from lens_assets.resources.runtime import LoadedModel
+from lens_assets.capture.loading import LoadedModel
 
 
 class AnswerTokenError(ValueError):

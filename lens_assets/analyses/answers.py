@@ -10,8 +10,8 @@ from typing import Any
 import pyarrow as pa
 
 from lens_assets.analyses.behaviour import generate_answers, score_answers
+from lens_assets.capture.loading import LoadedModel
 from lens_assets.data.images import load_image
-from lens_assets.resources.runtime import LoadedModel
 from lens_assets.resources.warehouse import Warehouse
 
 ANSWER_ROWS = pa.schema(

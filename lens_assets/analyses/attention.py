@@ -33,9 +33,9 @@ from lens_assets.analyses.reports import natural_key
 from lens_assets.capture.adapters.base import PatchGridError
 from lens_assets.capture.extraction import to_device
 from lens_assets.capture.hooks import StopForward
+from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.modules import select_modules
 from lens_assets.capture.pooling import TokenRole
-from lens_assets.resources.runtime import LoadedModel
 
 log = logging.getLogger(__name__)
 

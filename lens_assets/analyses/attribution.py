@@ -38,9 +38,9 @@ from lens_assets.analyses.patches import frame_box, stack_layers
 from lens_assets.capture.adapters.base import PatchGridError
 from lens_assets.capture.extraction import to_device
 from lens_assets.capture.hooks import output_tensor
+from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.modules import short_layer
 from lens_assets.capture.pooling import TokenRole
-from lens_assets.resources.runtime import LoadedModel
 
 GRADCAM = "gradcam"
 INPUT_X_GRADIENT = "input_x_gradient"

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from lens_assets.capture.extraction import to_device
-from lens_assets.resources.runtime import LoadedModel
+from lens_assets.capture.loading import LoadedModel
 
 __all__ = [
     "BehaviourNotSupported",

@@ -45,10 +45,10 @@ from lens_assets.analyses.interpretability import (
 from lens_assets.analyses.probing import labels_by_image
 from lens_assets.capture.extraction import to_device
 from lens_assets.capture.hooks import capture, output_tensor
+from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.modules import select_modules
 from lens_assets.capture.pooling import TokenRole
 from lens_assets.data.images import load_image
-from lens_assets.resources.runtime import LoadedModel
 from lens_assets.resources.warehouse import Warehouse
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from lens_assets.analyses.answer_tokens import answer_token_id
 from lens_assets.analyses.attention import answer_positions
 from lens_assets.capture.extraction import to_device
 from lens_assets.capture.hooks import StopForward, output_tensor
+from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.modules import select_modules
-from lens_assets.resources.runtime import LoadedModel
 
 # Names a decoder stack gives the norm after its last layer (Llama, Qwen, Gemma: `norm`;
 # OPT: `final_layer_norm`; GPT-2 style: `ln_f`).

@@ -23,8 +23,8 @@ from lens_assets.analyses.reports import natural_key
 from lens_assets.capture.adapters.base import PatchCells, PatchGridError
 from lens_assets.capture.extraction import to_device
 from lens_assets.capture.hooks import capture
+from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.pooling import TokenRole
-from lens_assets.resources.runtime import LoadedModel
 
 log = logging.getLogger(__name__)
 

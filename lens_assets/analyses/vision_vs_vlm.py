@@ -25,8 +25,8 @@ from lens_assets.analyses.visual_tasks import (
     solve_odd_one_out,
     task_of,
 )
+from lens_assets.capture.loading import LoadedModel
 from lens_assets.data.images import load_image
-from lens_assets.resources.runtime import LoadedModel
 from lens_assets.resources.warehouse import Warehouse
 
 SOLUTION_ROWS = pa.schema(

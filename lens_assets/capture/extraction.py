@@ -24,11 +24,12 @@ from transformers import BatchFeature
 from lens_assets.capture.adapters.base import check_sequence_length
 from lens_assets.capture.adapters.base import forward_kwargs as usable_forward_kwargs
 from lens_assets.capture.hooks import StopForward, capture
+from lens_assets.capture.loading import LoadedModel, load_model, release
 from lens_assets.capture.modules import select_modules
 from lens_assets.capture.pooling import ROLE_NAMES, Pooled, pool
 from lens_assets.config import ModelConfig
 from lens_assets.data.images import ImageReadError, LoadedImage, duplicate_of, load_image
-from lens_assets.resources.runtime import LoadedModel, PeakMemory, load_model, release
+from lens_assets.resources.runtime import PeakMemory
 from lens_assets.resources.staging import ACTIVATION_ROWS, IMAGE_ROWS, ActivationStage
 from lens_assets.resources.warehouse import Warehouse
 

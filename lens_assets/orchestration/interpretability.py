@@ -49,6 +49,7 @@ from lens_assets.analyses.interventions import (
 from lens_assets.analyses.logit_lens import LOGIT_LENS_ROWS, logit_lens
 from lens_assets.analyses.patches import frame_box
 from lens_assets.analyses.reports import layer_curves
+from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.modules import select_modules, short_layer
 from lens_assets.catalog import settings_version
 from lens_assets.config import configs_dir
@@ -64,7 +65,6 @@ from lens_assets.orchestration.metadata import markdown_image, markdown_table
 from lens_assets.orchestration.partitions import MODELS
 from lens_assets.orchestration.sources import MODEL_CONFIG
 from lens_assets.resources.configurable import VLMRuntimeResource, WarehouseResource
-from lens_assets.resources.runtime import LoadedModel
 from lens_assets.resources.warehouse import Warehouse
 
 SETTINGS_FILE = "interpretability.yaml"

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from PIL import Image
 from pydantic import BaseModel
+
+from lens_assets.data.generators.samples import Question, Sample
 
 # kind -> module; modules are imported on first use, so one broken generator cannot stop the
 # others from loading.
@@ -26,27 +26,7 @@ GENERATORS: dict[str, str] = {
     "odd_one_out": "lens_assets.data.generators.odd_one_out",
     "art_style": "lens_assets.data.generators.art_style",
 }
-
-
-@dataclass(frozen=True)
-class Question:
-    """A question about one image with its correct answer, for scoring behaviour."""
-
-    question: str
-    answer: str
-    kind: str  # e.g. attribute, exists, count, correspondence
-    concept: str | None = None  # the label concept the answer is a value of, where there is one
-
-
-@dataclass
-class Sample:
-    """One generated image and its ground truth."""
-
-    name: str  # file stem, unique within the dataset
-    image: Image.Image
-    labels: dict[str, str]
-    questions: list[Question] = field(default_factory=list)
-    split: str | None = None
+__all__ = ["GENERATORS", "Question", "Sample", "generate", "generator", "params_model"]
 
 
 def generator(kind: str) -> ModuleType:

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lens_assets.data.generators import Question, Sample
+from lens_assets.data.generators.samples import Question, Sample
 from lens_assets.data.generators.textures import value_noise
 
 Style = Literal["pointillism", "hatching", "flat", "watercolour"]

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lens_assets.data.generators import Question, Sample
+from lens_assets.data.generators.samples import Question, Sample
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "gray": (87, 87, 87),

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lens_assets.data.generators import Question, Sample
+from lens_assets.data.generators.samples import Question, Sample
 from lens_assets.data.generators.textures import TEXTURE_MAX, TEXTURE_MIN, font, scene_texture
 
 Transform = Literal["shift", "scale", "rotation", "lighting"]

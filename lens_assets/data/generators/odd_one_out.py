@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field
 
-from lens_assets.data.generators import Question, Sample
+from lens_assets.data.generators.samples import Question, Sample
 from lens_assets.data.generators.textures import font
 
 LETTERS = ("A", "B", "C", "D")

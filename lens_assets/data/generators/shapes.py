@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict
 
-from lens_assets.data.generators import Question, Sample
+from lens_assets.data.generators.samples import Question, Sample
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (173, 35, 35),

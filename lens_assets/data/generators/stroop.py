@@ -62,7 +62,7 @@ import matplotlib
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lens_assets.data.generators import Question, Sample
+from lens_assets.data.generators.samples import Question, Sample
 
 RGB = tuple[int, int, int]
 
