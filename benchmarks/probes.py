@@ -31,7 +31,8 @@ import scipy
 import sklearn
 from lens_assets.resources.warehouse import Warehouse
 
-from lens_assets.analyses.probing import ProbeSettings, load_vectors, probe_layers
+from lens_assets.analyses.probing import ProbeSettings, probe_layers
+from lens_assets.analyses.reading import load_vectors
 
 MODEL = "synthetic-vlm"
 DATASET = "synthetic-clevr"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from pydantic import (
@@ -22,9 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-Pooling = Literal["mean_image", "mean_text", "last", "cls", "mean", "tokens"]
-POOLINGS: tuple[str, ...] = ("mean_image", "mean_text", "last", "cls", "mean", "tokens")
-DEFAULT_POOLINGS: tuple[str, ...] = ("mean_image", "mean_text", "last")
+from lens_assets.capture.token_roles import DEFAULT_POOLINGS, POOLINGS, UNPOOLED
+
 DEFAULT_BATCH_SIZE = 8
 # Images per forward pass. Far above what any one accelerator holds for a VLM (an 80 GB GPU
 # runs a 7B LLaVA at a few hundred), and small enough that a batch's images, its padded
@@ -47,7 +46,7 @@ MAX_CONFIG_DEPTH = 64
 QUOTED_NO = frozenset({"false", "no", "off", "0"})
 
 # VLM-Lens's pooling_method values, mapped onto LensFlow poolings.
-VLM_LENS_POOLING = {"none": "tokens", "mean": "mean", "last": "last", "cls": "cls"}
+VLM_LENS_POOLING = {"none": UNPOOLED, "mean": "mean", "last": "last", "cls": "cls"}
 
 
 class ConfigError(ValueError):

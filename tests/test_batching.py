@@ -10,7 +10,7 @@ from PIL import Image
 
 from lens_assets.capture.extraction import capture_batch, to_device
 from lens_assets.capture.loading import LoadedModel
-from lens_assets.capture.pooling import TokenRole
+from lens_assets.capture.token_roles import TokenRole
 from tests.conftest import ALL_POOLINGS, ARCHITECTURES, HOOK_POINTS, PROMPTS
 
 Key = tuple[int, str, str, int]

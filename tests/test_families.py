@@ -14,8 +14,8 @@ from lens_assets.capture.coverage import coverage_markdown
 from lens_assets.capture.extraction import capture_batch, to_device
 from lens_assets.capture.families import BY_NAME, get_family
 from lens_assets.capture.loading import LoadedModel, load_model
-from lens_assets.capture.pooling import TokenRole
 from lens_assets.capture.tiny import build_tiny, tiny_architectures
+from lens_assets.capture.token_roles import TokenRole
 from tests.conftest import ALL_POOLINGS, tiny_config
 
 FAMILIES = tiny_architectures()

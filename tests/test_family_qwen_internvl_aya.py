@@ -28,8 +28,8 @@ from lens_assets.capture.extraction import capture_batch, to_device
 from lens_assets.capture.families import BY_NAME
 from lens_assets.capture.hooks import capture
 from lens_assets.capture.loading import LoadedModel, load_model
-from lens_assets.capture.pooling import TokenRole
 from lens_assets.capture.tiny import build_tiny
+from lens_assets.capture.token_roles import TokenRole
 from tests.conftest import tiny_config
 
 TILED = ["internvl", "aya-vision"]

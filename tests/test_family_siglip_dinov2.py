@@ -15,8 +15,8 @@ from lens_assets.analyses.patches import patch_grids, stack_layers
 from lens_assets.capture.extraction import capture_batch
 from lens_assets.capture.families import BY_NAME
 from lens_assets.capture.loading import LoadedModel, load_model
-from lens_assets.capture.pooling import TokenRole
 from lens_assets.capture.tiny import build_tiny
+from lens_assets.capture.token_roles import TokenRole
 from tests.conftest import ALL_POOLINGS, tiny_config
 
 PROMPTS = ["a cat", "Describe the colours and shapes you can see in this picture."]

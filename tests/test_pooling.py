@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from lens_assets.capture.pooling import TokenRole, pool
+from lens_assets.capture.pooling import pool
+from lens_assets.capture.token_roles import TokenRole
 
 C, IMG, T, P = TokenRole.CLS, TokenRole.IMAGE, TokenRole.TEXT, TokenRole.PAD
 
@@ -55,3 +56,12 @@ def test_a_pooling_with_nothing_to_pool_yields_no_vector() -> None:
     hidden = torch.ones(1, 2, 2)
     roles = torch.tensor([[T, T]])
     assert pool(hidden, roles, ["mean_image"]) == []
+
+
+def test_every_pooling_name_a_config_accepts_is_one_pooling_computes() -> None:
+    from lens_assets.capture.pooling import MEAN_SELECTORS, POSITION_SELECTORS
+    from lens_assets.capture.token_roles import MEAN_POOLINGS, POOLINGS, POSITION_POOLINGS, UNPOOLED
+
+    assert set(MEAN_SELECTORS) == set(MEAN_POOLINGS)
+    assert set(POSITION_SELECTORS) == set(POSITION_POOLINGS)
+    assert {*MEAN_POOLINGS, *POSITION_POOLINGS, UNPOOLED} == set(POOLINGS)

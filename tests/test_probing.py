@@ -20,14 +20,12 @@ from scipy.stats import norm
 from lens_assets.analyses.probing import (
     RESULT_COLUMNS,
     ProbeSettings,
-    _list_column_to_matrix,
     control_labels,
-    load_labels,
-    load_vectors,
     probe,
     probe_layers,
     two_proportion_z_p_value,
 )
+from lens_assets.analyses.reading import list_column_to_matrix, load_labels, load_vectors
 
 
 def planted(
@@ -173,15 +171,15 @@ def test_list_columns_become_a_matrix_without_a_python_loop() -> None:
         pa.array(np.arange(0, matrix.size + 1, 768, dtype=np.int32)), pa.array(matrix.ravel())
     )])  # fmt: skip
     started = time.perf_counter()
-    loaded = _list_column_to_matrix(column, "test")
+    loaded = list_column_to_matrix(column, "test")
     assert time.perf_counter() - started < 0.5
     assert loaded.dtype == np.float32
     np.testing.assert_array_equal(loaded, matrix)
     sliced = pa.chunked_array([column.chunk(0).slice(3, 5)])  # offsets not starting at 0
-    np.testing.assert_array_equal(_list_column_to_matrix(sliced, "test"), matrix[3:8])
+    np.testing.assert_array_equal(list_column_to_matrix(sliced, "test"), matrix[3:8])
     ragged = pa.chunked_array([pa.array([[1.0, 2.0], [3.0]], type=pa.list_(pa.float32()))])
     with pytest.raises(ValueError, match="widths"):
-        _list_column_to_matrix(ragged, "test")
+        list_column_to_matrix(ragged, "test")
 
 
 def insert_activations(

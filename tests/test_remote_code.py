@@ -40,7 +40,7 @@ from lens_assets.capture.adapters.remote_code import (
 from lens_assets.capture.extraction import capture_batch
 from lens_assets.capture.families import BY_NAME
 from lens_assets.capture.loading import LoadedModel, load_model, skeleton
-from lens_assets.capture.pooling import TokenRole
+from lens_assets.capture.token_roles import TokenRole
 from lens_assets.cli import main
 from lens_assets.config import ModelConfig, parse_model_config
 from tests.remote_code import PATCHES, RemoteCheckpoint, build_remote_checkpoint

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from lens_assets.resources.warehouse import Warehouse
 
-from lens_assets.analyses.probing import load_labels, load_vectors
+from lens_assets.analyses.reading import load_labels, load_vectors
 from lens_assets.orchestration.materialize import materialize_missing
 
 REPO = Path(__file__).resolve().parent.parent

@@ -40,7 +40,7 @@ from lens_assets.capture.extraction import to_device
 from lens_assets.capture.hooks import output_tensor
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.modules import short_layer
-from lens_assets.capture.pooling import TokenRole
+from lens_assets.capture.token_roles import TokenRole
 
 GRADCAM = "gradcam"
 INPUT_X_GRADIENT = "input_x_gradient"

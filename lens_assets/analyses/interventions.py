@@ -42,12 +42,12 @@ from lens_assets.analyses.interpretability import (
     PatchingSettings,
     clean_corrupted_pairs,
 )
-from lens_assets.analyses.probing import labels_by_image
+from lens_assets.analyses.reading import labels_by_image
 from lens_assets.capture.extraction import to_device
 from lens_assets.capture.hooks import capture, output_tensor
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.modules import select_modules
-from lens_assets.capture.pooling import TokenRole
+from lens_assets.capture.token_roles import TokenRole
 from lens_assets.data.images import load_image
 from lens_assets.resources.warehouse import Warehouse
 

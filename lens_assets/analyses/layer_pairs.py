@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from lens_assets.analyses.probing import load_vectors
-from lens_assets.analyses.reports import natural_key
+from lens_assets.analyses.reading import load_vectors
 from lens_assets.analyses.similarity import linear_cka
+from lens_assets.capture.modules import natural_key
+from lens_assets.capture.token_roles import POOLED_ROWS
 from lens_assets.resources.warehouse import Warehouse
 
 Layer = tuple[list[str], np.ndarray]  # image ids (sorted) and their vectors
@@ -21,7 +22,7 @@ def _groups(con: Any, model: str) -> list[tuple[str, str, list[str]]]:
     """(dataset, pooling, layers) of a model's pooled rows."""
     rows = con.execute(
         "SELECT dataset, pooling, list(DISTINCT layer) FROM activations "
-        "WHERE model = ? AND pooling <> 'tokens' GROUP BY ALL ORDER BY ALL",
+        f"WHERE model = ? AND {POOLED_ROWS} GROUP BY ALL ORDER BY ALL",
         [model],
     ).fetchall()
     return [(d, p, sorted(layers, key=natural_key)) for d, p, layers in rows]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,12 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from lens_assets.capture.modules import short_layer
-
-
-def natural_key(name: str) -> tuple[Any, ...]:
-    """layers.2 before layers.10."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+from lens_assets.capture.modules import natural_key, short_layer
 
 
 def probe_curves(rows: Sequence[dict[str, Any]], model: str, out: Path) -> Path | None:

@@ -9,19 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from lens_assets.analyses.probing import load_labels, load_vectors
+from lens_assets.analyses.reading import load_labels, load_vectors, pooled_layers
 from lens_assets.analyses.similarity import components_to_separate, dominance, separation_curve
 from lens_assets.resources.warehouse import Warehouse
 
 CUES = ("word", "font", "background")
-
-
-def _layer_poolings(con: Any, model: str, dataset: str) -> list[tuple[str, str]]:
-    return con.execute(
-        "SELECT DISTINCT layer, pooling FROM activations "
-        "WHERE model = ? AND dataset = ? AND pooling NOT IN ('tokens') ORDER BY ALL",
-        [model, dataset],
-    ).fetchall()
 
 
 def _stroop_datasets(con: Any, model: str) -> list[str]:
@@ -44,7 +36,7 @@ def concept_similarity_rows(
     with warehouse.connect(read_only=True) as con:
         for dataset in _stroop_datasets(con, model):
             labels = load_labels(con, dataset)
-            for layer, pooling in _layer_poolings(con, model, dataset):
+            for layer, pooling in pooled_layers(con, model, dataset):
                 ids, X = load_vectors(con, model, dataset, layer, pooling)
                 if np.ptp(X, axis=0).max(initial=0.0) == 0.0:
                     continue  # the same vector for every image (a text tower): nothing to see

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from lens_assets.analyses.patches import PatchGrid, StackLayer, patch_grids, stack_layers
-from lens_assets.analyses.probing import labels_by_image
+from lens_assets.analyses.reading import labels_by_image
 from lens_assets.analyses.visual_tasks import (
     LETTERS,
     CorrespondenceItem,

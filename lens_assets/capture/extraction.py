@@ -26,7 +26,8 @@ from lens_assets.capture.adapters.base import forward_kwargs as usable_forward_k
 from lens_assets.capture.hooks import StopForward, capture
 from lens_assets.capture.loading import LoadedModel, load_model, release
 from lens_assets.capture.modules import select_modules
-from lens_assets.capture.pooling import ROLE_NAMES, Pooled, pool
+from lens_assets.capture.pooling import Pooled, pool
+from lens_assets.capture.token_roles import ROLE_NAMES
 from lens_assets.config import ModelConfig
 from lens_assets.data.images import ImageReadError, LoadedImage, duplicate_of, load_image
 from lens_assets.resources.runtime import PeakMemory

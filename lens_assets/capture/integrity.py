@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from lens_assets.capture.token_roles import POOLED_ROWS
 from lens_assets.resources.warehouse import Warehouse
 
 
@@ -23,14 +24,14 @@ def row_counts(warehouse: Warehouse, model: str) -> Finding:
     """Rows = images x layers x poolings: every (dataset, layer, pooling) holds one row per
     image of the dataset, no image twice (`tokens` rows excepted: one per position)."""
     groups = warehouse.fetch_arrow(
-        """
+        f"""
         WITH expected AS (
             SELECT dataset, count(DISTINCT image_id) AS images FROM images GROUP BY dataset
         )
         SELECT a.dataset, a.layer, a.pooling, count(*) AS rows,
                count(DISTINCT a.image_id) AS distinct_images, any_value(e.images) AS images
         FROM activations AS a LEFT JOIN expected AS e USING (dataset)
-        WHERE a.model = ? AND a.pooling <> 'tokens'
+        WHERE a.model = ? AND a.{POOLED_ROWS}
         GROUP BY ALL ORDER BY ALL
         """,
         [model],

@@ -207,3 +207,8 @@ def short_layer(layer: str) -> str:
     """The last three parts of a module name: enough to tell layers apart on a plot."""
     parts = layer.split(".")
     return ".".join(parts[-3:]) if len(parts) > 3 else layer
+
+
+def natural_key(name: str) -> tuple[Any, ...]:
+    """A sort key that puts `layers.2` before `layers.10`."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))

@@ -1,28 +1,16 @@
-"""Token roles and poolings, computed on the device for a whole batch at once.
-
-Every position of a captured sequence has a role: `image` (an expanded image placeholder in
-the language model, a patch in the vision tower), `text`, `cls` (a vision tower's class
-token) or `pad` (batching filler). Pads never enter a pooling and are never stored, so a
-vector does not depend on the batch it was computed in.
+"""Poolings, computed on the device for a whole batch at once (the names and token roles are
+in `token_roles`). Pads never enter a pooling and are never stored, so a vector does not depend
+on the batch it was computed in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 
 import torch
 
-
-class TokenRole(IntEnum):
-    PAD = 0
-    TEXT = 1
-    IMAGE = 2
-    CLS = 3
-
-
-ROLE_NAMES: dict[int, str] = {role.value: role.name.lower() for role in TokenRole}
+from lens_assets.capture.token_roles import UNPOOLED, TokenRole
 
 
 @dataclass
@@ -91,7 +79,7 @@ def pool(
         )
     results: list[Pooled] = []
     for pooling in poolings:
-        if pooling == "tokens":
+        if pooling == UNPOOLED:
             real = roles != TokenRole.PAD
             samples, positions = real.nonzero(as_tuple=True)
             token_index = real.long().cumsum(dim=1)[samples, positions] - 1

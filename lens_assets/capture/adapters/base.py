@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 from transformers import AutoProcessor, BatchFeature
 
-from lens_assets.capture.pooling import TokenRole
+from lens_assets.capture.token_roles import TokenRole
 from lens_assets.config import ConfigError
 
 log = logging.getLogger(__name__)

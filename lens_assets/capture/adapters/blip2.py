@@ -34,7 +34,7 @@ from lens_assets.capture.adapters.base import (
     PatchGridError,
     Sequences,
 )
-from lens_assets.capture.pooling import TokenRole
+from lens_assets.capture.token_roles import TokenRole
 
 QUERY_SEGMENTS = frozenset({"qformer", "language_projection"})
 

@@ -30,7 +30,7 @@ from lens_assets.capture.adapters.base import (
     Sequences,
     raster_cells,
 )
-from lens_assets.capture.pooling import TokenRole
+from lens_assets.capture.token_roles import TokenRole
 
 # How far a view's patch grid is folded: none (encoder before the window merger), 2x2 (after
 # it, or the merger in "4x" mode), 4x4 (the merger in "16x" mode).

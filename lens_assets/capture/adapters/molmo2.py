@@ -30,7 +30,7 @@ from lens_assets.capture.adapters.base import (
     Sequences,
     join_tiles,
 )
-from lens_assets.capture.pooling import TokenRole
+from lens_assets.capture.token_roles import TokenRole
 
 
 @dataclass

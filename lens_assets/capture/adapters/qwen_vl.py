@@ -25,7 +25,7 @@ from lens_assets.capture.adapters.base import (
     Sequences,
     raster_cells,
 )
-from lens_assets.capture.pooling import TokenRole
+from lens_assets.capture.token_roles import TokenRole
 
 
 @dataclass

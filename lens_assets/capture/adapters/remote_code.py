@@ -32,7 +32,7 @@ from lens_assets.capture.adapters.base import (
     join_tiles,
     token_roles,
 )
-from lens_assets.capture.pooling import TokenRole
+from lens_assets.capture.token_roles import TokenRole
 
 # -- shared pieces -----------------------------------------------------------------------------
 

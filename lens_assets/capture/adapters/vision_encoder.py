@@ -27,7 +27,7 @@ from lens_assets.capture.adapters.base import (
     Sequences,
     raster_cells,
 )
-from lens_assets.capture.pooling import TokenRole
+from lens_assets.capture.token_roles import TokenRole
 
 WHOLE_MODEL = ""  # the tower name of a model that is nothing but a vision tower
 

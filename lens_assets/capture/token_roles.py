@@ -1,0 +1,31 @@
+"""Token roles and pooling names: the vocabulary that configs, pooling, the adapters and the
+warehouse's queries share, in one place that imports no torch (config validation reads it).
+
+Every position of a captured sequence has a role: `image` (an expanded image placeholder in
+the language model, a patch in the vision tower), `text`, `cls` (a vision tower's class
+token) or `pad` (batching filler).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class TokenRole(IntEnum):
+    PAD = 0
+    TEXT = 1
+    IMAGE = 2
+    CLS = 3
+
+
+ROLE_NAMES: dict[int, str] = {role.value: role.name.lower() for role in TokenRole}
+
+# A mean over the positions of some roles, or one position per sample.
+MEAN_POOLINGS: tuple[str, ...] = ("mean_image", "mean_text", "mean")
+POSITION_POOLINGS: tuple[str, ...] = ("last", "cls")
+UNPOOLED = "tokens"  # no pooling: every non-pad position is its own row
+POOLINGS: tuple[str, ...] = ("mean_image", "mean_text", "last", "cls", "mean", UNPOOLED)
+DEFAULT_POOLINGS: tuple[str, ...] = ("mean_image", "mean_text", "last")
+
+# The rows that hold one vector per (image, layer, pooling): what probes and CKA read.
+POOLED_ROWS = f"pooling <> '{UNPOOLED}'"
