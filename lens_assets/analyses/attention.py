@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +30,7 @@ from torch import nn
 from transformers import BatchFeature
 
 from lens_assets.capture.adapters.base import PatchGridError
-from lens_assets.capture.extraction import to_device
-from lens_assets.capture.hooks import StopForward
+from lens_assets.capture.hooks import StopForward, watch_outputs
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.modules import natural_key, select_modules
 from lens_assets.capture.token_roles import TokenRole
@@ -185,19 +184,14 @@ def answer_attention(
     """
     adapter, model = loaded.architecture.adapter, loaded.model
     selected = attention_modules(loaded, layers)
-    inputs = to_device(
-        adapter.prepare(loaded.processor, images, prompts), loaded.device, loaded.dtype
-    )
+    inputs = adapter.prepare_on(loaded.processor, images, prompts, loaded.device, loaded.dtype)
     answer = answer_positions(inputs)
     samples = torch.arange(len(answer), device=answer.device)
     rows: dict[str, torch.Tensor] = {}
-    by_module = {attention: layer for layer, attention in selected.items()}
-    modules = dict(model.named_modules())
 
-    def hook_for(name: str):
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+    def reader(layer: str) -> Callable[[Any], None]:
+        def read(output: Any) -> None:
             weights = _weights_of(output)
-            layer = by_module[name]
             if weights is None:
                 raise AttentionCaptureError(
                     f"the attention of layer {layer!r} returned no weights even with eager "
@@ -205,26 +199,19 @@ def answer_attention(
                     "config's model kwargs"
                 )
             rows[layer] = weights[samples, :, answer.to(weights.device)].float()
-            if len(rows) == len(selected):
-                raise StopForward
 
-        return hook
+        return read
 
     kwargs = {"use_cache": False, **(forward_kwargs or {})}
-    handles = [modules[name].register_forward_hook(hook_for(name)) for name in by_module]
-    try:
-        with (
-            eager_attention(model, list(by_module)),
-            torch.inference_mode(),
-            suppress(StopForward),  # the pass ended after the deepest selected layer
-        ):
-            adapter.forward(model, inputs, kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    missing = [layer for layer in selected if layer not in rows]
-    if missing:
-        raise AttentionCaptureError(f"layer {missing[0]!r} did not run in the forward pass")
+    readers = {attention: reader(layer) for layer, attention in selected.items()}
+    with (
+        watch_outputs(model, readers, stop_when_all_ran=True) as watch,
+        eager_attention(model, list(readers)),
+        torch.inference_mode(),
+        suppress(StopForward),  # the pass ended after the deepest selected layer
+    ):
+        adapter.forward(model, inputs, kwargs)
+    watch.require("select decoder layers the image and prompt pass through")
     roles = adapter.text_roles(inputs, loaded.layout)
     return AnswerAttention(
         list(selected), {layer: rows[layer].cpu() for layer in selected}, roles.cpu(),

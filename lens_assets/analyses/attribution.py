@@ -36,8 +36,7 @@ from transformers import BatchFeature
 from lens_assets.analyses.attention import answer_positions
 from lens_assets.analyses.patches import frame_box, stack_layers
 from lens_assets.capture.adapters.base import PatchGridError
-from lens_assets.capture.extraction import to_device
-from lens_assets.capture.hooks import output_tensor
+from lens_assets.capture.hooks import hook_modules, keep_outputs
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.modules import short_layer
 from lens_assets.capture.token_roles import TokenRole
@@ -101,14 +100,10 @@ def attribute(
     adapter, model = loaded.architecture.adapter, loaded.model
     image_processor = getattr(loaded.processor, "image_processor", loaded.processor)
     box = frame_box(image_processor, *image.size)
-    modules = dict(model.named_modules())
-    missing = [name for name in layers if name not in modules]
-    if missing:
-        raise KeyError(f"no module named {missing[0]!r} in {type(model).__name__}")
-    captured: dict[str, torch.Tensor] = {}
-    with _gradients_on(model), _kept_outputs(modules, layers, captured):
-        inputs = to_device(
-            adapter.prepare(loaded.processor, [image], [prompt]), loaded.device, loaded.dtype
+    hook_modules(model, layers)  # a missing layer fails before any work
+    with _gradients_on(model), keep_outputs(model, layers) as kept:
+        inputs = adapter.prepare_on(
+            loaded.processor, [image], [prompt], loaded.device, loaded.dtype
         )
         if "pixel_values" not in inputs:
             raise AttributionError(
@@ -130,9 +125,8 @@ def attribute(
         if not 0 <= target < row.shape[0]:
             raise AttributionError(f"target token {target} is outside the vocabulary")
         logit = row[target]
-        for name in layers:
-            if name not in captured:
-                raise AttributionError(f"module {name!r} did not run in the forward pass")
+        kept.require(layers, "choose a layer the image and prompt pass through")
+        captured = kept.outputs
         wanted = [captured[name] for name in layers] + ([pixel_values] if pixels else [])
         gradients = torch.autograd.grad(logit, wanted, allow_unused=True)
         logit_value = float(logit.detach())
@@ -300,30 +294,6 @@ def _gradients_on(model: nn.Module) -> Iterator[None]:
             parameter.requires_grad_(flag)
         for module, mode in training.items():
             module.training = mode
-
-
-@contextmanager
-def _kept_outputs(
-    modules: dict[str, nn.Module], names: Sequence[str], captured: dict[str, torch.Tensor]
-) -> Iterator[None]:
-    """Keep each named module's output in the graph (not detached, unlike `hooks.capture`), its
-    last call where a module runs twice; the hooks are always removed."""
-
-    def keep(name: str) -> Callable[[nn.Module, Any, Any], None]:
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            tensor = output_tensor(output)
-            if tensor is None:
-                raise AttributionError(f"module {name!r} returned no tensor to attribute")
-            captured[name] = tensor
-
-        return hook
-
-    handles = [modules[name].register_forward_hook(keep(name)) for name in dict.fromkeys(names)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _token_text(processor: Any, token: int) -> str:

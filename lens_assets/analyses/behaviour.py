@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from PIL import Image
 
-from lens_assets.capture.extraction import to_device
 from lens_assets.capture.loading import LoadedModel
 
 __all__ = [
@@ -161,8 +160,9 @@ def generate_token_ids(
     answers: list[list[int]] = []
     with padding_side(processor, "left"):
         for part in _batches(len(images), batch_size):
-            inputs = adapter.prepare(processor, images[part], prompts[part])
-            inputs = to_device(inputs, loaded.device, loaded.dtype)
+            inputs = adapter.prepare_on(
+                processor, images[part], prompts[part], loaded.device, loaded.dtype
+            )
             with torch.inference_mode():
                 output = model.generate(
                     **inputs,

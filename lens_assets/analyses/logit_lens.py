@@ -8,7 +8,7 @@ layers show at which depth the answer (the label's first token) rises to the top
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +20,7 @@ from torch import nn
 
 from lens_assets.analyses.answer_tokens import answer_token_id
 from lens_assets.analyses.attention import answer_positions
-from lens_assets.capture.extraction import to_device
-from lens_assets.capture.hooks import StopForward, output_tensor
+from lens_assets.capture.hooks import StopForward, output_tensor, watch_outputs
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.modules import select_modules
 
@@ -127,41 +126,34 @@ def layer_logits(
                 f"({stack.layers[0]} ... {stack.layers[-1]})"
             )
     modules = dict(model.named_modules())
-    inputs = to_device(
-        adapter.prepare(loaded.processor, images, prompts), loaded.device, loaded.dtype
-    )
+    inputs = adapter.prepare_on(loaded.processor, images, prompts, loaded.device, loaded.dtype)
     answer = answer_positions(inputs)
     samples = torch.arange(len(answer), device=answer.device)
     states: dict[str, torch.Tensor] = {}
 
-    def hook_for(name: str):
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+    def reader(name: str) -> Callable[[Any], None]:
+        def read(output: Any) -> None:
             hidden = output_tensor(output)
             if hidden is None or hidden.dim() != 3:
                 raise LogitLensError(f"decoder layer {name!r} returned no (batch, tokens, dim)")
             states[name] = hidden[samples, answer.to(hidden.device)]
-            if len(states) == len(chosen):
-                raise StopForward
 
-        return hook
+        return read
 
     kwargs = {"use_cache": False, **(forward_kwargs or {})}
-    handles = [modules[name].register_forward_hook(hook_for(name)) for name in chosen]
-    try:
-        with torch.inference_mode():
-            with suppress(StopForward):  # the pass ended after the deepest selected layer
-                adapter.forward(model, inputs, kwargs)
-            missing = [name for name in chosen if name not in states]
-            if missing:
-                raise LogitLensError(f"decoder layer {missing[0]!r} did not run in the pass")
-            hidden = torch.stack([states[name] for name in chosen])  # (layers, batch, dim)
-            logits = output_head(model)(modules[stack.norm](hidden)).float()
-            cap = _softcap(model)
-            if cap:
-                logits = torch.tanh(logits / cap) * cap
-    finally:
-        for handle in handles:
-            handle.remove()
+    readers = {name: reader(name) for name in chosen}
+    with torch.inference_mode():
+        with (
+            watch_outputs(model, readers, stop_when_all_ran=True) as watch,
+            suppress(StopForward),  # the pass ended after the deepest selected layer
+        ):
+            adapter.forward(model, inputs, kwargs)
+        watch.require("select decoder layers the image and prompt pass through")
+        hidden = torch.stack([states[name] for name in chosen])  # (layers, batch, dim)
+        logits = output_head(model)(modules[stack.norm](hidden)).float()
+        cap = _softcap(model)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
     depth = {name: index for index, name in enumerate(stack.layers)}
     return LayerLogits(chosen, [depth[name] for name in chosen], logits.cpu())
 

@@ -20,7 +20,6 @@ from PIL import Image
 from torch import nn
 
 from lens_assets.capture.adapters.base import PatchCells, PatchGridError
-from lens_assets.capture.extraction import to_device
 from lens_assets.capture.hooks import capture
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.modules import natural_key
@@ -110,10 +109,8 @@ def patch_grids(
     tokens), are left out of that image's dict.
     """
     adapter, layout = loaded.architecture.adapter, loaded.layout
-    inputs = to_device(
-        adapter.prepare(loaded.processor, images, [prompt] * len(images)),
-        loaded.device,
-        loaded.dtype,
+    inputs = adapter.prepare_on(
+        loaded.processor, images, [prompt] * len(images), loaded.device, loaded.dtype
     )
     # An image-only encoder's processor (DINOv2) is its image processor.
     image_processor = getattr(loaded.processor, "image_processor", loaded.processor)

@@ -19,11 +19,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 from tqdm import tqdm
-from transformers import BatchFeature
 
-from lens_assets.capture.adapters.base import check_sequence_length
 from lens_assets.capture.adapters.base import forward_kwargs as usable_forward_kwargs
-from lens_assets.capture.hooks import StopForward, capture
+from lens_assets.capture.adapters.base import to_device  # noqa: F401  (re-exported: its old home)
+from lens_assets.capture.hooks import HookPointError, StopForward, capture
 from lens_assets.capture.loading import LoadedModel, load_model, release
 from lens_assets.capture.modules import select_modules
 from lens_assets.capture.pooling import Pooled, pool
@@ -39,16 +38,13 @@ log = logging.getLogger(__name__)
 VECTOR_POOLING = "none"  # a module output with no position axis: stored as it is
 
 
-class HookNotCalledError(ValueError):
-    """A selected module did not run in the forward pass, so it has nothing to record."""
-
-
-def to_device(inputs: BatchFeature, device: torch.device, dtype: torch.dtype) -> BatchFeature:
-    inputs = inputs.to(device)
-    for key, value in inputs.items():
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            inputs[key] = value.to(dtype)
-    return inputs
+# A selected module that did not run in the forward pass: the hook engine's one error for a
+# hook point, under the name extraction's callers know.
+HookNotCalledError = HookPointError
+NOT_RUN_FIX = (
+    "for a dual encoder, the text tower only runs when the config has a prompt: remove it "
+    "from `modules` or give the model the input that runs it"
+)
 
 
 def capture_batch(
@@ -67,9 +63,9 @@ def capture_batch(
     not pay for the LLM.
     """
     adapter = loaded.architecture.adapter
-    prepared = adapter.prepare(loaded.processor, images, prompts)
-    check_sequence_length(prepared, loaded.token_limit, prompts)  # before the forward pass
-    inputs = to_device(prepared, loaded.device, loaded.dtype)
+    inputs = adapter.prepare_on(  # the length is checked before the forward pass
+        loaded.processor, images, prompts, loaded.device, loaded.dtype, loaded.token_limit
+    )
     extra = usable_forward_kwargs(loaded.model, forward_kwargs)
     batch_size = len(images)
     key = tuple(modules)
@@ -80,15 +76,10 @@ def capture_batch(
         if key not in loaded.stop_points:
             loaded.stop_points[key] = store.last_call
         loaded.capture_bytes[key] = store.output_bytes / max(batch_size, 1)
+        store.require(modules, NOT_RUN_FIX)
         pieces: list[tuple[str, Pooled]] = []
         for name in modules:
-            output = store.outputs.get(name)
-            if output is None:
-                raise HookNotCalledError(
-                    f"module {name!r} did not run in the forward pass (for a dual encoder, the "
-                    "text tower only runs when the config has a prompt); remove it from "
-                    "`modules` or give the model the input that runs it"
-                )
+            output = store.outputs[name]
             seq = adapter.sequences(name, output, inputs, loaded.layout, batch_size)
             if seq.roles is None:
                 samples = torch.arange(batch_size, device=output.device)
@@ -118,18 +109,21 @@ def pieces_to_table(
     has_token = token_index >= 0
     ids = np.asarray(image_ids, dtype=object)
     texts = np.asarray(prompts, dtype=object)
-    return pa.Table.from_arrays(
-        [
-            pa.array(ids[samples], pa.string()),
-            pa.array(texts[samples], pa.string()),
-            pa.array(layers, pa.string()),
-            pa.array(poolings, pa.string()),
-            pa.array(np.where(has_token, token_index, 0).astype(np.int32), mask=~has_token),
-            pa.array([ROLE_NAMES[int(r)] if r >= 0 else None for r in token_role], pa.string()),
-            pa.array(np.where(tile >= 0, tile, 0).astype(np.int32), mask=tile < 0),
-            pa.array(dims),
-            pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
-        ],
+    roles = [ROLE_NAMES[int(r)] if r >= 0 else None for r in token_role]
+    return pa.Table.from_pydict(  # by name: the schema (resources.schemas) sets the order
+        {
+            "image_id": pa.array(ids[samples], pa.string()),
+            "prompt": pa.array(texts[samples], pa.string()),
+            "layer": pa.array(layers, pa.string()),
+            "pooling": pa.array(poolings, pa.string()),
+            "token_index": pa.array(
+                np.where(has_token, token_index, 0).astype(np.int32), mask=~has_token
+            ),
+            "token_role": pa.array(roles, pa.string()),
+            "tile": pa.array(np.where(tile >= 0, tile, 0).astype(np.int32), mask=tile < 0),
+            "dim": pa.array(dims),
+            "vector": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+        },
         schema=ACTIVATION_ROWS,
     )
 

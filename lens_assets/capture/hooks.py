@@ -1,23 +1,95 @@
-"""Forward hooks that capture module outputs for one forward pass.
+"""The one hook engine: every hook LensFlow puts on a model is registered and removed here.
 
-The hook only keeps a reference to the output tensor (already detached under
-`torch.inference_mode`); pooling and the move off the device happen once per batch, after the
-forward pass, never inside the hook.
+Each context manager resolves its module names first (one `HookPointError` for a name the
+model lacks), registers its hooks, and removes them in a `finally`, so an error anywhere in
+the forward pass, or after it inside the block, never leaves a model hooked:
+
+- `capture`: module outputs, detached, optionally stopping the pass at a `StopPoint`
+  (extraction, patch grids, patching's clean cache);
+- `keep_outputs`: module outputs kept in the autograd graph (gradient attribution);
+- `watch_outputs`: a reader per module sees its raw output, and the pass may stop once every
+  watched module has run (attention rows, the logit lens);
+- `replace_outputs`: a hook whose return value replaces a module's output (patching);
+- `input_hooks`: pre-hooks that read or replace a module's positional inputs (head ablation).
+
+Hooks only keep references (detached under `torch.inference_mode`); pooling and the move off
+the device happen once per batch, after the forward pass, never inside a hook.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import difflib
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+# What to do about a name the model lacks, or a module the pass did not reach.
+MISSING_FIX = "list the model's modules with `lens modules CONFIG` and pick one of them"
+NOT_RUN_FIX = "choose a module on the path this model's input takes (`lens modules CONFIG`)"
+
+OutputHook = Callable[[nn.Module, Any, Any], Any]
+InputHook = Callable[[tuple[Any, ...]], tuple[Any, ...] | None]
+
+
+class HookPointError(LookupError, ValueError):
+    """A hook point a pass cannot use: no module of that name, or a module that did not run in
+    the forward pass. A ValueError too, so the CLI shows the message instead of a traceback."""
 
 
 class HookOutputError(ValueError):
     """A hooked module returned something with no tensor to capture."""
+
+
+class StopForward(Exception):
+    """Raised by the hook of the last module a pass needs: nothing after it has to run."""
+
+
+def hook_modules(
+    model: nn.Module, names: Iterable[str], fix: str = MISSING_FIX
+) -> dict[str, nn.Module]:
+    """Name -> module for each name, in order; a HookPointError names the first one missing,
+    with the nearest real name, before any hook is registered."""
+    modules = dict(model.named_modules())
+    found: dict[str, nn.Module] = {}
+    for name in names:
+        if name not in modules:
+            close = difflib.get_close_matches(name, list(modules), n=1, cutoff=0.8)
+            near = f" (did you mean {close[0]!r}?)" if close else ""
+            raise HookPointError(f"no module named {name!r} in {type(model).__name__}{near}; {fix}")
+        found[name] = modules[name]
+    return found
+
+
+def require_ran(names: Iterable[str], ran: Collection[str], fix: str = NOT_RUN_FIX) -> None:
+    """A HookPointError for the first of `names` that is not in `ran`: a module the forward
+    pass never called has no output, and a missing value must not pass for a result."""
+    for name in names:
+        if name not in ran:
+            raise HookPointError(f"module {name!r} did not run in the forward pass; {fix}")
+
+
+@contextmanager
+def _hooked(
+    model: nn.Module,
+    hooks: Sequence[tuple[str, Callable[..., Any]]],
+    register: Callable[[nn.Module, Callable[..., Any]], RemovableHandle],
+) -> Iterator[None]:
+    """Register (module name, hook) pairs with `register` for the block; every handle is
+    removed in a `finally`, also when a later registration or the block fails."""
+    modules = hook_modules(model, [name for name, _ in hooks])
+    handles: list[RemovableHandle] = []
+    try:
+        for name, hook in hooks:
+            handles.append(register(modules[name], hook))
+        yield
+    finally:
+        for handle in reversed(handles):
+            handle.remove()
 
 
 def output_tensor(output: Any) -> torch.Tensor | None:
@@ -53,8 +125,7 @@ def _stackable(values: list[Any]) -> bool:
     return len({tuple(v.shape[1:]) for v in values}) == 1
 
 
-class StopForward(Exception):
-    """Raised by the hook of the last module a pass needs: nothing after it has to run."""
+# -- capturing outputs -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -68,11 +139,12 @@ class StopPoint:
 class ActivationCapture:
     """What the hooks saw in one forward pass: module name -> output tensor."""
 
-    def __init__(self, stop_at: StopPoint | None = None) -> None:
+    def __init__(self, stop_at: StopPoint | None = None, detach: bool = True) -> None:
         self.outputs: dict[str, torch.Tensor] = {}
         self.calls: dict[str, int] = {}
         self.order: list[str] = []  # hooked modules in the order they ran (one entry per call)
         self.stop_at = stop_at
+        self.detach = detach
 
     @property
     def last_call(self) -> StopPoint | None:
@@ -87,7 +159,11 @@ class ActivationCapture:
         """Bytes the hooks hold: what the forward pass adds to memory for capture."""
         return sum(t.numel() * t.element_size() for t in self.outputs.values())
 
-    def hook_for(self, name: str):
+    def require(self, names: Iterable[str], fix: str = NOT_RUN_FIX) -> None:
+        """A HookPointError for the first of `names` that produced no output in the pass."""
+        require_ran(names, self.outputs, fix)
+
+    def hook_for(self, name: str) -> OutputHook:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             tensor = output_tensor(output)
             if tensor is None:
@@ -96,7 +172,7 @@ class ActivationCapture:
                     "choose a module whose output is a tensor (see `lens modules CONFIG`)"
                 )
             # A module called twice per forward (shared weights) keeps its last call.
-            self.outputs[name] = tensor.detach()
+            self.outputs[name] = tensor.detach() if self.detach else tensor
             self.calls[name] = self.calls.get(name, 0) + 1
             self.order.append(name)
             stop = self.stop_at
@@ -112,22 +188,139 @@ class ActivationCapture:
 
 @contextmanager
 def capture(
-    model: nn.Module, names: Sequence[str], stop_at: StopPoint | None = None
+    model: nn.Module, names: Sequence[str], stop_at: StopPoint | None = None, detach: bool = True
 ) -> Iterator[ActivationCapture]:
     """Hook the named modules for the duration of the block; hooks are always removed.
 
     With `stop_at`, the pass ends (StopForward) right after that module's last needed call,
     so layers past the deepest hooked one cost nothing (baukit's StopForward idea); the
-    caller catches StopForward around the forward call.
+    caller catches StopForward around the forward call. `detach=False` keeps the outputs in
+    the autograd graph (see `keep_outputs`).
     """
-    modules = dict(model.named_modules())
-    missing = [name for name in names if name not in modules]
-    if missing:
-        raise KeyError(f"no module named {missing[0]!r} in {type(model).__name__}")
-    store = ActivationCapture(stop_at)
-    handles = [modules[name].register_forward_hook(store.hook_for(name)) for name in names]
-    try:
+    store = ActivationCapture(stop_at, detach)
+    hooks = [(name, store.hook_for(name)) for name in dict.fromkeys(names)]
+    with _hooked(model, hooks, nn.Module.register_forward_hook):
         yield store
-    finally:
-        for handle in handles:
-            handle.remove()
+
+
+@contextmanager
+def keep_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[ActivationCapture]:
+    """`capture` without the detach: each output stays in the graph, so a gradient can be
+    taken with respect to it after the pass (run the pass with autograd on)."""
+    with capture(model, names, detach=False) as store:
+        yield store
+
+
+# -- reading raw outputs -----------------------------------------------------------------------
+
+
+class OutputWatch:
+    """Which watched modules ran in the pass, and how often."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        self.calls: dict[str, int] = {}
+
+    def require(self, fix: str = NOT_RUN_FIX) -> None:
+        """A HookPointError for the first watched module that did not run."""
+        require_ran(self.names, self.calls, fix)
+
+
+@contextmanager
+def watch_outputs(
+    model: nn.Module,
+    readers: Mapping[str, Callable[[Any], None]],
+    stop_when_all_ran: bool = False,
+) -> Iterator[OutputWatch]:
+    """Call `readers[name](output)` with each named module's raw output (a tuple, a
+    ModelOutput: whatever it returned) for the block; hooks are always removed.
+
+    A reader keeps what it needs (one row, one position), not the whole output. With
+    `stop_when_all_ran`, the pass ends (StopForward, for the caller to catch) once every
+    watched module has run, so layers after the deepest one cost nothing.
+    """
+    watch = OutputWatch(list(readers))
+
+    def hook_for(name: str, read: Callable[[Any], None]) -> OutputHook:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            read(output)
+            watch.calls[name] = watch.calls.get(name, 0) + 1
+            if stop_when_all_ran and len(watch.calls) == len(watch.names):
+                raise StopForward
+
+        return hook
+
+    hooks = [(name, hook_for(name, read)) for name, read in readers.items()]
+    with _hooked(model, hooks, nn.Module.register_forward_hook):
+        yield watch
+
+
+# -- changing outputs and inputs ---------------------------------------------------------------
+
+
+@contextmanager
+def replace_outputs(
+    model: nn.Module, replacements: Mapping[str, Callable[[Any], Any]]
+) -> Iterator[None]:
+    """Each named module's output becomes `replacements[name](output)` for the block; hooks are
+    always removed. They go first among the module's forward hooks, so observers (`capture`,
+    the model's own output recorders) see the replaced output."""
+
+    def hook_for(replace: Callable[[Any], Any]) -> OutputHook:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+            return replace(output)
+
+        return hook
+
+    hooks = [(name, hook_for(replace)) for name, replace in replacements.items()]
+    with _hooked(model, hooks, _register_first):
+        yield
+
+
+@contextmanager
+def input_hooks(
+    model: nn.Module, hooks: Sequence[tuple[str, InputHook]], first: bool = False
+) -> Iterator[None]:
+    """Forward pre-hooks on the named modules' positional inputs for the block; hooks are
+    always removed. A hook that returns a tuple replaces the inputs, one that returns None
+    only reads them. `first` puts each hook before the module's other pre-hooks (each later
+    pair before the earlier ones on a shared module). A name may appear more than once."""
+
+    def hook_for(hook: InputHook) -> Callable[[nn.Module, tuple[Any, ...]], Any]:
+        def pre_hook(_module: nn.Module, args: tuple[Any, ...]) -> Any:
+            return hook(args)
+
+        return pre_hook
+
+    wrapped = [(name, hook_for(hook)) for name, hook in hooks]
+    register = _register_pre_first if first else nn.Module.register_forward_pre_hook
+    with _hooked(model, wrapped, register):
+        yield
+
+
+def _register_first(module: nn.Module, hook: Callable[..., Any]) -> RemovableHandle:
+    return module.register_forward_hook(hook, prepend=True)
+
+
+def _register_pre_first(module: nn.Module, hook: Callable[..., Any]) -> RemovableHandle:
+    return module.register_forward_pre_hook(hook, prepend=True)
+
+
+__all__ = [
+    "MISSING_FIX",
+    "NOT_RUN_FIX",
+    "ActivationCapture",
+    "HookOutputError",
+    "HookPointError",
+    "OutputWatch",
+    "StopForward",
+    "StopPoint",
+    "capture",
+    "hook_modules",
+    "input_hooks",
+    "keep_outputs",
+    "output_tensor",
+    "replace_outputs",
+    "require_ran",
+    "watch_outputs",
+]

@@ -150,6 +150,22 @@ class Adapter:
             return_tensors="pt",
         )
 
+    def prepare_on(
+        self,
+        processor: Any,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        device: torch.device,
+        dtype: torch.dtype,
+        token_limit: tuple[int, str] | None = None,
+    ) -> BatchFeature:
+        """`prepare`, then the inputs on the model's device with pixels in its dtype: the one
+        way a forward pass gets its inputs. With `token_limit` (extraction), a batch longer
+        than the model's positions is refused before anything moves to the device."""
+        inputs = self.prepare(processor, images, prompts)
+        check_sequence_length(inputs, token_limit, prompts)
+        return to_device(inputs, device, dtype)
+
     def forward(self, model: nn.Module, inputs: BatchFeature, extra: dict[str, Any]) -> Any:
         return model(**inputs, **extra)
 
@@ -263,6 +279,16 @@ class Adapter:
                 "adapter with its own patch_cells"
             )
         return raster_cells(side, side)
+
+
+def to_device(inputs: BatchFeature, device: torch.device, dtype: torch.dtype) -> BatchFeature:
+    """The prepared inputs on `device`: floating tensors (pixels) cast to the model's dtype,
+    the rest (token ids, masks, grid sizes) keep their own, which the model indexes with."""
+    inputs = inputs.to(device)
+    for key, value in inputs.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            inputs[key] = value.to(dtype)
+    return inputs
 
 
 def token_roles(attention_mask: torch.Tensor | None, image: torch.Tensor) -> torch.Tensor:
