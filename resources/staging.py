@@ -19,30 +19,14 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from lens_assets.resources.schemas import ACTIVATIONS, IMAGES, conform, without
 
-ACTIVATION_ROWS = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("prompt", pa.string()),
-        ("layer", pa.string()),
-        ("pooling", pa.string()),
-        ("token_index", pa.int32()),
-        ("token_role", pa.string()),
-        ("tile", pa.int32()),
-        ("dim", pa.int32()),
-        ("vector", pa.list_(pa.float32())),
-    ]
-)
-STAGED_ACTIVATIONS = ACTIVATION_ROWS.append(pa.field("dataset", pa.string()))
-IMAGE_ROWS = pa.schema(
-    [
-        ("dataset", pa.string()),
-        ("image_id", pa.string()),
-        ("path", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-    ]
-)
+# What the stage holds: the `activations` row less model and architecture, which the commit
+# supplies; a batch's rows before the stage adds their dataset; and the `images` row less the
+# split, which only a dataset's own `images` step knows.
+STAGED_ACTIVATIONS = without(ACTIVATIONS, "model", "architecture")
+ACTIVATION_ROWS = without(STAGED_ACTIVATIONS, "dataset")
+IMAGE_ROWS = without(IMAGES, "split")
 FLUSH_BYTES = 16 * 1024 * 1024  # a row group of the stage file
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -55,17 +39,6 @@ class StageDiskFullError(ValueError):
 def _disk_full(error: OSError) -> bool:
     """ENOSPC or a quota, by errno or, from pyarrow (which may not set it), by its text."""
     return error.errno in DISK_FULL or any(os.strerror(code) in str(error) for code in DISK_FULL)
-
-
-def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """`table` with `schema`'s columns in its order; a column it lacks is all NULL."""
-    columns = [
-        table.column(field.name).cast(field.type)
-        if field.name in table.column_names
-        else pa.nulls(table.num_rows, field.type)
-        for field in schema
-    ]
-    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def remove_stale_stages(directory: Path) -> list[Path]:
