@@ -180,9 +180,10 @@ def _insert_activations(
     con.register("incoming", rows)
     con.execute(
         """
-        INSERT INTO activations
-        SELECT ?, 'synthetic', ?, image_id, 'Describe the image.', ?, ?, NULL, NULL, ?,
-               vector::FLOAT[], NULL  -- tile
+        INSERT INTO activations BY NAME  -- token_index, token_role, tile: NULL
+        SELECT ? AS model, 'synthetic' AS architecture, ? AS dataset, image_id,
+               'Describe the image.' AS prompt, ? AS layer, ? AS pooling, ? AS dim,
+               vector::FLOAT[] AS vector
         FROM incoming
         """,
         [MODEL, DATASET, layer, pooling, dim],

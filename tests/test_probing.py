@@ -14,17 +14,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from lens_assets.resources.schemas import PROBE_RESULTS
 from lens_assets.resources.warehouse import Warehouse
 from scipy.stats import norm
 
-from lens_assets.analyses.probing import (
-    RESULT_COLUMNS,
+from lens_assets.analyses.probe_maths import (
     ProbeSettings,
     control_labels,
     probe,
-    probe_layers,
     two_proportion_z_p_value,
 )
+from lens_assets.analyses.probing import probe_layers
 from lens_assets.analyses.reading import list_column_to_matrix, load_labels, load_vectors
 
 
@@ -198,9 +198,10 @@ def insert_activations(
         con.register("incoming", rows)
         con.execute(
             """
-            INSERT INTO activations
-            SELECT 'tiny', 'synthetic', 'shapes', image_id, 'Describe.', ?, ?, NULL, NULL, ?,
-                   vector::FLOAT[], NULL  -- tile
+            INSERT INTO activations BY NAME  -- token_index, token_role, tile: NULL
+            SELECT 'tiny' AS model, 'synthetic' AS architecture, 'shapes' AS dataset, image_id,
+                   'Describe.' AS prompt, ? AS layer, ? AS pooling, ? AS dim,
+                   vector::FLOAT[] AS vector
             FROM incoming
             """,
             [layer, pooling, vectors.shape[1]],
@@ -239,7 +240,7 @@ def test_probe_layers_reads_the_warehouse_and_writes_one_row_per_probe(tmp_path:
         kinds=["linear", "mlp"], permutations=50, max_iter=50, mlp_hidden=16, n_jobs=2
     )
     rows = probe_layers(warehouse, "tiny", settings)
-    assert all(tuple(row) == RESULT_COLUMNS for row in rows)
+    assert all(list(row) == PROBE_RESULTS.names for row in rows)
     keys = [(r["layer"], r["pooling"], r["concept"], r["probe"]) for r in rows]
     assert keys == [
         (layer, "mean", concept, kind)
