@@ -27,24 +27,8 @@ from lens_assets.analyses.visual_tasks import (
 )
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.data.images import load_image
+from lens_assets.resources.schemas import VISION_VS_VLM_ITEMS, rows_table
 from lens_assets.resources.warehouse import Warehouse
-
-SOLUTION_ROWS = pa.schema(
-    [
-        ("model", pa.string()),
-        ("dataset", pa.string()),
-        ("task", pa.string()),
-        ("stage", pa.string()),
-        ("layer", pa.string()),
-        ("layer_order", pa.int32()),
-        ("item", pa.string()),
-        ("image_id", pa.string()),  # the image the question is asked about
-        ("choice", pa.string()),
-        ("answer", pa.string()),
-        ("correct", pa.bool_()),
-        ("options", pa.int32()),
-    ]
-)
 
 Item = CorrespondenceItem | OddOneOutItem
 
@@ -157,4 +141,4 @@ def vision_vs_vlm_table(
         for dataset in datasets
         for row in solve_dataset(loaded, warehouse, dataset, prompt, batch_size, layers)
     ]
-    return pa.Table.from_pylist(rows, schema=SOLUTION_ROWS)
+    return rows_table(VISION_VS_VLM_ITEMS, rows)
