@@ -21,6 +21,14 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+from .blocks import (
+    SIGLIP_NORM,
+    TextSizes,
+    VisionSizes,
+    sliding_then_full,
+    text_config,
+    vision_config,
+)
 from .tokenizer import build_tokenizer
 
 DOWNSAMPLE_FACTOR = 2  # pixel shuffle: 2x2 patches -> one token
@@ -56,27 +64,24 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class AyaVisionSizes:
-    vision_hidden: int
-    vision_intermediate: int
-    vision_layers: int
-    vision_heads: int
-    image_size: int  # one tile, square
-    patch_size: int
+    vision: VisionSizes  # image_size: one tile, square
     max_tiles: int
     alignment_intermediate: int  # SwiGLU width of the projector (halved by the gate)
-    text_hidden: int
-    text_intermediate: int
-    text_layers: int
-    text_heads: int
-    head_dim: int
+    text: TextSizes
 
 
 # Parameters (vocab ~320): tiny 0.15 M, small 6.2 M, base 0.49 B (the real SigLIP-so400m tower
 # of aya-vision-8b, 0.41 B, with a 4-layer, 1024-wide Cohere2 and a narrower projector).
 PRESETS: dict[str, AyaVisionSizes] = {
-    "tiny": AyaVisionSizes(32, 64, 2, 2, 32, 8, 6, 128, 64, 128, 2, 2, 32),
-    "small": AyaVisionSizes(256, 1024, 4, 4, 224, 14, 6, 1024, 256, 688, 2, 4, 64),
-    "base": AyaVisionSizes(1152, 4304, 27, 16, 364, 14, 12, 4096, 1024, 2816, 4, 8, 128),
+    "tiny": AyaVisionSizes(
+        VisionSizes(32, 64, 2, 2, 32, 8), 6, 128, TextSizes(64, 128, 2, 2, 2, 32)
+    ),
+    "small": AyaVisionSizes(
+        VisionSizes(256, 1024, 4, 4, 224, 14), 6, 1024, TextSizes(256, 688, 2, 4, 4, 64)
+    ),
+    "base": AyaVisionSizes(
+        VisionSizes(1152, 4304, 27, 16, 364, 14), 12, 4096, TextSizes(1024, 2816, 4, 8, 8, 128)
+    ),
 }
 
 
@@ -95,50 +100,34 @@ def build(
         named_tokens={"image_token": IMAGE_TOKEN},
         other_special_tokens=[PATCH_TOKEN, *MARKERS, *tile_markers, *TURN_TOKENS],
     )
-    tile = {"height": s.image_size, "width": s.image_size}
+    side = s.vision.image_size
     processor = AyaVisionProcessor(
         image_processor=GotOcr2ImageProcessor(
-            size=tile,
+            size={"height": side, "width": side},
             crop_to_patches=True,
             min_patches=1,
             max_patches=s.max_tiles,
-            image_mean=[0.5, 0.5, 0.5],  # SigLIP normalisation
-            image_std=[0.5, 0.5, 0.5],
+            image_mean=SIGLIP_NORM,
+            image_std=SIGLIP_NORM,
         ),
         tokenizer=tokenizer,
-        patch_size=s.patch_size,
-        img_size=s.image_size,
+        patch_size=s.vision.patch_size,
+        img_size=side,
         downsample_factor=DOWNSAMPLE_FACTOR,
         image_token=IMAGE_TOKEN,
         img_patch_token=PATCH_TOKEN,
         chat_template=CHAT_TEMPLATE,
     )
-    vision = SiglipVisionConfig(
-        hidden_size=s.vision_hidden,
-        intermediate_size=s.vision_intermediate,
-        num_hidden_layers=s.vision_layers,
-        num_attention_heads=s.vision_heads,
-        image_size=s.image_size,
-        patch_size=s.patch_size,
-        vision_use_head=False,
-    )
-    text = Cohere2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=s.text_hidden,
-        intermediate_size=s.text_intermediate,
-        num_hidden_layers=s.text_layers,
-        num_attention_heads=s.text_heads,
-        num_key_value_heads=s.text_heads,
-        head_dim=s.head_dim,
-        max_position_embeddings=8192,
+    text = text_config(
+        Cohere2Config,
+        tokenizer,
+        s.text,
+        max_positions=8192,
         sliding_window=4096,
-        layer_types=["sliding_attention"] * (s.text_layers - 1) + ["full_attention"],
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        layer_types=sliding_then_full(s.text.layers),
     )
     config = AyaVisionConfig(
-        vision_config=vision,
+        vision_config=vision_config(SiglipVisionConfig, s.vision, vision_use_head=False),
         text_config=text,
         vision_feature_select_strategy="full",  # SigLIP has no CLS to drop
         vision_feature_layer=-1,

@@ -10,7 +10,7 @@ tokens that the processor puts before the text (even before BOS). The tokenizer 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from transformers import (
     Blip2Config,
@@ -23,6 +23,7 @@ from transformers import (
     PreTrainedConfig,
 )
 
+from .blocks import TextSizes, VisionSizes, text_config, vision_config
 from .tokenizer import build_tokenizer
 
 IMAGE_TOKEN = "<image>"  # added by the processor; config.image_token_index is its id
@@ -30,28 +31,31 @@ IMAGE_TOKEN = "<image>"  # added by the processor; config.image_token_index is i
 
 @dataclass(frozen=True)
 class Blip2Sizes:
-    vision_hidden: int
-    vision_intermediate: int
-    vision_layers: int
-    vision_heads: int
-    image_size: int
-    patch_size: int
-    qformer_hidden: int
-    qformer_layers: int
-    qformer_heads: int
+    vision: VisionSizes
+    qformer: TextSizes  # a BERT-style encoder; its width is also the queries' width
     query_tokens: int
-    text_hidden: int
-    text_layers: int
-    text_heads: int
+    text: TextSizes  # the LLM; its intermediate size is OPT's ffn_dim
 
 
 # Parameters (vocab ~310): tiny 0.21 M (0.9 MB on disk), small 10 M, base 1.14 B: the real
 # EVA ViT-g/14 tower (986 M, 39 layers of 1408) and Q-Former (105 M, 32 queries) of
 # Salesforce/blip2-opt-2.7b, with a 4-layer, 1024-wide OPT (51 M) in place of OPT-2.7B.
 PRESETS: dict[str, Blip2Sizes] = {
-    "tiny": Blip2Sizes(32, 64, 2, 2, 32, 8, 32, 2, 2, 4, 64, 2, 4),
-    "small": Blip2Sizes(256, 1024, 6, 4, 112, 14, 256, 4, 4, 16, 256, 2, 4),
-    "base": Blip2Sizes(1408, 6144, 39, 16, 224, 14, 768, 12, 12, 32, 1024, 4, 16),
+    "tiny": Blip2Sizes(
+        VisionSizes(32, 64, 2, 2, 32, 8), TextSizes(32, 128, 2, 2), 4, TextSizes(64, 256, 2, 4)
+    ),
+    "small": Blip2Sizes(
+        VisionSizes(256, 1024, 6, 4, 112, 14),
+        TextSizes(256, 1024, 4, 4),
+        16,
+        TextSizes(256, 1024, 2, 4),
+    ),
+    "base": Blip2Sizes(
+        VisionSizes(1408, 6144, 39, 16, 224, 14),
+        TextSizes(768, 3072, 12, 12),
+        32,
+        TextSizes(1024, 4096, 4, 16),
+    ),
 }
 
 
@@ -63,28 +67,21 @@ def vision_and_qformer(
 ) -> tuple[PreTrainedConfig, PreTrainedConfig]:
     """The ViT and Q-Former configs BLIP-2 and InstructBLIP share (same shapes, each family's
     own config classes); the Q-Former's cross-attention width follows the ViT's."""
-    vision = vision_class(
-        hidden_size=s.vision_hidden,
-        intermediate_size=s.vision_intermediate,
-        num_hidden_layers=s.vision_layers,
-        num_attention_heads=s.vision_heads,
-        image_size=s.image_size,
-        patch_size=s.patch_size,
-    )
     qformer = qformer_class(
-        hidden_size=s.qformer_hidden,
-        intermediate_size=4 * s.qformer_hidden,
-        num_hidden_layers=s.qformer_layers,
-        num_attention_heads=s.qformer_heads,
-        encoder_hidden_size=s.vision_hidden,
+        hidden_size=s.qformer.hidden,
+        intermediate_size=s.qformer.intermediate,
+        num_hidden_layers=s.qformer.layers,
+        num_attention_heads=s.qformer.heads,
+        encoder_hidden_size=s.vision.hidden,
         **qformer_fields,
     )
-    return vision, qformer
+    return vision_config(vision_class, s.vision), qformer
 
 
 def image_processor(s: Blip2Sizes) -> BlipImageProcessor:
     """BLIP squashes every image onto a square (no crop), normalised with CLIP's statistics."""
-    return BlipImageProcessor(size={"height": s.image_size, "width": s.image_size})
+    side = s.vision.image_size
+    return BlipImageProcessor(size={"height": side, "width": side})
 
 
 def build(
@@ -100,17 +97,14 @@ def build(
         num_query_tokens=s.query_tokens,
     )
     vision, qformer = vision_and_qformer(s)
-    text = OPTConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=s.text_hidden,
-        word_embed_proj_dim=s.text_hidden,
-        ffn_dim=4 * s.text_hidden,
-        num_hidden_layers=s.text_layers,
-        num_attention_heads=s.text_heads,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    # OPT names its MLP width ffn_dim and projects embeddings by word_embed_proj_dim.
+    text = text_config(
+        OPTConfig,
+        tokenizer,
+        replace(s.text, intermediate=None),
+        max_positions=512,
+        ffn_dim=s.text.intermediate,
+        word_embed_proj_dim=s.text.hidden,
     )
     config = Blip2Config(
         vision_config=vision.to_dict(),

@@ -17,6 +17,7 @@ from transformers import (
     CLIPVisionConfig,
 )
 
+from .blocks import TextSizes, VisionSizes, center_crop, text_config, vision_config
 from .tokenizer import build_tokenizer
 
 MAX_TEXT_POSITIONS = 77  # as in every OpenAI CLIP
@@ -24,22 +25,16 @@ MAX_TEXT_POSITIONS = 77  # as in every OpenAI CLIP
 
 @dataclass(frozen=True)
 class ClipSizes:
-    vision_hidden: int
-    vision_layers: int
-    vision_heads: int
-    image_size: int
-    patch_size: int
-    text_hidden: int
-    text_layers: int
-    text_heads: int
+    vision: VisionSizes
+    text: TextSizes
     projection_dim: int
 
 
 # base: the real ViT-B/32 tower of openai/clip-vit-base-patch32 with a 4-layer text tower.
 PRESETS: dict[str, ClipSizes] = {
-    "tiny": ClipSizes(32, 2, 2, 32, 8, 32, 2, 2, 16),
-    "small": ClipSizes(256, 6, 4, 112, 14, 256, 4, 4, 128),
-    "base": ClipSizes(768, 12, 12, 224, 32, 512, 4, 8, 512),
+    "tiny": ClipSizes(VisionSizes(32, 128, 2, 2, 32, 8), TextSizes(32, 128, 2, 2), 16),
+    "small": ClipSizes(VisionSizes(256, 1024, 6, 4, 112, 14), TextSizes(256, 1024, 4, 4), 128),
+    "base": ClipSizes(VisionSizes(768, 3072, 12, 12, 224, 32), TextSizes(512, 2048, 4, 8), 512),
 }
 
 
@@ -56,32 +51,13 @@ def build(preset: str) -> tuple[type[CLIPModel], CLIPConfig, CLIPProcessor]:
         model_max_length=MAX_TEXT_POSITIONS,
     )
     processor = CLIPProcessor(
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": s.image_size},
-            crop_size={"height": s.image_size, "width": s.image_size},
-        ),
+        image_processor=CLIPImageProcessor(**center_crop(s.vision.image_size)),
         tokenizer=tokenizer,
     )
-    text = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=s.text_hidden,
-        intermediate_size=4 * s.text_hidden,
-        num_hidden_layers=s.text_layers,
-        num_attention_heads=s.text_heads,
-        max_position_embeddings=MAX_TEXT_POSITIONS,
-        projection_dim=s.projection_dim,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    projection = {"projection_dim": s.projection_dim}
+    text = text_config(
+        CLIPTextConfig, tokenizer, s.text, max_positions=MAX_TEXT_POSITIONS, **projection
     )
-    vision = CLIPVisionConfig(
-        hidden_size=s.vision_hidden,
-        intermediate_size=4 * s.vision_hidden,
-        num_hidden_layers=s.vision_layers,
-        num_attention_heads=s.vision_heads,
-        image_size=s.image_size,
-        patch_size=s.patch_size,
-        projection_dim=s.projection_dim,
-    )
-    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=s.projection_dim)
+    vision = vision_config(CLIPVisionConfig, s.vision, **projection)
+    config = CLIPConfig(text_config=text, vision_config=vision, **projection)
     return CLIPModel, config, processor

@@ -13,24 +13,24 @@ from dataclasses import dataclass
 from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from .blocks import VisionSizes, vision_config
+
 RESIZE_PER_CROP = 256 / 224  # the released processors' shortest edge over their crop side
 
 
 @dataclass(frozen=True)
 class Dinov2Sizes:
-    hidden: int
-    layers: int
-    heads: int
-    patch_size: int
+    # image_size: the position-embedding grid the model learned, in pixels; no intermediate
+    # size (DINOv2 takes an mlp_ratio).
+    vision: VisionSizes
     crop_size: int  # the processor's square crop: (crop_size / patch_size) ** 2 patches
-    image_size: int  # the position-embedding grid the model learned, in pixels
 
 
 # base: the real facebook/dinov2-small (ViT-S/14, position grid 37x37, 224 px crops).
 PRESETS: dict[str, Dinov2Sizes] = {
-    "tiny": Dinov2Sizes(32, 2, 2, 8, 32, 48),
-    "small": Dinov2Sizes(192, 6, 3, 14, 112, 224),
-    "base": Dinov2Sizes(384, 12, 6, 14, 224, 518),
+    "tiny": Dinov2Sizes(VisionSizes(32, None, 2, 2, 48, 8), 32),
+    "small": Dinov2Sizes(VisionSizes(192, None, 6, 3, 224, 14), 112),
+    "base": Dinov2Sizes(VisionSizes(384, None, 12, 6, 518, 14), 224),
 }
 
 
@@ -44,12 +44,4 @@ def build(preset: str) -> tuple[type[Dinov2Model], Dinov2Config, BitImageProcess
         image_mean=list(IMAGENET_DEFAULT_MEAN),
         image_std=list(IMAGENET_DEFAULT_STD),
     )
-    config = Dinov2Config(
-        hidden_size=s.hidden,
-        num_hidden_layers=s.layers,
-        num_attention_heads=s.heads,
-        mlp_ratio=4,
-        patch_size=s.patch_size,
-        image_size=s.image_size,
-    )
-    return Dinov2Model, config, processor
+    return Dinov2Model, vision_config(Dinov2Config, s.vision, mlp_ratio=4), processor

@@ -22,6 +22,14 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+from .blocks import (
+    GEMMA_SPECIALS,
+    TextSizes,
+    VisionSizes,
+    sliding_then_full,
+    text_config,
+    vision_config,
+)
 from .tokenizer import build_tokenizer
 
 IMAGE_TOKEN = "<image_soft_token>"  # what the LLM sees in place of image features
@@ -51,18 +59,9 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class Gemma3Sizes:
-    vision_hidden: int
-    vision_intermediate: int
-    vision_layers: int
-    vision_heads: int
-    image_size: int
-    patch_size: int
+    vision: VisionSizes
     tokens_per_image: int  # a square number dividing the patch grid
-    text_hidden: int
-    text_layers: int
-    text_heads: int
-    text_kv_heads: int
-    text_head_dim: int
+    text: TextSizes
 
 
 # Parameters (vocab ~310): tiny 0.17 M (0.7 MB on disk), small 7 M, base 481 M: the real
@@ -70,9 +69,13 @@ class Gemma3Sizes:
 # pooled to 256 image tokens) with a 4-layer, 1024-wide Gemma3 (63 M) in place of the 34-layer
 # LLM.
 PRESETS: dict[str, Gemma3Sizes] = {
-    "tiny": Gemma3Sizes(32, 64, 2, 2, 32, 8, 4, 64, 2, 4, 2, 16),
-    "small": Gemma3Sizes(256, 1024, 6, 4, 112, 14, 16, 256, 2, 4, 2, 64),
-    "base": Gemma3Sizes(1152, 4304, 27, 16, 896, 14, 256, 1024, 4, 8, 4, 128),
+    "tiny": Gemma3Sizes(VisionSizes(32, 64, 2, 2, 32, 8), 4, TextSizes(64, 256, 2, 4, 2, 16)),
+    "small": Gemma3Sizes(
+        VisionSizes(256, 1024, 6, 4, 112, 14), 16, TextSizes(256, 1024, 2, 4, 2, 64)
+    ),
+    "base": Gemma3Sizes(
+        VisionSizes(1152, 4304, 27, 16, 896, 14), 256, TextSizes(1024, 4096, 4, 8, 4, 128)
+    ),
 }
 
 
@@ -83,16 +86,14 @@ def build(
     s = PRESETS[preset]
     # BOS comes from the chat template, so the tokenizer adds nothing itself.
     tokenizer = build_tokenizer(
-        bos="<bos>",
-        eos="<eos>",
-        pad="<pad>",
-        unk="<unk>",
+        **GEMMA_SPECIALS,
         named_tokens={"image_token": IMAGE_TOKEN, "boi_token": BOI_TOKEN, "eoi_token": EOI_TOKEN},
         other_special_tokens=TURN_TOKENS,
     )
     # No pan-and-scan crops: one square frame per image.
+    side = s.vision.image_size
     image_processor = Gemma3ImageProcessor(
-        size={"height": s.image_size, "width": s.image_size}, do_pan_and_scan=False
+        size={"height": side, "width": side}, do_pan_and_scan=False
     )
     processor = Gemma3Processor(
         image_processor=image_processor,
@@ -100,32 +101,16 @@ def build(
         chat_template=CHAT_TEMPLATE,
         image_seq_length=s.tokens_per_image,
     )
-    vision = SiglipVisionConfig(
-        hidden_size=s.vision_hidden,
-        intermediate_size=s.vision_intermediate,
-        num_hidden_layers=s.vision_layers,
-        num_attention_heads=s.vision_heads,
-        image_size=s.image_size,
-        patch_size=s.patch_size,
-        vision_use_head=False,
-    )
+    vision = vision_config(SiglipVisionConfig, s.vision, vision_use_head=False)
     # Gemma3 interleaves sliding-window and global layers; the tiny LLM keeps one of each.
-    layer_types = ["sliding_attention"] * (s.text_layers - 1) + ["full_attention"]
-    text = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=s.text_hidden,
-        intermediate_size=4 * s.text_hidden,
-        num_hidden_layers=s.text_layers,
-        num_attention_heads=s.text_heads,
-        num_key_value_heads=s.text_kv_heads,
-        head_dim=s.text_head_dim,
-        query_pre_attn_scalar=s.text_head_dim,
+    text = text_config(
+        Gemma3TextConfig,
+        tokenizer,
+        s.text,
+        max_positions=8192,
+        query_pre_attn_scalar=s.text.head_dim,
         sliding_window=1024,
-        layer_types=layer_types,
-        max_position_embeddings=8192,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        layer_types=sliding_then_full(s.text.layers),
     )
     config = Gemma3Config(
         vision_config=vision.to_dict(),

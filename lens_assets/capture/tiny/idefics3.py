@@ -12,6 +12,7 @@ one token, so each sub-image becomes ``image_seq_len`` ``<image>`` tokens in the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 from transformers import (
     Idefics3Config,
@@ -20,17 +21,21 @@ from transformers import (
     Idefics3Processor,
     Idefics3VisionConfig,
     LlamaConfig,
+    PreTrainedConfig,
     PreTrainedTokenizerFast,
+    ProcessorMixin,
 )
 
+from .blocks import SIGLIP_NORM, TextSizes, VisionSizes, text_config, vision_config
 from .tokenizer import build_tokenizer
 
 IMAGE_TOKEN = "<image>"
 FAKE_IMAGE_TOKEN = "<fake_token_around_image>"
 END_OF_UTTERANCE = "<end_of_utterance>"
 GLOBAL_IMAGE_TOKEN = "<global-img>"
+C = TypeVar("C", bound=PreTrainedConfig)
+
 GRID_SIDE = 6  # the processor knows <row_i_col_j> markers for i, j in 1..6
-SIGLIP_NORM = [0.5, 0.5, 0.5]
 
 # "User:<image>text<end_of_utterance>\nAssistant:" turns, the layout Idefics3 and SmolVLM use;
 # the template (not the tokenizer) emits the BOS token.
@@ -55,34 +60,24 @@ def grid_tokens() -> list[str]:
     return [f"<row_{row}_col_{col}>" for row in sides for col in sides]
 
 
-def image_seq_len(image_size: int, patch_size: int, scale_factor: int) -> int:
-    """``<image>`` tokens per sub-image: the tower's patches after the pixel shuffle."""
-    return (image_size // patch_size) ** 2 // scale_factor**2
-
-
 @dataclass(frozen=True)
 class Idefics3Sizes:
-    vision_hidden: int
-    vision_intermediate: int
-    vision_layers: int
-    vision_heads: int
-    image_size: int  # one sub-image's side (the processor's max_image_size)
-    patch_size: int
+    vision: VisionSizes  # image_size: one sub-image's side (the processor's max_image_size)
     scale_factor: int
     longest_edge: int  # the whole image's longest edge before it is cut into sub-images
-    text_hidden: int
-    text_intermediate: int
-    text_layers: int
-    text_heads: int
-    text_kv_heads: int
+    text: TextSizes
 
 
 # Parameters: tiny 0.15 M (0.6 MB on disk), small 6.8 M, base 463 M (the real SigLIP
 # so400m/14-364 tower of Idefics3-8B-Llama3, 413 M in 27 layers, with a 4-layer, 1024-wide Llama).
 PRESETS: dict[str, Idefics3Sizes] = {
-    "tiny": Idefics3Sizes(32, 64, 2, 2, 32, 8, 2, 96, 64, 128, 2, 4, 2),
-    "small": Idefics3Sizes(256, 1024, 6, 4, 112, 14, 2, 224, 256, 688, 2, 4, 2),
-    "base": Idefics3Sizes(1152, 4304, 27, 16, 364, 14, 2, 4 * 364, 1024, 2816, 4, 8, 2),
+    "tiny": Idefics3Sizes(VisionSizes(32, 64, 2, 2, 32, 8), 2, 96, TextSizes(64, 128, 2, 4, 2)),
+    "small": Idefics3Sizes(
+        VisionSizes(256, 1024, 6, 4, 112, 14), 2, 224, TextSizes(256, 688, 2, 4, 2)
+    ),
+    "base": Idefics3Sizes(
+        VisionSizes(1152, 4304, 27, 16, 364, 14), 2, 4 * 364, TextSizes(1024, 2816, 4, 8, 2)
+    ),
 }
 
 
@@ -109,26 +104,34 @@ def image_processor_kwargs(s: Idefics3Sizes) -> dict[str, object]:
     """Sub-image splitting as the real checkpoints do it, scaled to the preset."""
     return {
         "size": {"longest_edge": s.longest_edge},
-        "max_image_size": {"longest_edge": s.image_size},
+        "max_image_size": {"longest_edge": s.vision.image_size},
         "do_image_splitting": True,
         "image_mean": SIGLIP_NORM,
         "image_std": SIGLIP_NORM,
     }
 
 
-def text_config(s: Idefics3Sizes, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
-    """The Llama decoder of the preset, its vocabulary and special ids from the tokenizer."""
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=s.text_hidden,
-        intermediate_size=s.text_intermediate,
-        num_hidden_layers=s.text_layers,
-        num_attention_heads=s.text_heads,
-        num_key_value_heads=s.text_kv_heads,
-        max_position_embeddings=8192,
-        rms_norm_eps=1e-5,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+def image_seq_len(s: Idefics3Sizes) -> int:
+    """``<image>`` tokens per sub-image: the tower's patches after the pixel shuffle."""
+    return s.vision.grid**2 // s.scale_factor**2
+
+
+def model_config(
+    config_class: type[C],
+    vision_class: type[PreTrainedConfig],
+    s: Idefics3Sizes,
+    processor: ProcessorMixin,
+) -> C:
+    """The whole model's config, which Idefics3 and SmolVLM spell alike in their own classes:
+    the preset's tower, a Llama decoder and the connector's pixel shuffle."""
+    tokenizer = processor.tokenizer
+    return config_class(
+        vision_config=vision_config(vision_class, s.vision),
+        text_config=text_config(
+            LlamaConfig, tokenizer, s.text, max_positions=8192, rms_norm_eps=1e-5
+        ),
+        scale_factor=s.scale_factor,
+        image_token_id=processor.image_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
 
@@ -144,22 +147,8 @@ def build(
     processor = Idefics3Processor(
         image_processor=Idefics3ImageProcessor(**image_processor_kwargs(s)),
         tokenizer=tokenizer,
-        image_seq_len=image_seq_len(s.image_size, s.patch_size, s.scale_factor),
+        image_seq_len=image_seq_len(s),
         chat_template=CHAT_TEMPLATE,
     )
-    vision = Idefics3VisionConfig(
-        hidden_size=s.vision_hidden,
-        intermediate_size=s.vision_intermediate,
-        num_hidden_layers=s.vision_layers,
-        num_attention_heads=s.vision_heads,
-        image_size=s.image_size,
-        patch_size=s.patch_size,
-    )
-    config = Idefics3Config(
-        vision_config=vision,
-        text_config=text_config(s, tokenizer),
-        scale_factor=s.scale_factor,
-        image_token_id=processor.image_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = model_config(Idefics3Config, Idefics3VisionConfig, s, processor)
     return Idefics3ForConditionalGeneration, config, processor

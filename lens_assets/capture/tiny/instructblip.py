@@ -9,6 +9,8 @@ instruction tokens, dim)``, of which only the queries go on to ``language_projec
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from transformers import (
     InstructBlipConfig,
     InstructBlipForConditionalGeneration,
@@ -19,6 +21,7 @@ from transformers import (
 )
 
 from .blip2 import IMAGE_TOKEN, PRESETS, image_processor, vision_and_qformer
+from .blocks import LLAMA_SPECIALS, text_config
 from .tokenizer import build_tokenizer
 
 QFORMER_MAX_POSITIONS = 512  # BERT's, as in every Salesforce/instructblip-* Q-Former
@@ -35,7 +38,7 @@ def build(
     """Return the model class, its config and a matching processor for ``preset``."""
     s = PRESETS[preset]
     # Vicuna's Llama tokenizer starts every text with <s>; <image> is added by the processor.
-    tokenizer = build_tokenizer(bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", add_bos=True)
+    tokenizer = build_tokenizer(**LLAMA_SPECIALS, add_bos=True)
     # The Q-Former reads the instruction BERT-style: [CLS] text [SEP].
     qformer_tokenizer = build_tokenizer(
         bos="[CLS]",
@@ -60,18 +63,9 @@ def build(
         pad_token_id=qformer_tokenizer.pad_token_id,
         max_position_embeddings=QFORMER_MAX_POSITIONS,
     )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=s.text_hidden,
-        intermediate_size=4 * s.text_hidden,
-        num_hidden_layers=s.text_layers,
-        num_attention_heads=s.text_heads,
-        num_key_value_heads=s.text_heads,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    # Vicuna keeps one key-value head per query head.
+    llm = replace(s.text, kv_heads=s.text.heads)
+    text = text_config(LlamaConfig, tokenizer, llm, max_positions=2048)
     config = InstructBlipConfig(
         vision_config=vision.to_dict(),
         qformer_config=qformer.to_dict(),

@@ -22,6 +22,14 @@ from transformers import (
     Qwen2Config,
 )
 
+from .blocks import (
+    CHATML_SPECIALS,
+    TextSizes,
+    VisionSizes,
+    chatml_template,
+    text_config,
+    vision_config,
+)
 from .tokenizer import build_tokenizer
 
 DOWNSAMPLE_RATIO = 0.5  # pixel shuffle: 2x2 patches -> one token
@@ -29,41 +37,24 @@ FEATURE_STRATEGY = "default"  # drop CLS, as InternVL does
 
 # ChatML as InternVL3 uses it; an image item becomes "<IMG_CONTEXT>\n", which the processor
 # expands to <img> + tiles x image_seq_length <IMG_CONTEXT> + </img>.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+CHAT_TEMPLATE = chatml_template("{{ '<IMG_CONTEXT>\n' }}")
 
 
 @dataclass(frozen=True)
 class InternVLSizes:
-    vision_hidden: int
-    vision_layers: int
-    vision_heads: int
-    image_size: int  # one tile, square
-    patch_size: int
+    vision: VisionSizes  # image_size: one tile, square
     max_tiles: int
-    text_hidden: int
-    text_intermediate: int
-    text_layers: int
-    text_heads: int
-    text_kv_heads: int
+    text: TextSizes
 
 
 # Parameters (vocab 307): tiny 0.15 M, small 5.2 M, base 0.35 B (the real InternViT-300M tower
 # of InternVL3-1B, 0.30 B, with a 4-layer, 1024-wide Qwen2).
 PRESETS: dict[str, InternVLSizes] = {
-    "tiny": InternVLSizes(32, 2, 2, 32, 8, 6, 64, 128, 2, 2, 2),
-    "small": InternVLSizes(256, 4, 4, 224, 14, 6, 256, 688, 2, 4, 2),
-    "base": InternVLSizes(1024, 24, 16, 448, 14, 12, 1024, 2816, 4, 8, 2),
+    "tiny": InternVLSizes(VisionSizes(32, 128, 2, 2, 32, 8), 6, TextSizes(64, 128, 2, 2, 2)),
+    "small": InternVLSizes(VisionSizes(256, 1024, 4, 4, 224, 14), 6, TextSizes(256, 688, 2, 4, 2)),
+    "base": InternVLSizes(
+        VisionSizes(1024, 4096, 24, 16, 448, 14), 12, TextSizes(1024, 2816, 4, 8, 2)
+    ),
 }
 
 
@@ -73,8 +64,7 @@ def build(
     """Return the model class, its config and a matching processor for ``preset``."""
     s = PRESETS[preset]
     tokenizer = build_tokenizer(
-        eos="<|im_end|>",
-        pad="<|endoftext|>",
+        **CHATML_SPECIALS,
         named_tokens={
             "start_image_token": "<img>",
             "end_image_token": "</img>",
@@ -83,8 +73,9 @@ def build(
         },
         other_special_tokens=["<|im_start|>"],
     )
-    tokens_per_tile = int((s.image_size // s.patch_size) ** 2 * DOWNSAMPLE_RATIO**2)
-    tile = {"height": s.image_size, "width": s.image_size}
+    tokens_per_tile = int(s.vision.grid**2 * DOWNSAMPLE_RATIO**2)
+    side, patch = s.vision.image_size, s.vision.patch_size
+    tile = {"height": side, "width": side}
     processor = InternVLProcessor(
         image_processor=GotOcr2ImageProcessor(
             size=tile, crop_to_patches=True, min_patches=1, max_patches=s.max_tiles
@@ -94,26 +85,16 @@ def build(
         image_seq_length=tokens_per_tile,
         chat_template=CHAT_TEMPLATE,
     )
-    vision = InternVLVisionConfig(
-        hidden_size=s.vision_hidden,
-        intermediate_size=4 * s.vision_hidden,
-        num_hidden_layers=s.vision_layers,
-        num_attention_heads=s.vision_heads,
-        image_size=[s.image_size, s.image_size],
-        patch_size=[s.patch_size, s.patch_size],
+    # InternViT takes its image and patch sizes as (height, width).
+    vision = vision_config(
+        InternVLVisionConfig, s.vision, image_size=[side, side], patch_size=[patch, patch]
     )
-    text = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=s.text_hidden,
-        intermediate_size=s.text_intermediate,
-        num_hidden_layers=s.text_layers,
-        num_attention_heads=s.text_heads,
-        num_key_value_heads=s.text_kv_heads,
-        max_position_embeddings=32768,
+    text = text_config(
+        Qwen2Config,
+        tokenizer,
+        s.text,
+        max_positions=32768,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
     config = InternVLConfig(
         vision_config=vision,

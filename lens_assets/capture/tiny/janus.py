@@ -21,12 +21,12 @@ from transformers import (
     LlamaConfig,
 )
 
+from .blocks import SIGLIP_NORM, TextSizes, VisionSizes, text_config, vision_config
 from .tokenizer import build_tokenizer
 
 IMAGE_TOKEN = "<image_placeholder>"
 BEGIN_OF_IMAGE = "<begin_of_image>"
 END_OF_IMAGE = "<end_of_image>"
-SIGLIP_NORM = [0.5, 0.5, 0.5]
 VQ_CODE_DIM = 8  # width of a VQ code, as in Janus-Pro
 
 # "<|User|>: ...\n\n<|Assistant|>:" turns as Janus-Pro writes them; an image item becomes
@@ -48,15 +48,8 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class JanusSizes:
-    vision_hidden: int
-    vision_layers: int
-    vision_heads: int
-    image_size: int
-    patch_size: int
-    text_hidden: int
-    text_intermediate: int
-    text_layers: int
-    text_heads: int
+    vision: VisionSizes  # no intermediate size: the tower takes an mlp_ratio
+    text: TextSizes
     vq_channels: int  # VQ-VAE base channels (GroupNorm(32) needs multiples of 32)
     vq_latent: int
     # One level per entry; the encoder halves the image between levels, so 2 ** (levels - 1)
@@ -70,10 +63,26 @@ class JanusSizes:
 # 8.4 M, base 448 M (the real SigLIP-L/16-384 tower of Janus-Pro-1B, 304 M, and its VQ-VAE
 # shape, with a 4-layer, 1024-wide Llama).
 PRESETS: dict[str, JanusSizes] = {
-    "tiny": JanusSizes(32, 2, 2, 32, 8, 64, 128, 2, 4, 32, 32, (1, 1, 1, 1), 1, 32),
-    "small": JanusSizes(256, 6, 4, 112, 16, 256, 688, 2, 4, 32, 64, (1, 1, 1, 2, 2), 1, 1024),
+    "tiny": JanusSizes(
+        VisionSizes(32, None, 2, 2, 32, 8), TextSizes(64, 128, 2, 4, 4), 32, 32, (1, 1, 1, 1), 1, 32
+    ),
+    "small": JanusSizes(
+        VisionSizes(256, None, 6, 4, 112, 16),
+        TextSizes(256, 688, 2, 4, 4),
+        32,
+        64,
+        (1, 1, 1, 2, 2),
+        1,
+        1024,
+    ),
     "base": JanusSizes(
-        1024, 24, 16, 384, 16, 1024, 2816, 4, 8, 128, 256, (1, 1, 2, 2, 4), 2, 16384
+        VisionSizes(1024, None, 24, 16, 384, 16),
+        TextSizes(1024, 2816, 4, 8, 8),
+        128,
+        256,
+        (1, 1, 2, 2, 4),
+        2,
+        16384,
     ),
 }
 
@@ -83,7 +92,7 @@ def build(
 ) -> tuple[type[JanusForConditionalGeneration], JanusConfig, JanusProcessor]:
     """Return the model class, its config and a matching processor for ``preset``."""
     s = PRESETS[preset]
-    tokens_per_image = (s.image_size // s.patch_size) ** 2
+    tokens_per_image = s.vision.grid**2
     # DeepSeek spells its sentence tokens with full-width bars; ASCII ones do the same job here.
     tokenizer = build_tokenizer(
         bos="<|begin_of_sentence|>",
@@ -96,23 +105,19 @@ def build(
         },
         other_special_tokens=["<|User|>", "<|Assistant|>"],
     )
+    side = s.vision.image_size
     processor = JanusProcessor(
         image_processor=JanusImageProcessor(
-            size={"height": s.image_size, "width": s.image_size},
-            image_mean=SIGLIP_NORM,
-            image_std=SIGLIP_NORM,
+            size={"height": side, "width": side}, image_mean=SIGLIP_NORM, image_std=SIGLIP_NORM
         ),
         tokenizer=tokenizer,
         num_image_tokens=tokens_per_image,
         chat_template=CHAT_TEMPLATE,
     )
-    vision = JanusVisionConfig(
-        hidden_size=s.vision_hidden,
-        num_hidden_layers=s.vision_layers,
-        num_attention_heads=s.vision_heads,
-        image_size=s.image_size,
-        patch_size=s.patch_size,
-        projection_dim=s.text_hidden,  # the aligner maps straight into the LLM's width
+    vision = vision_config(
+        JanusVisionConfig,
+        s.vision,
+        projection_dim=s.text.hidden,  # the aligner maps straight into the LLM's width
         num_image_tokens=tokens_per_image,
     )
     vq = JanusVQVAEConfig(
@@ -122,24 +127,12 @@ def build(
         latent_channels=s.vq_latent,
         channel_multiplier=list(s.vq_multiplier),
         num_res_blocks=s.vq_res_blocks,
-        projection_dim=s.text_hidden,
-        image_token_embed_dim=s.text_hidden,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=s.text_hidden,
-        intermediate_size=s.text_intermediate,
-        num_hidden_layers=s.text_layers,
-        num_attention_heads=s.text_heads,
-        num_key_value_heads=s.text_heads,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=s.text.hidden,
+        image_token_embed_dim=s.text.hidden,
     )
     config = JanusConfig(
         vision_config=vision,
-        text_config=text,
+        text_config=text_config(LlamaConfig, tokenizer, s.text, max_positions=4096),
         vq_config=vq,
         image_token_id=tokenizer.image_token_id,
     )

@@ -7,8 +7,6 @@ it, so the processor must be told ``num_additional_image_tokens=1`` to emit exac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -18,6 +16,15 @@ from transformers import (
     LlavaProcessor,
 )
 
+from .blocks import (
+    LLAMA_SPECIALS,
+    TextSizes,
+    TowerSizes,
+    VisionSizes,
+    center_crop,
+    text_config,
+    vision_config,
+)
 from .tokenizer import build_tokenizer
 
 IMAGE_TOKEN = "<image>"
@@ -42,24 +49,11 @@ CHAT_TEMPLATE = (
 )
 
 
-@dataclass(frozen=True)
-class LlavaSizes:
-    vision_hidden: int
-    vision_layers: int
-    vision_heads: int
-    image_size: int
-    patch_size: int
-    text_hidden: int
-    text_intermediate: int
-    text_layers: int
-    text_heads: int
-
-
 # base: the real CLIP ViT-L/14-336 tower of LLaVA-1.5 with a 4-layer, 1024-wide Llama.
-PRESETS: dict[str, LlavaSizes] = {
-    "tiny": LlavaSizes(32, 2, 2, 32, 8, 64, 128, 2, 4),
-    "small": LlavaSizes(256, 6, 4, 112, 14, 256, 688, 2, 4),
-    "base": LlavaSizes(1024, 24, 16, 336, 14, 1024, 2816, 4, 8),
+PRESETS: dict[str, TowerSizes] = {
+    "tiny": TowerSizes(VisionSizes(32, 128, 2, 2, 32, 8), TextSizes(64, 128, 2, 4, 4)),
+    "small": TowerSizes(VisionSizes(256, 1024, 6, 4, 112, 14), TextSizes(256, 688, 2, 4, 4)),
+    "base": TowerSizes(VisionSizes(1024, 4096, 24, 16, 336, 14), TextSizes(1024, 2816, 4, 8, 8)),
 }
 
 
@@ -69,49 +63,23 @@ def build(
     """Return the model class, its config and a matching processor for ``preset``."""
     s = PRESETS[preset]
     tokenizer = build_tokenizer(
-        bos="<s>",
-        eos="</s>",
-        pad="<pad>",
-        unk="<unk>",
+        **LLAMA_SPECIALS,
         named_tokens={"image_token": IMAGE_TOKEN},
         add_bos=True,
     )
     processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": s.image_size},
-            crop_size={"height": s.image_size, "width": s.image_size},
-        ),
+        image_processor=CLIPImageProcessor(**center_crop(s.vision.image_size)),
         tokenizer=tokenizer,
-        patch_size=s.patch_size,
+        patch_size=s.vision.patch_size,
         vision_feature_select_strategy=FEATURE_STRATEGY,
         num_additional_image_tokens=1,  # the CLS position of the CLIP tower
         chat_template=CHAT_TEMPLATE,
     )
-    vision = CLIPVisionConfig(
-        hidden_size=s.vision_hidden,
-        intermediate_size=4 * s.vision_hidden,
-        num_hidden_layers=s.vision_layers,
-        num_attention_heads=s.vision_heads,
-        image_size=s.image_size,
-        patch_size=s.patch_size,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=s.text_hidden,
-        intermediate_size=s.text_intermediate,
-        num_hidden_layers=s.text_layers,
-        num_attention_heads=s.text_heads,
-        num_key_value_heads=s.text_heads,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
     config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
+        vision_config=vision_config(CLIPVisionConfig, s.vision),
+        text_config=text_config(LlamaConfig, tokenizer, s.text, max_positions=4096),
         image_token_index=processor.image_token_id,
-        image_seq_length=(s.image_size // s.patch_size) ** 2,
+        image_seq_length=s.vision.grid**2,
         vision_feature_select_strategy=FEATURE_STRATEGY,
         vision_feature_layer=FEATURE_LAYER,
     )

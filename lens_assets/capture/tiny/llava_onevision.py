@@ -11,8 +11,6 @@ which needs torchvision.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from transformers import (
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
@@ -23,28 +21,25 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+from .blocks import (
+    CHATML_SPECIALS,
+    SIGLIP_NORM,
+    TextSizes,
+    TowerSizes,
+    VisionSizes,
+    chatml_template,
+    text_config,
+    vision_config,
+)
 from .tokenizer import build_tokenizer
 
 FEATURE_STRATEGY = "full"  # SigLIP has no CLS position to drop
 FEATURE_LAYER = -1
 ASPECT_RATIO = "anyres_max_9"
 GRID_SIDE = 6  # tiles per side of the largest pinpoint, as in llava-onevision-*-hf
-SIGLIP_NORM = [0.5, 0.5, 0.5]  # SigLIP's pixel mean and std
 
 # ChatML as llava-onevision-qwen2-*-hf uses it; an image item becomes "<image>\n".
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<image>\n"
-    "{% elif item['type'] == 'video' %}<video>\n"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+CHAT_TEMPLATE = chatml_template("<image>\n", "<video>\n")
 
 
 def pinpoints(tile: int) -> list[list[int]]:
@@ -53,28 +48,13 @@ def pinpoints(tile: int) -> list[list[int]]:
     return [[tile * rows, tile * cols] for rows in sides for cols in sides]
 
 
-@dataclass(frozen=True)
-class LlavaOnevisionSizes:
-    vision_hidden: int
-    vision_intermediate: int
-    vision_layers: int
-    vision_heads: int
-    image_size: int
-    patch_size: int
-    text_hidden: int
-    text_intermediate: int
-    text_layers: int
-    text_heads: int
-    text_kv_heads: int
-
-
 # Parameters: tiny 0.15 M (0.6 MB on disk), small 6.6 M, base 460 M (the real SigLIP
 # so400m/14-384 tower of llava-onevision-qwen2-0.5b-ov, 398 M in 26 layers, with a 4-layer,
 # 896-wide Qwen2).
-PRESETS: dict[str, LlavaOnevisionSizes] = {
-    "tiny": LlavaOnevisionSizes(32, 128, 2, 2, 32, 8, 64, 128, 2, 4, 2),
-    "small": LlavaOnevisionSizes(256, 1024, 6, 4, 112, 14, 256, 688, 2, 4, 2),
-    "base": LlavaOnevisionSizes(1152, 4304, 26, 16, 384, 14, 896, 4864, 4, 14, 2),
+PRESETS: dict[str, TowerSizes] = {
+    "tiny": TowerSizes(VisionSizes(32, 128, 2, 2, 32, 8), TextSizes(64, 128, 2, 4, 2)),
+    "small": TowerSizes(VisionSizes(256, 1024, 6, 4, 112, 14), TextSizes(256, 688, 2, 4, 2)),
+    "base": TowerSizes(VisionSizes(1152, 4304, 26, 16, 384, 14), TextSizes(896, 4864, 4, 14, 2)),
 }
 
 
@@ -85,54 +65,29 @@ def build(
 ]:
     """Return the model class, its config and a matching processor for ``preset``."""
     s = PRESETS[preset]
-    grid = pinpoints(s.image_size)
+    grid = pinpoints(s.vision.image_size)
     tokenizer = build_tokenizer(
-        eos="<|im_end|>",
-        pad="<|endoftext|>",
+        **CHATML_SPECIALS,
         named_tokens={"image_token": "<image>", "video_token": "<video>"},
         other_special_tokens=["<|im_start|>"],
     )
-    frame = {"height": s.image_size, "width": s.image_size}
+    frame = {
+        "size": {"height": s.vision.image_size, "width": s.vision.image_size},
+        "image_mean": SIGLIP_NORM,
+        "image_std": SIGLIP_NORM,
+    }
     processor = LlavaOnevisionProcessor(
-        image_processor=LlavaOnevisionImageProcessor(
-            size=frame,
-            image_grid_pinpoints=grid,
-            image_mean=SIGLIP_NORM,
-            image_std=SIGLIP_NORM,
-        ),
-        video_processor=LlavaOnevisionVideoProcessor(
-            size=frame, image_mean=SIGLIP_NORM, image_std=SIGLIP_NORM
-        ),
+        image_processor=LlavaOnevisionImageProcessor(**frame, image_grid_pinpoints=grid),
+        video_processor=LlavaOnevisionVideoProcessor(**frame),
         tokenizer=tokenizer,
-        num_image_tokens=(s.image_size // s.patch_size) ** 2,
+        num_image_tokens=s.vision.grid**2,
         vision_feature_select_strategy=FEATURE_STRATEGY,
         vision_aspect_ratio=ASPECT_RATIO,
         chat_template=CHAT_TEMPLATE,
     )
-    vision = SiglipVisionConfig(
-        hidden_size=s.vision_hidden,
-        intermediate_size=s.vision_intermediate,
-        num_hidden_layers=s.vision_layers,
-        num_attention_heads=s.vision_heads,
-        image_size=s.image_size,
-        patch_size=s.patch_size,
-        vision_use_head=False,
-    )
-    text = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=s.text_hidden,
-        intermediate_size=s.text_intermediate,
-        num_hidden_layers=s.text_layers,
-        num_attention_heads=s.text_heads,
-        num_key_value_heads=s.text_kv_heads,
-        max_position_embeddings=32768,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
     config = LlavaOnevisionConfig(
-        vision_config=vision,
-        text_config=text,
+        vision_config=vision_config(SiglipVisionConfig, s.vision, vision_use_head=False),
+        text_config=text_config(Qwen2Config, tokenizer, s.text, max_positions=32768),
         image_token_index=tokenizer.image_token_id,
         video_token_index=tokenizer.video_token_id,
         image_grid_pinpoints=grid,

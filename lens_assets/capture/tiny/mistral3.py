@@ -11,22 +11,19 @@ from __future__ import annotations
 
 from transformers import Mistral3Config, Mistral3ForConditionalGeneration, PixtralProcessor
 
-from .pixtral import (
-    PixtralSizes,
-    build_mistral_tokenizer,
-    build_processor,
-    text_config,
-    vision_config,
-)
+from .blocks import TextSizes, TowerSizes, VisionSizes
+from .pixtral import build_mistral_tokenizer, build_processor, model_fields
 
 MERGE_SIZE = 2
 
 # Parameters: tiny 0.15 M, small 6.4 M, base 457 M (the real 403 M Pixtral tower of
 # Mistral-Small-3.1, 1540 px, patch 14; a 1024-wide 4-layer Mistral).
-PRESETS: dict[str, PixtralSizes] = {
-    "tiny": PixtralSizes(32, 64, 2, 2, 64, 8, 64, 128, 2, 4, 2),
-    "small": PixtralSizes(256, 1024, 4, 4, 448, 14, 256, 688, 2, 4, 2),
-    "base": PixtralSizes(1024, 4096, 24, 16, 1540, 14, 1024, 2816, 4, 8, 4),
+PRESETS: dict[str, TowerSizes] = {
+    "tiny": TowerSizes(VisionSizes(32, 64, 2, 2, 64, 8), TextSizes(64, 128, 2, 4, 2, 16)),
+    "small": TowerSizes(VisionSizes(256, 1024, 4, 4, 448, 14), TextSizes(256, 688, 2, 4, 2, 64)),
+    "base": TowerSizes(
+        VisionSizes(1024, 4096, 24, 16, 1540, 14), TextSizes(1024, 2816, 4, 8, 4, 128)
+    ),
 }
 
 
@@ -36,10 +33,11 @@ def build(
     """Return the model class, its config and a matching processor for ``preset``."""
     s = PRESETS[preset]
     tokenizer = build_mistral_tokenizer()
-    processor = build_processor(tokenizer, s.longest_edge, s.patch_size, merge_size=MERGE_SIZE)
+    processor = build_processor(
+        tokenizer, s.vision.image_size, s.vision.patch_size, merge_size=MERGE_SIZE
+    )
     config = Mistral3Config(
-        vision_config=vision_config(s),
-        text_config=text_config(s, tokenizer),
+        **model_fields(s, tokenizer),
         image_token_index=processor.image_token_id,
         spatial_merge_size=MERGE_SIZE,
         projector_hidden_act="gelu",

@@ -25,6 +25,14 @@ from transformers import (
     Molmo2VisionConfig,
 )
 
+from .blocks import (
+    CHATML_SPECIALS,
+    TextSizes,
+    VisionSizes,
+    chatml_template,
+    text_config,
+    vision_config,
+)
 from .tokenizer import build_tokenizer
 
 POOLING = [2, 2]  # patches per image token (rows, cols)
@@ -42,47 +50,36 @@ IMAGE_MARKERS = (
 
 # ChatML; an image item becomes the <|image|> placeholder the processor expands. The processor
 # itself prepends the BOS (here the EOS, as the released tokenizer has no BOS).
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<|image|>"
-    "{% elif item['type'] == 'video' %}<|video|>"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+CHAT_TEMPLATE = chatml_template("<|image|>", "<|video|>")
 
 
 @dataclass(frozen=True)
 class Molmo2Sizes:
-    vision_hidden: int
-    vision_intermediate: int
-    vision_layers: int
-    vision_heads: int
+    vision: VisionSizes  # image_size: one crop, square
     vision_head_dim: int
-    crop_size: int
-    patch_size: int
     overlap: int  # overlap margin (patches) on each side of a high-res crop
     max_crops: int
     adapter_intermediate: int
-    text_hidden: int
-    text_intermediate: int
-    text_layers: int
-    text_heads: int
-    text_kv_heads: int
-    text_head_dim: int
+    text: TextSizes
 
 
 # Parameters: tiny 0.16 M, small 6.0 M, base 449 M (the real 383 M tower: the 25 SigLIP so400m
 # layers Molmo2 reads, 378 px crops, patch 14; a 1024-wide 4-layer LLM).
 PRESETS: dict[str, Molmo2Sizes] = {
-    "tiny": Molmo2Sizes(32, 64, 2, 2, 16, 32, 8, 1, 2, 128, 64, 128, 2, 4, 2, 16),
-    "small": Molmo2Sizes(256, 1024, 4, 4, 64, 224, 14, 2, 4, 688, 256, 688, 2, 4, 2, 64),
-    "base": Molmo2Sizes(1152, 4304, 25, 16, 72, 378, 14, 4, 8, 2816, 1024, 2816, 4, 8, 4, 128),
+    "tiny": Molmo2Sizes(
+        VisionSizes(32, 64, 2, 2, 32, 8), 16, 1, 2, 128, TextSizes(64, 128, 2, 4, 2, 16)
+    ),
+    "small": Molmo2Sizes(
+        VisionSizes(256, 1024, 4, 4, 224, 14), 64, 2, 4, 688, TextSizes(256, 688, 2, 4, 2, 64)
+    ),
+    "base": Molmo2Sizes(
+        VisionSizes(1152, 4304, 25, 16, 378, 14),
+        72,
+        4,
+        8,
+        2816,
+        TextSizes(1024, 2816, 4, 8, 4, 128),
+    ),
 }
 
 
@@ -92,15 +89,15 @@ def build(
     """Return the model class, its config and a matching processor for ``preset``."""
     s = PRESETS[preset]
     tokenizer = build_tokenizer(
-        eos="<|im_end|>",
-        pad="<|endoftext|>",
+        **CHATML_SPECIALS,
         unk="<unk>",
         named_tokens={"image_token": "<|image|>", "video_token": "<|video|>"},
         other_special_tokens=[*IMAGE_MARKERS, "<|im_start|>"],
     )
+    side = s.vision.image_size
     crops = {
-        "size": {"height": s.crop_size, "width": s.crop_size},
-        "patch_size": s.patch_size,
+        "size": {"height": side, "width": side},
+        "patch_size": s.vision.patch_size,
         "pooling_size": POOLING,
     }
     processor = Molmo2Processor(
@@ -111,40 +108,27 @@ def build(
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
     )
-    vision = Molmo2VisionConfig(
-        hidden_size=s.vision_hidden,
-        intermediate_size=s.vision_intermediate,
-        num_hidden_layers=s.vision_layers,
-        num_attention_heads=s.vision_heads,
-        num_key_value_heads=s.vision_heads,
-        head_dim=s.vision_head_dim,
-        image_size=[s.crop_size, s.crop_size],
-        patch_size=s.patch_size,
-    )
+    heads = {
+        "num_key_value_heads": s.vision.heads,
+        "head_dim": s.vision_head_dim,
+    }
+    vision = vision_config(Molmo2VisionConfig, s.vision, **heads, image_size=[side, side])
     adapter = Molmo2AdapterConfig(
         # The last layer and the one before it, as the released [24, 18] of 25 reads two depths.
         vision_feature_layer=[-1, -2],
-        hidden_size=s.vision_hidden,
-        num_attention_heads=s.vision_heads,
-        num_key_value_heads=s.vision_heads,
-        head_dim=s.vision_head_dim,
+        hidden_size=s.vision.hidden,
+        num_attention_heads=s.vision.heads,
+        **heads,
         intermediate_size=s.adapter_intermediate,
-        text_hidden_size=s.text_hidden,
+        text_hidden_size=s.text.hidden,
     )
-    text = Molmo2TextConfig(
-        vocab_size=len(tokenizer),
+    text = text_config(
+        Molmo2TextConfig,
+        tokenizer,
+        s.text,
+        max_positions=4096,
         additional_vocab_size=0,  # every special token is in the tiny tokenizer's own vocab
-        hidden_size=s.text_hidden,
-        intermediate_size=s.text_intermediate,
-        num_hidden_layers=s.text_layers,
-        num_attention_heads=s.text_heads,
-        num_key_value_heads=s.text_kv_heads,
-        head_dim=s.text_head_dim,
-        max_position_embeddings=4096,
         rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
     ids = tokenizer.convert_tokens_to_ids
     config = Molmo2Config(

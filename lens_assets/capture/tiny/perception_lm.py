@@ -24,6 +24,7 @@ from transformers import (
     TimmWrapperConfig,
 )
 
+from .blocks import TextSizes, VisionSizes, text_config
 from .tokenizer import build_tokenizer
 
 IMAGE_TOKEN = "<|image|>"
@@ -51,26 +52,22 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class PerceptionLMSizes:
-    vision_hidden: int
-    vision_layers: int
-    vision_heads: int
-    tile_size: int
-    patch_size: int
+    vision: VisionSizes  # image_size: one tile; the timm tower takes no intermediate size
     max_num_tiles: int
-    text_hidden: int
-    text_intermediate: int
-    text_layers: int
-    text_heads: int
-    text_kv_heads: int
+    text: TextSizes
 
 
 # Parameters: tiny 0.17 M, small 7.4 M, base 352 M (the PE-Core L/14 tower shape of
 # Perception-LM-1B, 304 M: 1024 wide in 23 blocks on 448-pixel tiles, with a 4-layer, 1024-wide
 # Llama).
 PRESETS: dict[str, PerceptionLMSizes] = {
-    "tiny": PerceptionLMSizes(32, 2, 2, 32, 8, 6, 64, 128, 2, 4, 2),
-    "small": PerceptionLMSizes(256, 6, 4, 112, 14, 6, 256, 688, 2, 4, 2),
-    "base": PerceptionLMSizes(1024, 23, 16, 448, 14, 36, 1024, 2816, 4, 8, 2),
+    "tiny": PerceptionLMSizes(VisionSizes(32, None, 2, 2, 32, 8), 6, TextSizes(64, 128, 2, 4, 2)),
+    "small": PerceptionLMSizes(
+        VisionSizes(256, None, 6, 4, 112, 14), 6, TextSizes(256, 688, 2, 4, 2)
+    ),
+    "base": PerceptionLMSizes(
+        VisionSizes(1024, None, 23, 16, 448, 14), 36, TextSizes(1024, 2816, 4, 8, 2)
+    ),
 }
 
 
@@ -86,15 +83,14 @@ def build(
         named_tokens={"image_token": IMAGE_TOKEN, "video_token": VIDEO_TOKEN},
         other_special_tokens=["<|start_header_id|>", "<|end_header_id|>", "<|end_of_text|>"],
     )
+    tile = s.vision.image_size
     processor = PerceptionLMProcessor(
         image_processor=PerceptionLMImageProcessor(
-            tile_size=s.tile_size, max_num_tiles=s.max_num_tiles, vision_input_type="thumb+tile"
+            tile_size=tile, max_num_tiles=s.max_num_tiles, vision_input_type="thumb+tile"
         ),
-        video_processor=PerceptionLMVideoProcessor(
-            size={"height": s.tile_size, "width": s.tile_size}
-        ),
+        video_processor=PerceptionLMVideoProcessor(size={"height": tile, "width": tile}),
         tokenizer=tokenizer,
-        patch_size=s.patch_size,
+        patch_size=s.vision.patch_size,
         pooling_ratio=POOLING_RATIO,
         chat_template=CHAT_TEMPLATE,
     )
@@ -103,28 +99,16 @@ def build(
     vision = TimmWrapperConfig(
         architecture=TIMM_ARCHITECTURE,
         model_args={
-            "img_size": s.tile_size,
-            "patch_size": s.patch_size,
-            "embed_dim": s.vision_hidden,
-            "depth": s.vision_layers,
-            "num_heads": s.vision_heads,
+            "img_size": tile,
+            "patch_size": s.vision.patch_size,
+            "embed_dim": s.vision.hidden,
+            "depth": s.vision.layers,
+            "num_heads": s.vision.heads,
         },
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=s.text_hidden,
-        intermediate_size=s.text_intermediate,
-        num_hidden_layers=s.text_layers,
-        num_attention_heads=s.text_heads,
-        num_key_value_heads=s.text_kv_heads,
-        max_position_embeddings=8192,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
     config = PerceptionLMConfig(
         vision_config=vision,
-        text_config=text,
+        text_config=text_config(LlamaConfig, tokenizer, s.text, max_positions=8192),
         vision_use_cls_token=True,
         projector_pooling_ratio=POOLING_RATIO,
         image_token_id=tokenizer.image_token_id,

@@ -12,8 +12,6 @@ same tower and prompt format with a spatial patch merger in front of the project
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -24,6 +22,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from .blocks import LLAMA_SPECIALS, TextSizes, TowerSizes, VisionSizes, text_config, vision_config
 from .tokenizer import build_tokenizer
 
 IMAGE_TOKEN = "[IMG]"
@@ -46,37 +45,22 @@ CHAT_TEMPLATE = (
 )
 
 
-@dataclass(frozen=True)
-class PixtralSizes:
-    vision_hidden: int
-    vision_intermediate: int
-    vision_layers: int
-    vision_heads: int
-    longest_edge: int  # the image processor's cap, and the tower's nominal image_size
-    patch_size: int
-    text_hidden: int
-    text_intermediate: int
-    text_layers: int
-    text_heads: int
-    text_kv_heads: int
-
-
 # Parameters: tiny 0.15 M, small 6.1 M, base 453 M (the real 403 M Pixtral-12B vision tower,
-# 1024 px, patch 16, gated MLP; a 1024-wide 4-layer Mistral).
-PRESETS: dict[str, PixtralSizes] = {
-    "tiny": PixtralSizes(32, 64, 2, 2, 32, 8, 64, 128, 2, 4, 2),
-    "small": PixtralSizes(256, 1024, 4, 4, 256, 16, 256, 688, 2, 4, 2),
-    "base": PixtralSizes(1024, 4096, 24, 16, 1024, 16, 1024, 2816, 4, 8, 4),
+# 1024 px, patch 16, gated MLP; a 1024-wide 4-layer Mistral). The tower's image_size is also
+# the image processor's longest edge.
+PRESETS: dict[str, TowerSizes] = {
+    "tiny": TowerSizes(VisionSizes(32, 64, 2, 2, 32, 8), TextSizes(64, 128, 2, 4, 2, 16)),
+    "small": TowerSizes(VisionSizes(256, 1024, 4, 4, 256, 16), TextSizes(256, 688, 2, 4, 2, 64)),
+    "base": TowerSizes(
+        VisionSizes(1024, 4096, 24, 16, 1024, 16), TextSizes(1024, 2816, 4, 8, 4, 128)
+    ),
 }
 
 
 def build_mistral_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level tokenizer with Pixtral's image and instruct tokens (BOS added on encode)."""
     return build_tokenizer(
-        bos="<s>",
-        eos="</s>",
-        pad="<pad>",
-        unk="<unk>",
+        **LLAMA_SPECIALS,
         named_tokens={"image_token": IMAGE_TOKEN},
         other_special_tokens=[IMAGE_BREAK_TOKEN, IMAGE_END_TOKEN, "[INST]", "[/INST]"],
         add_bos=True,
@@ -101,34 +85,23 @@ def build_processor(
     )
 
 
-def vision_config(s: PixtralSizes) -> PixtralVisionConfig:
-    return PixtralVisionConfig(
-        hidden_size=s.vision_hidden,
-        intermediate_size=s.vision_intermediate,
-        num_hidden_layers=s.vision_layers,
-        num_attention_heads=s.vision_heads,
-        image_size=s.longest_edge,
-        patch_size=s.patch_size,
-        rope_parameters={"rope_type": "axial", "rope_theta": VISION_ROPE_THETA},
-    )
-
-
-def text_config(s: PixtralSizes, tokenizer: PreTrainedTokenizerFast) -> MistralConfig:
-    return MistralConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=s.text_hidden,
-        intermediate_size=s.text_intermediate,
-        num_hidden_layers=s.text_layers,
-        num_attention_heads=s.text_heads,
-        num_key_value_heads=s.text_kv_heads,
-        head_dim=s.text_hidden // s.text_heads,
-        max_position_embeddings=4096,
-        sliding_window=None,
-        rope_parameters={"rope_type": "default", "rope_theta": TEXT_ROPE_THETA},
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+def model_fields(s: TowerSizes, tokenizer: PreTrainedTokenizerFast) -> dict[str, object]:
+    """The Pixtral tower and Mistral decoder configs, which Mistral3 shares with Pixtral."""
+    return {
+        "vision_config": vision_config(
+            PixtralVisionConfig,
+            s.vision,
+            rope_parameters={"rope_type": "axial", "rope_theta": VISION_ROPE_THETA},
+        ),
+        "text_config": text_config(
+            MistralConfig,
+            tokenizer,
+            s.text,
+            max_positions=4096,
+            sliding_window=None,
+            rope_parameters={"rope_type": "default", "rope_theta": TEXT_ROPE_THETA},
+        ),
+    }
 
 
 def build(
@@ -137,14 +110,13 @@ def build(
     """Return the model class, its config and a matching processor for ``preset``."""
     s = PRESETS[preset]
     tokenizer = build_mistral_tokenizer()
-    processor = build_processor(tokenizer, s.longest_edge, s.patch_size, merge_size=1)
+    processor = build_processor(tokenizer, s.vision.image_size, s.vision.patch_size, merge_size=1)
     config = LlavaConfig(
-        vision_config=vision_config(s),
-        text_config=text_config(s, tokenizer),
+        **model_fields(s, tokenizer),
         image_token_index=processor.image_token_id,
         projector_hidden_act="gelu",
         vision_feature_select_strategy="full",  # Pixtral has no class token to drop
         vision_feature_layer=-1,
-        image_seq_length=(s.longest_edge // s.patch_size) ** 2,
+        image_seq_length=s.vision.grid**2,
     )
     return LlavaForConditionalGeneration, config, processor

@@ -8,8 +8,6 @@ towers' pooled vectors are compared directly, so the text head projects onto the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from transformers import (
     SiglipConfig,
     SiglipImageProcessor,
@@ -19,28 +17,17 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+from .blocks import TextSizes, TowerSizes, VisionSizes, text_config, vision_config
 from .tokenizer import build_tokenizer
 
 MAX_TEXT_POSITIONS = 64  # as in every google/siglip-* checkpoint
 
 
-@dataclass(frozen=True)
-class SiglipSizes:
-    vision_hidden: int
-    vision_layers: int
-    vision_heads: int
-    image_size: int
-    patch_size: int
-    text_hidden: int
-    text_layers: int
-    text_heads: int
-
-
 # base: the real image tower of google/siglip-base-patch16-224 with a 4-layer text tower.
-PRESETS: dict[str, SiglipSizes] = {
-    "tiny": SiglipSizes(32, 2, 2, 32, 8, 32, 2, 2),
-    "small": SiglipSizes(256, 6, 4, 112, 14, 256, 4, 4),
-    "base": SiglipSizes(768, 12, 12, 224, 16, 512, 4, 8),
+PRESETS: dict[str, TowerSizes] = {
+    "tiny": TowerSizes(VisionSizes(32, 128, 2, 2, 32, 8), TextSizes(32, 128, 2, 2)),
+    "small": TowerSizes(VisionSizes(256, 1024, 6, 4, 112, 14), TextSizes(256, 1024, 4, 4)),
+    "base": TowerSizes(VisionSizes(768, 3072, 12, 12, 224, 16), TextSizes(512, 2048, 4, 8)),
 }
 
 
@@ -56,29 +43,20 @@ def build(preset: str) -> tuple[type[SiglipModel], SiglipConfig, SiglipProcessor
         model_max_length=MAX_TEXT_POSITIONS,
     )
     # SigLIP squashes every image onto a square (no crop), so the whole image is seen.
+    side = s.vision.image_size
     processor = SiglipProcessor(
-        image_processor=SiglipImageProcessor(size={"height": s.image_size, "width": s.image_size}),
+        image_processor=SiglipImageProcessor(size={"height": side, "width": side}),
         tokenizer=tokenizer,
     )
-    text = SiglipTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=s.text_hidden,
-        intermediate_size=4 * s.text_hidden,
-        num_hidden_layers=s.text_layers,
-        num_attention_heads=s.text_heads,
-        max_position_embeddings=MAX_TEXT_POSITIONS,
-        projection_size=s.vision_hidden,
+    text = text_config(
+        SiglipTextConfig,
+        tokenizer,
+        s.text,
+        max_positions=MAX_TEXT_POSITIONS,
+        projection_size=s.vision.hidden,
         bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
-    vision = SiglipVisionConfig(
-        hidden_size=s.vision_hidden,
-        intermediate_size=4 * s.vision_hidden,
-        num_hidden_layers=s.vision_layers,
-        num_attention_heads=s.vision_heads,
-        image_size=s.image_size,
-        patch_size=s.patch_size,
+    config = SiglipConfig(
+        text_config=text, vision_config=vision_config(SiglipVisionConfig, s.vision)
     )
-    config = SiglipConfig(text_config=text, vision_config=vision)
     return SiglipModel, config, processor

@@ -18,14 +18,14 @@ from transformers import (
     SmolVLMVisionConfig,
 )
 
+from .blocks import SIGLIP_NORM, TextSizes, VisionSizes
 from .idefics3 import (
     CHAT_TEMPLATE,
-    SIGLIP_NORM,
     Idefics3Sizes,
     idefics_tokenizer,
     image_processor_kwargs,
     image_seq_len,
-    text_config,
+    model_config,
 )
 
 VIDEO_TOKEN = "<video>"
@@ -34,9 +34,13 @@ VIDEO_TOKEN = "<video>"
 # base/16-512 tower of SmolVLM2-256M-Video-Instruct, 86 M in 12 layers, with a 4-layer, 576-wide
 # SmolLM2).
 PRESETS: dict[str, Idefics3Sizes] = {
-    "tiny": Idefics3Sizes(32, 64, 2, 2, 32, 8, 2, 96, 64, 128, 2, 4, 2),
-    "small": Idefics3Sizes(192, 768, 4, 3, 128, 16, 4, 256, 192, 512, 2, 3, 1),
-    "base": Idefics3Sizes(768, 3072, 12, 12, 512, 16, 4, 4 * 512, 576, 1536, 4, 9, 3),
+    "tiny": Idefics3Sizes(VisionSizes(32, 64, 2, 2, 32, 8), 2, 96, TextSizes(64, 128, 2, 4, 2)),
+    "small": Idefics3Sizes(
+        VisionSizes(192, 768, 4, 3, 128, 16), 4, 256, TextSizes(192, 512, 2, 3, 1)
+    ),
+    "base": Idefics3Sizes(
+        VisionSizes(768, 3072, 12, 12, 512, 16), 4, 4 * 512, TextSizes(576, 1536, 4, 9, 3)
+    ),
 }
 
 
@@ -48,31 +52,15 @@ def build(
     tokenizer = idefics_tokenizer(
         bos="<|im_start|>", eos="<end_of_utterance>", pad="<|im_end|>", extra=(VIDEO_TOKEN,)
     )
+    frames = {"longest_edge": s.vision.image_size}
     processor = SmolVLMProcessor(
         image_processor=SmolVLMImageProcessor(**image_processor_kwargs(s)),
         video_processor=SmolVLMVideoProcessor(
-            size={"longest_edge": s.image_size},
-            max_image_size={"longest_edge": s.image_size},
-            image_mean=SIGLIP_NORM,
-            image_std=SIGLIP_NORM,
+            size=frames, max_image_size=frames, image_mean=SIGLIP_NORM, image_std=SIGLIP_NORM
         ),
         tokenizer=tokenizer,
-        image_seq_len=image_seq_len(s.image_size, s.patch_size, s.scale_factor),
+        image_seq_len=image_seq_len(s),
         chat_template=CHAT_TEMPLATE,
     )
-    vision = SmolVLMVisionConfig(
-        hidden_size=s.vision_hidden,
-        intermediate_size=s.vision_intermediate,
-        num_hidden_layers=s.vision_layers,
-        num_attention_heads=s.vision_heads,
-        image_size=s.image_size,
-        patch_size=s.patch_size,
-    )
-    config = SmolVLMConfig(
-        vision_config=vision,
-        text_config=text_config(s, tokenizer),
-        scale_factor=s.scale_factor,
-        image_token_id=processor.image_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = model_config(SmolVLMConfig, SmolVLMVisionConfig, s, processor)
     return SmolVLMForConditionalGeneration, config, processor
