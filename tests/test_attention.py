@@ -26,7 +26,6 @@ from lens_assets.analyses.attention import (
     head_mean_map,
     render_attention_overlay,
 )
-from lens_assets.capture.extraction import to_device
 from lens_assets.capture.loading import LoadedModel
 
 LAYERS = "model.language_model.layers.*"
@@ -46,9 +45,7 @@ def pair(images: list[Image.Image]) -> list[Image.Image]:
 
 def model_inputs(loaded: LoadedModel, images: list[Image.Image]) -> Any:
     adapter = loaded.architecture.adapter
-    return to_device(
-        adapter.prepare(loaded.processor, images, PROMPTS), loaded.device, loaded.dtype
-    )
+    return adapter.prepare_on(loaded.processor, images, PROMPTS, loaded.device, loaded.dtype)
 
 
 def planted_position(loaded: LoadedModel, inputs: Any, sample: int, cell: tuple[int, int]) -> int:
@@ -100,7 +97,9 @@ def test_map_peaks_on_the_patch_the_answer_position_is_forced_to_attend(
     with planted_attention(loaded, LAYER_1, targets):
         table = attention_maps(loaded, pair(images), PROMPTS, [LAYERS], image_ids=["a", "b"])
     for image_id, cell in zip(["a", "b"], PLANTED[architecture], strict=True):
-        for row in table.filter(pa.compute.equal(table["image_id"], image_id)).to_pylist():
+        rows = table.filter(pa.compute.equal(table["image_id"], image_id)).to_pylist()
+        assert {row["layer"] for row in rows} == {LAYER_0, LAYER_1}  # both layers, every head
+        for row in rows:
             grid = np.asarray(row["weights"]).reshape(row["grid_rows"], row["grid_cols"])
             peak = np.unravel_index(grid.argmax(), grid.shape)
             if row["layer"] == LAYER_1:
@@ -128,7 +127,9 @@ def test_answer_row_sums_to_one_per_head_and_image_share_is_its_image_part(
     capture = answer_attention(loaded, pair(images), PROMPTS, [LAYERS])
     image = capture.inputs["input_ids"].cpu() == loaded.layout.image_token_id
     table = attention_maps(loaded, pair(images), PROMPTS, [LAYERS], image_ids=["a", "b"])
+    assert list(capture.weights) == [LAYER_0, LAYER_1]
     for layer, weights in capture.weights.items():
+        assert weights.shape[1] > 0  # heads
         torch.testing.assert_close(weights.sum(dim=-1), torch.ones(weights.shape[:2]))
         expected = (weights * image.unsqueeze(1)).sum(dim=-1)  # (batch, heads)
         for sample, image_id in enumerate(["a", "b"]):
@@ -156,6 +157,7 @@ def test_captured_rows_equal_the_models_own_eager_attentions(
             reference = loaded.model(**inputs, output_attentions=True).attentions
     finally:
         text_config._attn_implementation = before
+    assert len(capture.answer) == 2 and list(capture.weights) == [LAYER_0, LAYER_1]
     for index, layer in enumerate([LAYER_0, LAYER_1]):
         for sample, answer in enumerate(capture.answer.tolist()):
             torch.testing.assert_close(

@@ -17,7 +17,6 @@ from lens_assets.analyses.logit_lens import (
     layer_logits,
     logit_lens,
 )
-from lens_assets.capture.extraction import to_device
 from lens_assets.capture.loading import LoadedModel
 
 LAYER_0 = "model.language_model.layers.0"
@@ -33,8 +32,7 @@ def own_outputs(loaded: LoadedModel, images: list[Image.Image], prompts: list[st
     """The model's own forward pass, with every layer's hidden states, and the answer
     positions (right padding: the last real token)."""
     adapter = loaded.architecture.adapter
-    inputs = adapter.prepare(loaded.processor, images, prompts)
-    inputs = to_device(inputs, loaded.device, loaded.dtype)
+    inputs = adapter.prepare_on(loaded.processor, images, prompts, loaded.device, loaded.dtype)
     with torch.inference_mode():
         output = loaded.model(**inputs, output_hidden_states=True)
     return output, inputs["attention_mask"].sum(dim=1) - 1
@@ -68,6 +66,7 @@ def test_last_layer_readout_equals_the_models_final_logits(
     table = logit_lens(loaded, pair(images), PROMPTS, top_k=5)
     last = [row for row in table.to_pylist() if row["layer"] == LAYER_1]
     own_probs, own_ids = final.softmax(-1).topk(5)
+    assert len(last) == 2  # one row per sample
     for sample, row in enumerate(last):
         assert row["top_token_ids"] == own_ids[sample].tolist()
         torch.testing.assert_close(torch.tensor(row["top_probs"]), own_probs[sample])
@@ -110,6 +109,7 @@ def test_label_rank_counts_the_tokens_more_probable_than_the_label(
 ) -> None:
     loaded = load_tiny("qwen2-vl")
     plain = logit_lens(loaded, [images[0]], [PROMPTS[1]], top_k=20).to_pylist()
+    assert [row["layer"] for row in plain] == [LAYER_0, LAYER_1]
     for row in plain:
         usable = [
             (p, w) for p, w in round_trip_labels(loaded, PROMPTS[1], row["top_token_ids"]) if p > 0
