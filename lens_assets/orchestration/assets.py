@@ -14,13 +14,12 @@ from dagster import (
     DataVersion,
     MaterializeResult,
     MetadataValue,
-    asset,
     multi_asset,
 )
 
 from lens_assets.capture.extraction import extract_loaded
 from lens_assets.catalog import ConfigFile, dataset_configs, model_configs
-from lens_assets.config import ConfigError, ModelConfig, load_model_config
+from lens_assets.config import ConfigError
 from lens_assets.data.datasets import (
     BlankDataset,
     DatasetConfig,
@@ -30,9 +29,9 @@ from lens_assets.data.datasets import (
 )
 from lens_assets.data.files import join
 from lens_assets.orchestration.metadata import markdown_table
-from lens_assets.orchestration.partitions import MODELS
+from lens_assets.orchestration.partitions import ModelStep, per_model_asset
 from lens_assets.orchestration.sources import DATASET_CONFIGS, MODEL_CONFIG
-from lens_assets.resources.configurable import VLMRuntimeResource, WarehouseResource
+from lens_assets.resources.configurable import WarehouseResource
 from lens_assets.resources.warehouse import Warehouse
 
 # Bump when extraction changes what it writes for the same config: every partition goes stale.
@@ -223,25 +222,17 @@ def _table_version(digests: dict[str, dict[str, str]], table: str) -> DataVersio
     return DataVersion(digest.hexdigest()[:16])
 
 
-@asset(
-    partitions_def=MODELS,
+@per_model_asset(
+    group="activations",
     deps=[MODEL_CONFIG, IMAGES],
-    group_name="activations",
     code_version=EXTRACTION_VERSION,
-    automation_condition=AutomationCondition.eager(),
-    kinds={"pytorch", "duckdb"},
+    loads_model=True,
     description="Hooked, pooled activations of one model over its datasets (DuckLake table "
     "`activations`, partitioned by model).",
 )
-def activations(
-    context: AssetExecutionContext,
-    runtime: VLMRuntimeResource,
-    warehouse: WarehouseResource,
-) -> MaterializeResult:
-    name = context.partition_key
-    config = model_config_of(name)
-    datasets = datasets_of(config.datasets, name)
-    with warehouse.session() as wh:
+def activations(step: ModelStep) -> MaterializeResult:
+    name, config, datasets = step.name, step.config, step.datasets()
+    with step.warehouse.session() as wh:
         sources = {dataset: wh.image_paths(dataset) for dataset in datasets}
         empty = [d for d, paths in sources.items() if not paths]
         if empty:
@@ -249,17 +240,17 @@ def activations(
                 f"datasets {empty} have no images in the warehouse yet: materialize `images` "
                 "first (it runs automatically upstream of `activations`)"
             )
-        with runtime.model(config, name, wh) as loaded:
+        with step.load(wh) as loaded:
             result = extract_loaded(
                 loaded, config, wh, sources, whole_model=True,
-                batch_size=runtime.effective_batch_size(config), progress=False,
-                memory_budget=runtime.memory_budget_bytes(),
+                batch_size=step.batch_size, progress=False,
+                memory_budget=step.runtime.memory_budget_bytes(),
                 # the configs folder keeps names unique: this partition owns its name
                 config_source=str(model_configs()[name].path.resolve()), claim_name=True,
             )  # fmt: skip
         summary = _partition_summary(wh, name)
         stored_bytes = _partition_bytes(wh, name)
-    context.log.info(f"{name}: {result.rows} rows from {result.n_images} images")
+    step.context.log.info(f"{name}: {result.rows} rows from {result.n_images} images")
     return MaterializeResult(
         metadata={
             "rows": result.rows,
@@ -272,28 +263,6 @@ def activations(
             "preview": markdown_table(summary, limit=40),
         }
     )
-
-
-def model_config_of(name: str) -> ModelConfig:
-    """The config behind a model partition."""
-    files = model_configs()
-    if name not in files:
-        raise ConfigError(
-            f"model {name!r} has no config under configs/models/ any more; restore the file or "
-            "let the sensor remove the partition"
-        )
-    return load_model_config(files[name].path)
-
-
-def datasets_of(requested: list[str], model: str) -> list[str]:
-    known = sorted(dataset_configs())
-    unknown = [d for d in requested if d not in known]
-    if unknown:
-        raise ConfigError(
-            f"model {model!r} names datasets {unknown} that have no config; known datasets: "
-            f"{', '.join(known) or '(none: add configs/datasets/<name>.yaml)'}"
-        )
-    return requested or known
 
 
 def _partition_summary(warehouse: Warehouse, model: str) -> list[dict[str, object]]:

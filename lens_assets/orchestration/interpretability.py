@@ -8,15 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from dagster import (
-    AssetExecutionContext,
-    AssetKey,
-    AssetSpec,
-    AutomationCondition,
-    MaterializeResult,
-    MetadataValue,
-    multi_asset,
-)
+from dagster import AssetKey, MaterializeResult, MetadataValue
 
 from lens_assets.analyses.answers import questions_with_answers
 from lens_assets.analyses.attention import (
@@ -54,17 +46,10 @@ from lens_assets.capture.modules import select_modules, short_layer
 from lens_assets.catalog import settings_version
 from lens_assets.config import configs_dir
 from lens_assets.data.images import load_image
-from lens_assets.orchestration.assets import (
-    IMAGE_LABELS,
-    IMAGES,
-    PROMPTS,
-    datasets_of,
-    model_config_of,
-)
+from lens_assets.orchestration.assets import IMAGE_LABELS, IMAGES, PROMPTS
 from lens_assets.orchestration.metadata import markdown_image, markdown_table
-from lens_assets.orchestration.partitions import MODELS
+from lens_assets.orchestration.partitions import ModelStep, per_model_asset
 from lens_assets.orchestration.sources import MODEL_CONFIG
-from lens_assets.resources.configurable import VLMRuntimeResource, WarehouseResource
 from lens_assets.resources.warehouse import Warehouse
 
 SETTINGS_FILE = "interpretability.yaml"
@@ -95,31 +80,19 @@ def settings() -> InterpretabilitySettings:
     return load_settings(configs_dir() / SETTINGS_FILE)
 
 
-@multi_asset(
-    specs=[
-        AssetSpec(
-            key,
-            deps=[MODEL_CONFIG, IMAGES, PROMPTS, IMAGE_LABELS],
-            group_name="interpretability",
-            description=description,
-            automation_condition=AutomationCondition.eager(),
-            kinds={"pytorch", "duckdb"},
-        )
-        for key, description in DESCRIPTIONS.items()
-    ],
-    partitions_def=MODELS,
+@per_model_asset(
+    group="interpretability",
+    deps=[MODEL_CONFIG, IMAGES, PROMPTS, IMAGE_LABELS],
     # The settings file is part of the code: editing it makes every model stale.
     code_version=f"1-{settings_version(SETTINGS_FILE)}",
-    name="interpretability",
+    loads_model=True,
+    description=DESCRIPTIONS,  # five assets, one step: the model loads once for all of them
 )
-def interpretability(
-    context: AssetExecutionContext, runtime: VLMRuntimeResource, warehouse: WarehouseResource
-) -> Iterator[MaterializeResult]:
-    name = context.partition_key
-    config = model_config_of(name)
+def interpretability(step: ModelStep) -> Iterator[MaterializeResult]:
+    name, modelled = step.name, step.datasets()
     chosen = settings()
-    with warehouse.session() as wh:
-        datasets = [d for d in datasets_of(config.datasets, name) if d in chosen.datasets]
+    with step.warehouse.session() as wh:
+        datasets = [d for d in modelled if d in chosen.datasets]
         questions = pick_questions(
             questions_with_answers(wh, datasets) if datasets else [],
             chosen.concept,
@@ -129,15 +102,13 @@ def interpretability(
             reason = f"no questions about {chosen.concept!r} in datasets {chosen.datasets}"
             yield from _skipped(wh, name, reason)
             return
-        with runtime.model(config, name, wh) as loaded:
+        with step.load(wh) as loaded:
             try:
                 require_generation(loaded)  # every analysis reads the answer token's logit
             except BehaviourNotSupported as reason:
                 yield from _skipped(wh, name, str(reason))
                 return
-            tables, heatmaps = analyse(
-                loaded, wh, questions, chosen, runtime.effective_batch_size(config)
-            )
+            tables, heatmaps = analyse(loaded, wh, questions, chosen, step.batch_size)
             pictures = render(loaded, tables, heatmaps, questions, wh.root / "reports" / name)
         for table, rows in tables.items():
             wh.replace_model_rows(table, name, rows)

@@ -13,6 +13,14 @@ def markdown_image(path: Path, title: str) -> MetadataValue:
     return MetadataValue.md(f"![{title}](data:image/png;base64,{encoded})")
 
 
+def picture_metadata(key: str, picture: Path | None, title: str) -> dict[str, MetadataValue]:
+    """A drawn picture under `key` (inline, so the UI shows it) and its file under `key_path`
+    (to open it full size); nothing when there was nothing to draw."""
+    if picture is None:
+        return {}
+    return {key: markdown_image(picture, title), f"{key}_path": MetadataValue.path(str(picture))}
+
+
 def markdown_table(rows: Sequence[Mapping[str, object]], limit: int | None = None) -> MetadataValue:
     """Rows (dicts with the same keys) as a markdown table, the first `limit` of them."""
     if not rows:

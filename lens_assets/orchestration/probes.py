@@ -1,14 +1,7 @@
 """The probe_results asset: per model, does each layer encode each labelled concept?"""
 
 import pyarrow as pa
-from dagster import (
-    AssetExecutionContext,
-    AssetKey,
-    AutomationCondition,
-    MaterializeResult,
-    MetadataValue,
-    asset,
-)
+from dagster import AssetKey, MaterializeResult
 from pydantic import ValidationError
 
 from lens_assets.analyses.probing import ProbeSettings, probe_layers
@@ -16,9 +9,8 @@ from lens_assets.analyses.reports import probe_curves
 from lens_assets.catalog import settings_version
 from lens_assets.config import ConfigError, configs_dir, read_yaml
 from lens_assets.orchestration.assets import IMAGE_LABELS, activations
-from lens_assets.orchestration.metadata import markdown_image, markdown_table
-from lens_assets.orchestration.partitions import MODELS
-from lens_assets.resources.configurable import WarehouseResource
+from lens_assets.orchestration.metadata import markdown_table, picture_metadata
+from lens_assets.orchestration.partitions import ModelStep, per_model_asset
 
 PROBE_RESULTS = AssetKey("probe_results")
 RESULT_COLUMNS = pa.schema(
@@ -45,23 +37,19 @@ def probing_config() -> tuple[ProbeSettings, list[str], list[str]]:
         raise ConfigError(f"invalid probing config {path}: {problems}") from None
 
 
-@asset(
-    partitions_def=MODELS,
+@per_model_asset(
+    group="analyses",
     deps=[activations, IMAGE_LABELS],
-    group_name="analyses",
     # The probing settings are part of the code: editing probing.yaml makes every model stale.
     code_version=f"1-{settings_version('probing.yaml')}",
-    automation_condition=AutomationCondition.eager(),
-    kinds={"scikitlearn", "duckdb"},
+    kinds={"scikitlearn"},
     description="Linear (and MLP) probes per (dataset, layer, pooling, concept) with a control "
     "task, a shuffled-label control, a permutation test and a z-test (table probe_results).",
 )
-def probe_results(
-    context: AssetExecutionContext, warehouse: WarehouseResource
-) -> MaterializeResult:
-    name = context.partition_key
+def probe_results(step: ModelStep) -> MaterializeResult:
+    name = step.name
     settings, datasets, concepts = probing_config()
-    with warehouse.session() as wh:
+    with step.warehouse.session() as wh:
         rows = probe_layers(wh, name, settings, datasets or None, concepts or None)
         wh.replace_model_rows("probe_results", name, pa.Table.from_pylist(rows, RESULT_COLUMNS))
         picture = probe_curves(rows, name, wh.root / "reports" / name / "probe_curves.png")
@@ -72,11 +60,10 @@ def probe_results(
          "control": f"{r['control_accuracy']:.3f}", "p": f"{r['p_value']:.3g}"}
         for r in best
     ]  # fmt: skip
-    metadata: dict[str, object] = {
-        "rows": len(rows),
-        "most_selective": markdown_table(shown),
-    }
-    if picture is not None:
-        metadata["probe_curves"] = markdown_image(picture, "probe curves")
-        metadata["probe_curves_path"] = MetadataValue.path(str(picture))
-    return MaterializeResult(metadata=metadata)
+    return MaterializeResult(
+        metadata={
+            "rows": len(rows),
+            "most_selective": markdown_table(shown),
+            **picture_metadata("probe_curves", picture, "probe curves"),
+        }
+    )

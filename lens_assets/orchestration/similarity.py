@@ -1,14 +1,7 @@
 """Similarity analyses: CKA between layers and models, and the blind test."""
 
 import pyarrow as pa
-from dagster import (
-    AssetExecutionContext,
-    AssetKey,
-    AutomationCondition,
-    MaterializeResult,
-    MetadataValue,
-    asset,
-)
+from dagster import AssetKey, MaterializeResult, MetadataValue
 
 from lens_assets.analyses.blind import blind_test_rows
 from lens_assets.analyses.layer_pairs import similarity_rows
@@ -18,9 +11,8 @@ from lens_assets.catalog import dataset_configs
 from lens_assets.data.datasets import BlankDataset, load_dataset_config
 from lens_assets.orchestration.assets import activations
 from lens_assets.orchestration.behaviour import answers
-from lens_assets.orchestration.metadata import markdown_image, markdown_table
-from lens_assets.orchestration.partitions import MODELS
-from lens_assets.resources.configurable import WarehouseResource
+from lens_assets.orchestration.metadata import markdown_table, picture_metadata
+from lens_assets.orchestration.partitions import ModelStep, per_model_asset
 
 LAYER_SIMILARITY = AssetKey("layer_similarity")
 BLIND_TEST = AssetKey("blind_test")
@@ -40,23 +32,18 @@ BLIND_ROWS = pa.schema(
 )  # fmt: skip
 
 
-@asset(
-    partitions_def=MODELS,
+@per_model_asset(
+    group="analyses",
     deps=[activations],
-    group_name="analyses",
     code_version=SIMILARITY_VERSION,
-    automation_condition=AutomationCondition.eager(),
-    kinds={"duckdb"},
     description="Linear CKA (and its unbiased-HSIC variant) between every pair of this model's "
     "layers and between its layers and every other model's on the same images. A model's "
     "partition computes only the pairs that involve it (views closest_layers, "
     "layer_similarity_pairs).",
 )
-def layer_similarity(
-    context: AssetExecutionContext, warehouse: WarehouseResource
-) -> MaterializeResult:
-    name = context.partition_key
-    with warehouse.session() as wh:
+def layer_similarity(step: ModelStep) -> MaterializeResult:
+    name = step.name
+    with step.warehouse.session() as wh:
         rows = list(similarity_rows(wh, name))
         wh.replace_rows(
             "model_a = ? OR model_b = ?", [name, name],
@@ -88,21 +75,17 @@ SHARE_ROWS = pa.schema(
 )  # fmt: skip
 
 
-@asset(
-    partitions_def=MODELS,
+@per_model_asset(
+    group="analyses",
     deps=[activations],
-    group_name="analyses",
     code_version=SIMILARITY_VERSION,
-    automation_condition=AutomationCondition.eager(),
-    kinds={"scikitlearn", "duckdb"},
+    kinds={"scikitlearn"},
     description="The Stroop study per layer: PCA separation of word, font and background "
     "(tables concept_similarity, concept_dominance) and which cue wins when they disagree.",
 )
-def concept_similarity(
-    context: AssetExecutionContext, warehouse: WarehouseResource
-) -> MaterializeResult:
-    name = context.partition_key
-    with warehouse.session() as wh:
+def concept_similarity(step: ModelStep) -> MaterializeResult:
+    name = step.name
+    with step.warehouse.session() as wh:
         curves, shares = concept_similarity_rows(wh, name)
         wh.replace_rows(
             "model = ?", [name],
@@ -110,11 +93,13 @@ def concept_similarity(
              "concept_dominance": pa.Table.from_pylist(shares, SHARE_ROWS)},
         )  # fmt: skip
         picture = dominance_by_layer(shares, name, wh.root / "reports" / name / "dominance.png")
-    metadata: dict[str, object] = {"curve_rows": len(curves), "dominance_rows": len(shares)}
-    if picture is not None:
-        metadata["dominance_by_layer"] = markdown_image(picture, "cue dominance by layer")
-        metadata["dominance_by_layer_path"] = MetadataValue.path(str(picture))
-    return MaterializeResult(metadata=metadata)
+    return MaterializeResult(
+        metadata={
+            "curve_rows": len(curves),
+            "dominance_rows": len(shares),
+            **picture_metadata("dominance_by_layer", picture, "cue dominance by layer"),
+        }
+    )
 
 
 def blank_sources() -> dict[str, str]:
@@ -127,20 +112,17 @@ def blank_sources() -> dict[str, str]:
     return found
 
 
-@asset(
-    partitions_def=MODELS,
+@per_model_asset(
+    group="analyses",
     deps=[answers],
-    group_name="analyses",
     code_version=SIMILARITY_VERSION,
-    automation_condition=AutomationCondition.eager(),
-    kinds={"duckdb"},
     description="The same questions on real and on blank images: accuracy on both and the "
     "total-variation distances real-vs-labels, blank-vs-labels, real-vs-blank (answer "
     "distributions: view answer_distribution).",
 )
-def blind_test(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
-    name = context.partition_key
-    with warehouse.session() as wh:
+def blind_test(step: ModelStep) -> MaterializeResult:
+    name = step.name
+    with step.warehouse.session() as wh:
         rows = blind_test_rows(wh, name, blank_sources())
         wh.replace_model_rows("blind_test", name, pa.Table.from_pylist(rows, BLIND_ROWS))
     shown = [

@@ -1,49 +1,34 @@
 """Vision against VLM: visual tasks solved from every layer's features, beside the answers."""
 
-from dagster import (
-    AssetExecutionContext,
-    AutomationCondition,
-    MaterializeResult,
-    MetadataValue,
-    asset,
-)
+from dagster import MaterializeResult
 
 from lens_assets.analyses.reports import vision_vs_vlm_by_layer
 from lens_assets.analyses.vision_vs_vlm import vision_vs_vlm_table
-from lens_assets.orchestration.assets import IMAGE_LABELS, IMAGES, datasets_of, model_config_of
+from lens_assets.orchestration.assets import IMAGE_LABELS, IMAGES
 from lens_assets.orchestration.behaviour import answers
-from lens_assets.orchestration.metadata import markdown_image, markdown_table
-from lens_assets.orchestration.partitions import MODELS
+from lens_assets.orchestration.metadata import markdown_table, picture_metadata
+from lens_assets.orchestration.partitions import ModelStep, per_model_asset
 from lens_assets.orchestration.sources import MODEL_CONFIG
-from lens_assets.resources.configurable import VLMRuntimeResource, WarehouseResource
 
 VISION_VS_VLM_VERSION = "1"
 
 
-@asset(
-    partitions_def=MODELS,
+@per_model_asset(
+    group="analyses",
     deps=[MODEL_CONFIG, IMAGES, IMAGE_LABELS, answers],
-    group_name="analyses",
     code_version=VISION_VS_VLM_VERSION,
-    automation_condition=AutomationCondition.eager(),
-    kinds={"pytorch", "duckdb"},
+    loads_model=True,
     description="Correspondence and odd-one-out items solved from the patch features of every "
     "vision-tower block, projector and LLM layer, beside the model's own answer and chance "
     "(table vision_vs_vlm_items, view vision_vs_vlm).",
 )
-def vision_vs_vlm(
-    context: AssetExecutionContext,
-    runtime: VLMRuntimeResource,
-    warehouse: WarehouseResource,
-) -> MaterializeResult:
-    name = context.partition_key
-    config = model_config_of(name)
-    with warehouse.session() as wh:
-        with runtime.model(config, name, wh) as loaded:
+def vision_vs_vlm(step: ModelStep) -> MaterializeResult:
+    name = step.name
+    with step.warehouse.session() as wh:
+        with step.load(wh) as loaded:
             table = vision_vs_vlm_table(
-                loaded, wh, datasets_of(config.datasets, name), config.prompt or "",
-                runtime.effective_batch_size(config),
-            )  # fmt: skip
+                loaded, wh, step.datasets(), step.config.prompt or "", step.batch_size
+            )
         wh.replace_model_rows("vision_vs_vlm_items", name, table)
         summary = wh.fetch_arrow(
             "SELECT dataset, task, stage, layer, layer_order, items, feature_accuracy, "
@@ -59,9 +44,11 @@ def vision_vs_vlm(
          if k != "layer_order"}
         for row in summary
     ]  # fmt: skip
-    metadata: dict[str, object] = {"rows": table.num_rows, "by_layer": markdown_table(shown)}
-    if picture is not None:
-        metadata["accuracy_by_layer"] = markdown_image(picture, "accuracy by layer")
-        metadata["accuracy_by_layer_path"] = MetadataValue.path(str(picture))
-    context.log.info(f"{name}: {table.num_rows} item solutions")
-    return MaterializeResult(metadata=metadata)
+    step.context.log.info(f"{name}: {table.num_rows} item solutions")
+    return MaterializeResult(
+        metadata={
+            "rows": table.num_rows,
+            "by_layer": markdown_table(shown),
+            **picture_metadata("accuracy_by_layer", picture, "accuracy by layer"),
+        }
+    )
