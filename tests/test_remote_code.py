@@ -23,20 +23,11 @@ from transformers import BatchFeature
 
 from lens_assets.capture.adapters import get_architecture
 from lens_assets.capture.adapters.base import ModelLayout
-from lens_assets.capture.adapters.remote_code import (
-    COGVLM,
-    GLAMM,
-    IMAGE_TOKEN_INDEX,
-    MINICPM,
-    MOLMO,
-    XCOMPOSER,
-    CogVLMAdapter,
-    GLaMMAdapter,
-    MiniCPMAdapter,
-    MolmoAdapter,
-    SplicedLayout,
-    XComposerAdapter,
-)
+from lens_assets.capture.adapters.cogvlm import COGVLM, CogVLMAdapter
+from lens_assets.capture.adapters.glamm import GLAMM, IMAGE_TOKEN_INDEX, GLaMMAdapter, SplicedLayout
+from lens_assets.capture.adapters.internlm_xcomposer import XCOMPOSER, XComposerAdapter
+from lens_assets.capture.adapters.minicpm import MINICPM, MiniCPMAdapter
+from lens_assets.capture.adapters.molmo import MOLMO, MolmoAdapter
 from lens_assets.capture.extraction import capture_batch
 from lens_assets.capture.families import BY_NAME
 from lens_assets.capture.loading import LoadedModel, load_model, skeleton

@@ -41,16 +41,17 @@ ADAPTERS: dict[str, str] = {
     "siglip": "lens_assets.capture.adapters.siglip:SIGLIP",
     "siglip2": "lens_assets.capture.adapters.dual_encoder:DUAL_ENCODER",
     "dinov2": "lens_assets.capture.adapters.vision_encoder:VISION_ENCODER",
-    # Remote-code families (lens_assets.capture.adapters.remote_code). Their config classes decide
-    # model_type: "minicpmv", "minicpmo", "molmo" and "internlmxcomposer2" are what their
-    # public config classes set; "cogvlm" and "glamm" are LensFlow's keys, reached through the
-    # family (CogVLM's config class sets no model_type, GLaMM's checkpoints say "llava").
-    "cogvlm": "lens_assets.capture.adapters.remote_code:COGVLM",
-    "minicpmv": "lens_assets.capture.adapters.remote_code:MINICPM",
-    "minicpmo": "lens_assets.capture.adapters.remote_code:MINICPM",
-    "molmo": "lens_assets.capture.adapters.remote_code:MOLMO",
-    "internlmxcomposer2": "lens_assets.capture.adapters.remote_code:XCOMPOSER",
-    "glamm": "lens_assets.capture.adapters.remote_code:GLAMM",
+    # Remote-code families (what they share: lens_assets.capture.adapters.remote_code). Their
+    # config classes decide model_type: "minicpmv", "minicpmo", "molmo" and "internlmxcomposer2"
+    # are what their public config classes set; "cogvlm" and "glamm" are LensFlow's keys, reached
+    # through the family (CogVLM's config class sets no model_type, GLaMM's checkpoints say
+    # "llava").
+    "cogvlm": "lens_assets.capture.adapters.cogvlm:COGVLM",
+    "minicpmv": "lens_assets.capture.adapters.minicpm:MINICPM",
+    "minicpmo": "lens_assets.capture.adapters.minicpm:MINICPM",
+    "molmo": "lens_assets.capture.adapters.molmo:MOLMO",
+    "internlmxcomposer2": "lens_assets.capture.adapters.internlm_xcomposer:XCOMPOSER",
+    "glamm": "lens_assets.capture.adapters.glamm:GLAMM",
 }
 
 
