@@ -14,11 +14,11 @@ from pathlib import Path
 from lens_assets.resources.connection import (
     LAKE,
     RETRYABLE,
+    SQL_DIR,
     PatientConnection,
     WarehouseConnection,
     retry_transaction,
 )
-from lens_assets.resources.connection import SQL_DIR as SQL_DIR
 from lens_assets.resources.errors import QueryLimitError, ReadOnlyError, WarehouseError
 from lens_assets.resources.location import DEFAULT_ROOT, WarehouseLocation, s3_secret
 from lens_assets.resources.writes import WarehouseWrites
