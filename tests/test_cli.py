@@ -256,3 +256,72 @@ def test_copy_warehouse_moves_tables_and_images_and_keeps_the_source(
     migrations = rows(new, "SELECT count(*) AS n FROM lens_migrations")[0]["n"]
     sql = Path(__file__).resolve().parent.parent / "sql"
     assert migrations == len(list(sql.glob("[0-9]*.sql")))  # its own, not the source's rows
+
+
+def dagster_asset_keys() -> set[str]:
+    from lens_assets import defs
+
+    return {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+
+
+def one_dataset_no_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Configs with one two-image dataset and no model, a Dagster home of their own; returns
+    the (not yet made) warehouse root: `lens materialize` can only run `images` here."""
+    configs = tmp_path / "configs"
+    (configs / "datasets").mkdir(parents=True)
+    (configs / "models").mkdir()
+    (configs / "datasets" / "shapes.yaml").write_text("kind: shapes\nsize: 2\n")
+    monkeypatch.setenv("LENS_CONFIGS", str(configs))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    return tmp_path / "wh"
+
+
+def test_materialize_select_accepts_every_asset_of_the_definitions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lens_assets.orchestration.materialize import selection
+
+    keys = dagster_asset_keys()
+    assert {"vision_vs_vlm", "attention_maps", "ablation_effects", "model_config"} <= keys
+    for key in keys:  # one asset alone brings the others its step writes
+        assert key in selection({key})
+    assert selection({"logit_lens"}) >= {"attention_maps", "attributions", "patching_effects"}
+    assert selection({"prompts"}) >= {"images", "image_labels", "image_errors"}
+    warehouse = one_dataset_no_model(tmp_path, monkeypatch)
+    result = lens("materialize", "--select", ",".join(sorted(keys)), "--warehouse", str(warehouse))
+    assert result.exit_code == 0, result.output
+    assert "images: materialized" in result.output
+
+
+def test_materialize_refuses_an_unknown_asset_naming_every_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warehouse = one_dataset_no_model(tmp_path, monkeypatch)
+    result = lens("materialize", "--select", "images,nope", "--warehouse", str(warehouse))
+    assert result.exit_code != 0
+    assert "unknown assets ['nope']" in result.output
+    assert all(key in result.output for key in dagster_asset_keys())
+    assert not warehouse.exists()  # refused before anything ran
+
+
+def test_materialize_by_default_brings_every_asset_of_the_definitions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the code says: the default set is every asset of the Definitions, none left out."""
+    from lens_assets.orchestration import materialize as module
+
+    keys = dagster_asset_keys()
+    assert module.DEFAULT_SELECTION == module.SELECTABLE == keys
+    assert module.selection() == keys
+    assert set(module.PER_MODEL) <= module.selection()
+    passed: list[set[str] | None] = []
+
+    def record(root: object, assets: set[str] | None, *rest: object) -> tuple[object, list]:
+        passed.append(assets)
+        return module.Plan(images=False), []
+
+    monkeypatch.setattr(module, "materialize_missing", record)
+    result = lens("materialize")
+    assert result.exit_code == 0, result.output
+    assert "everything is up to date" in result.output
+    assert passed == [None]  # no --select: the default set above

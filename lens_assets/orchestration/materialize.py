@@ -2,6 +2,7 @@
 whatever is missing or stale: the images, then each model partition with its checks."""
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,25 +18,55 @@ from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, Temp
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._time import get_current_datetime
 
-from lens_assets.definitions import ASSETS, defs
+from lens_assets.config import ConfigError
+from lens_assets.definitions import defs
 from lens_assets.orchestration.assets import IMAGES, failed_datasets
-from lens_assets.orchestration.checks import ACTIVATION_CHECKS, DATASET_CHECKS
 from lens_assets.orchestration.partitions import MODELS
 from lens_assets.orchestration.sensors import sync_configs
 from lens_assets.resources.configurable import VLMRuntimeResource, WarehouseResource
 from lens_assets.resources.warehouse import WarehouseLocation
 
 ACTIVATIONS = AssetKey("activations")
+_GRAPH = defs.resolve_asset_graph()
+# Every asset key of the Definitions, with the keys its step writes alongside it (`images` also
+# writes image_labels, prompts and image_errors; one interpretability step writes five tables):
+# a step cannot run for one of its assets alone.
+STEP_OF: dict[str, tuple[str, ...]] = {
+    key.to_user_string(): tuple(k.to_user_string() for k in _GRAPH.assets_def_for_key(key).keys)
+    for key in _GRAPH.get_all_asset_keys()
+}
+# What `--select` accepts: every asset the Definitions hold. The config sources (model_config,
+# dataset_configs) are observed, never run: every `lens materialize` observes them first.
+SELECTABLE = frozenset(STEP_OF)
+# What runs when nothing is selected: every asset, none left out.
+DEFAULT_SELECTION = SELECTABLE
 # Assets with one partition per model, in the order of the Definitions' list (the order a run
 # needs them); the config source is observed, not run.
 PER_MODEL = {
     key.to_user_string(): key
-    for asset in ASSETS
+    for asset in defs.assets or []
     if isinstance(asset, AssetsDefinition) and asset.partitions_def == MODELS
     if not asset.is_observable
     for key in asset.keys
 }
-EVERY_ASSET = [*ASSETS, *DATASET_CHECKS, *ACTIVATION_CHECKS]
+EVERY_ASSET = [*(defs.assets or []), *(defs.asset_checks or [])]
+
+
+def selection(assets: set[str] | None = None) -> set[str]:
+    """The assets named (every asset when none is), each with the assets its step also writes;
+    a name the Definitions do not hold is a ConfigError listing those they do."""
+    chosen = assets or DEFAULT_SELECTION
+    unknown = sorted(set(chosen) - SELECTABLE)
+    if unknown:
+        raise ConfigError(
+            f"unknown assets {unknown} to select; choose from {', '.join(sorted(SELECTABLE))}"
+        )
+    return with_step_mates(chosen)
+
+
+def with_step_mates(names: Iterable[str]) -> set[str]:
+    """The assets named and those their steps also write."""
+    return {mate for name in names for mate in STEP_OF[name]}
 
 
 def dagster_home(warehouse_root: str | Path | None = None) -> Path:
@@ -91,9 +122,8 @@ def plan(
     re-runs takes along the selected assets that read it (activations: probes, similarity).
     `images` also re-runs while a dataset failed last time: never "up to date" while one is
     broken, and a passing cause (an unmounted disk) heals without an edit."""
+    wanted = selection(assets)
     resolver = stale_resolver(instance)
-    graph = defs.resolve_asset_graph()
-    wanted = assets or {"images", *PER_MODEL}
     need_images = "images" in wanted and (
         instance.get_latest_materialization_event(IMAGES) is None
         or resolver.get_status(IMAGES) == StaleStatus.STALE
@@ -107,9 +137,10 @@ def plan(
             a for a in PER_MODEL if a in wanted and _needs(instance, resolver, PER_MODEL[a], name)
         }
         readers = {
-            child.to_user_string() for a in stale for child in graph.get(PER_MODEL[a]).child_keys
+            child.to_user_string() for a in stale for child in _GRAPH.get(PER_MODEL[a]).child_keys
         }
-        needed = [a for a in PER_MODEL if a in stale or (a in readers and a in wanted)]
+        chosen = with_step_mates(stale | (readers & wanted))
+        needed = [a for a in PER_MODEL if a in chosen]
         if needed:
             per_model[name] = needed
     return Plan(need_images, per_model)
@@ -137,21 +168,20 @@ def run(
     is in the instance's run history, which the UI shows)."""
     results = []
     if todo.images:
-        selection = AssetSelection.assets("images", "image_labels", "prompts", "image_errors")
         result = materialize(
             EVERY_ASSET,
-            selection=selection,
+            selection=AssetSelection.assets(*STEP_OF["images"]),
             instance=instance,
             resources=resources,
             run_config=QUIET,
         )
         results.append(("images", result))
     for name, needed in todo.per_model.items():
-        selection = AssetSelection.assets(*(PER_MODEL[a] for a in needed))
+        chosen = AssetSelection.assets(*(PER_MODEL[a] for a in needed))
         if "activations" in needed:
-            selection |= AssetSelection.checks_for_assets(ACTIVATIONS)
+            chosen |= AssetSelection.checks_for_assets(ACTIVATIONS)
         result = materialize(
-            EVERY_ASSET, selection=selection, partition_key=name, instance=instance,
+            EVERY_ASSET, selection=chosen, partition_key=name, instance=instance,
             resources=resources, raise_on_error=False, run_config=QUIET,
         )  # fmt: skip
         results.append((name, result))
@@ -170,6 +200,7 @@ def materialize_missing(
 
     Two steps, because `images` reports its data version (a hash of the rows it wrote): until
     it runs, nobody knows whether the models' input changed (a touched file changes nothing)."""
+    selection(assets)  # an unknown name fails before anything is synced or run
     instance = instance or open_instance(warehouse_root)
     resources = resources_for(warehouse_root, device, batch_size)
     sync_configs(instance)
