@@ -70,6 +70,7 @@ class ModelStep:
 
     @property
     def batch_size(self) -> int:
+        """The config's batch size, unless the runtime or LENS_BATCH_SIZE overrides it."""
         return self.runtime.effective_batch_size(self.config)
 
     def load(self, warehouse: Warehouse) -> AbstractContextManager[LoadedModel]:
@@ -122,7 +123,7 @@ def per_model_asset(
 def _with_resources(compute: Compute, loads_model: bool) -> Body:
     """The function Dagster calls: its parameters name the resources it injects, so only a
     step that loads the model asks for the runtime. A generator, whatever `compute` returns:
-    Dagster reads no output type from a generator's annotation (as from `-> MaterializeResult`)."""
+    Dagster infers no output type from one, as it inferred none from `-> MaterializeResult`."""
     if loads_model:
 
         def body(
