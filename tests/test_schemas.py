@@ -4,7 +4,6 @@ writers' rows against the schemas."""
 
 from __future__ import annotations
 
-import importlib
 import shutil
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -150,25 +149,6 @@ def test_rows_must_carry_exactly_their_tables_columns() -> None:
 
 # Writers that still spell their own schema: each must equal the declared one (less the columns
 # its caller adds). Delete a line once that writer takes its schema from resources.schemas.
-COPIES = [
-    ("lens_assets.analyses.answers", "ANSWER_ROWS", "answers", ()),
-    ("lens_assets.analyses.attention", "ATTENTION_MAP_ROWS", "attention_maps", ("dataset",)),
-    ("lens_assets.analyses.logit_lens", "LOGIT_LENS_ROWS", "logit_lens", ("dataset",)),
-    ("lens_assets.analyses.attribution", "ATTRIBUTION_ROWS", "attributions", ("dataset",)),
-    ("lens_assets.analyses.interventions", "PATCHING_EFFECTS", "patching_effects", ()),
-    ("lens_assets.analyses.interventions", "ABLATION_EFFECTS", "ablation_effects", ()),
-]
-
-
-@pytest.mark.parametrize(
-    ("module", "name", "table", "left_out"), COPIES, ids=[copy[1] for copy in COPIES]
-)
-def test_a_writers_own_schema_is_the_declared_one(
-    module: str, name: str, table: str, left_out: tuple[str, ...]
-) -> None:
-    assert getattr(importlib.import_module(module), name) == without(TABLES[table], *left_out)
-
-
 def pooled_rows(model: str, layer: str, vectors: np.ndarray) -> pa.Table:
     """Pooled `activations` rows of one layer on images img-0..n-1 of dataset `d`."""
     n, dim = vectors.shape

@@ -12,23 +12,10 @@ import pyarrow as pa
 from lens_assets.analyses.behaviour import generate_answers, score_answers
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.data.images import load_image
+from lens_assets.resources import schemas
 from lens_assets.resources.warehouse import Warehouse
 
-ANSWER_ROWS = pa.schema(
-    [
-        ("model", pa.string()),
-        ("dataset", pa.string()),
-        ("image_id", pa.string()),
-        ("prompt_id", pa.int32()),
-        ("prompt", pa.string()),
-        ("concept", pa.string()),
-        ("kind", pa.string()),
-        ("answer_text", pa.string()),
-        ("answer", pa.string()),
-        ("expected", pa.string()),
-        ("correct", pa.bool_()),
-    ]
-)
+ANSWER_ROWS = schemas.ANSWERS
 
 
 def questions_with_answers(warehouse: Warehouse, datasets: Sequence[str]) -> list[dict[str, Any]]:

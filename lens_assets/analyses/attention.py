@@ -34,6 +34,7 @@ from lens_assets.capture.hooks import StopForward, watch_outputs
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.modules import natural_key, select_modules
 from lens_assets.capture.token_roles import TokenRole
+from lens_assets.resources import schemas
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +42,8 @@ log = logging.getLogger(__name__)
 ATTENTION_CHILDREN = ("self_attn", "self_attention", "attn", "attention")
 EAGER = "eager"
 
-ATTENTION_MAP_ROWS = pa.schema(
-    [
-        ("model", pa.string()),
-        ("image_id", pa.string()),
-        ("prompt", pa.string()),
-        ("layer", pa.string()),
-        ("head", pa.int32()),
-        ("grid_rows", pa.int32()),  # NULL where the image tokens do not form a patch grid
-        ("grid_cols", pa.int32()),
-        ("weights", pa.list_(pa.float32())),  # row-major grid, else image tokens in order
-        ("image_share", pa.float64()),
-    ]
-)
+# The table's columns but `dataset`, which the asset adds.
+ATTENTION_MAP_ROWS = schemas.without(schemas.ATTENTION_MAPS, "dataset")
 ATTENTION_SUMMARY_ROWS = pa.schema(
     [
         ("model", pa.string()),

@@ -40,24 +40,14 @@ from lens_assets.capture.hooks import hook_modules, keep_outputs
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.modules import short_layer
 from lens_assets.capture.token_roles import TokenRole
+from lens_assets.resources import schemas
 
 GRADCAM = "gradcam"
 INPUT_X_GRADIENT = "input_x_gradient"
 PIXELS = "pixels"  # the `layer` of a pixel attribution
 
-ATTRIBUTION_ROWS = pa.schema(
-    [
-        ("model", pa.string()),
-        ("image_id", pa.string()),  # None where the image is not from a dataset
-        ("prompt", pa.string()),
-        ("method", pa.string()),  # gradcam or input_x_gradient
-        ("layer", pa.string()),  # the module name, or "pixels"
-        ("target_token", pa.int64()),  # the token id whose logit is explained
-        ("grid_rows", pa.int32()),
-        ("grid_cols", pa.int32()),
-        ("heatmap", pa.list_(pa.float32())),  # grid_rows * grid_cols values in [0, 1], row-major
-    ]
-)
+# The table's columns but `dataset`, which the asset adds.
+ATTRIBUTION_ROWS = schemas.without(schemas.ATTRIBUTIONS, "dataset")
 
 
 class AttributionError(ValueError):

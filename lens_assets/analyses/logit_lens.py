@@ -23,27 +23,14 @@ from lens_assets.analyses.attention import answer_positions
 from lens_assets.capture.hooks import StopForward, output_tensor, watch_outputs
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.modules import select_modules
+from lens_assets.resources import schemas
 
 # Names a decoder stack gives the norm after its last layer (Llama, Qwen, Gemma: `norm`;
 # OPT: `final_layer_norm`; GPT-2 style: `ln_f`).
 FINAL_NORMS = ("norm", "final_layer_norm", "final_layernorm", "ln_f")
 
-LOGIT_LENS_ROWS = pa.schema(
-    [
-        ("model", pa.string()),
-        ("image_id", pa.string()),
-        ("prompt", pa.string()),
-        ("layer", pa.string()),
-        ("layer_index", pa.int32()),  # depth in the decoder stack, from 0
-        ("top_token_ids", pa.list_(pa.int32())),
-        ("top_tokens", pa.list_(pa.string())),
-        ("top_probs", pa.list_(pa.float32())),
-        ("label", pa.string()),
-        ("label_token_id", pa.int32()),
-        ("label_rank", pa.int32()),  # tokens more probable than the label's: 0 is the top
-        ("label_prob", pa.float32()),
-    ]
-)
+# The table's columns but `dataset`, which the asset adds.
+LOGIT_LENS_ROWS = schemas.without(schemas.LOGIT_LENS, "dataset")
 
 
 class LogitLensError(ValueError):

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import pyarrow as pa
 import torch
 from torch import nn
 
@@ -29,6 +28,7 @@ from lens_assets.analyses.interventions.runs import (
 from lens_assets.capture.hooks import InputHook, hook_modules, input_hooks, require_ran
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.modules import select_modules
+from lens_assets.resources import schemas
 
 AblationMode = Literal["zero", "mean"]
 ABLATION_MODES: tuple[str, ...] = ("zero", "mean")
@@ -45,22 +45,7 @@ ATTENTION_OUTPUTS: tuple[str, ...] = (
     "attention.o_proj",
 )
 
-ABLATION_EFFECTS = pa.schema(
-    [
-        ("model", pa.string()),
-        ("dataset", pa.string()),
-        ("sample_id", pa.string()),
-        ("layer", pa.string()),
-        ("heads", pa.list_(pa.int32())),
-        ("mode", pa.string()),  # 'zero' | 'mean'
-        ("answer_token", pa.int64()),
-        ("base_logit", pa.float64()),
-        ("ablated_logit", pa.float64()),
-        ("logit_change", pa.float64()),  # ablated - base
-        ("kl", pa.float64()),  # KL(base || ablated) of the final position's distribution
-        ("max_abs_diff", pa.float64()),  # largest logit change at any position
-    ]
-)
+ABLATION_EFFECTS = schemas.ABLATION_EFFECTS
 
 ABLATION_ROWS = ABLATION_EFFECTS  # the name the orchestration layer imports
 

@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import pyarrow as pa
 import torch
 from PIL import Image
 from torch import nn
@@ -34,25 +33,12 @@ from lens_assets.capture.hooks import capture, output_tensor, replace_outputs
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.modules import select_modules
 from lens_assets.capture.token_roles import TokenRole
+from lens_assets.resources import schemas
 
 Positions = Literal["all", "image"]
 POSITIONS: tuple[str, ...] = ("all", "image")
 
-PATCHING_EFFECTS = pa.schema(
-    [
-        ("model", pa.string()),
-        ("dataset", pa.string()),
-        ("pair_id", pa.string()),
-        ("layer", pa.string()),
-        ("positions", pa.string()),  # 'all' | 'image'
-        ("patched_positions", pa.int32()),  # positions whose output was replaced
-        ("answer_token", pa.int64()),
-        ("clean_logit", pa.float64()),
-        ("corrupted_logit", pa.float64()),
-        ("patched_logit", pa.float64()),
-        ("recovery", pa.float64()),  # NaN where clean == corrupted
-    ]
-)
+PATCHING_EFFECTS = schemas.PATCHING_EFFECTS
 
 PATCHING_ROWS = PATCHING_EFFECTS  # the name the orchestration layer imports
 
