@@ -31,6 +31,7 @@ from lens_assets.data.files import join
 from lens_assets.orchestration.metadata import markdown_table
 from lens_assets.orchestration.partitions import ModelStep, per_model_asset
 from lens_assets.orchestration.sources import DATASET_CONFIGS, MODEL_CONFIG
+from lens_assets.resources import schemas
 from lens_assets.resources.configurable import WarehouseResource
 from lens_assets.resources.warehouse import Warehouse
 
@@ -43,19 +44,13 @@ IMAGE_LABELS = AssetKey("image_labels")
 PROMPTS = AssetKey("prompts")
 IMAGE_ERRORS = AssetKey("image_errors")
 
-_TEXT, _INT = pa.string(), pa.int32()
 # warehouse table -> (DatasetImages attribute, Arrow schema)
 DATASET_TABLES: dict[str, tuple[str, pa.Schema]] = {
-    "images": ("rows", pa.schema([("image_id", _TEXT), ("dataset", _TEXT), ("path", _TEXT),
-                                  ("width", _INT), ("height", _INT), ("split", _TEXT)])),
-    "image_labels": ("labels", pa.schema([("image_id", _TEXT), ("dataset", _TEXT),
-                                          ("concept", _TEXT), ("value", _TEXT)])),
-    "prompts": ("prompts", pa.schema([("image_id", _TEXT), ("dataset", _TEXT),
-                                      ("prompt_id", _INT), ("prompt", _TEXT), ("answer", _TEXT),
-                                      ("kind", _TEXT), ("concept", _TEXT)])),
-    "image_errors": ("errors", pa.schema([("dataset", _TEXT), ("path", _TEXT),
-                                          ("error", _TEXT)])),
-}  # fmt: skip
+    "images": ("rows", schemas.IMAGES),
+    "image_labels": ("labels", schemas.IMAGE_LABELS),
+    "prompts": ("prompts", schemas.PROMPTS),
+    "image_errors": ("errors", schemas.IMAGE_ERRORS),
+}
 # Metadata of each `images` materialization: the datasets that could not be collected (their
 # earlier rows stay), and a content digest per dataset and table (the assets' data versions).
 FAILED_DATASETS = "failed_datasets"

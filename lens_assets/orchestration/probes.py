@@ -1,6 +1,5 @@
 """The probe_results asset: per model, does each layer encode each labelled concept?"""
 
-import pyarrow as pa
 from dagster import AssetKey, MaterializeResult
 from pydantic import ValidationError
 
@@ -11,16 +10,9 @@ from lens_assets.config import ConfigError, configs_dir, read_yaml
 from lens_assets.orchestration.assets import IMAGE_LABELS, activations
 from lens_assets.orchestration.metadata import markdown_table, picture_metadata
 from lens_assets.orchestration.partitions import ModelStep, per_model_asset
+from lens_assets.resources import schemas
 
 PROBE_RESULTS = AssetKey("probe_results")
-RESULT_COLUMNS = pa.schema(
-    [("model", pa.string()), ("dataset", pa.string()), ("layer", pa.string()),
-     ("pooling", pa.string()), ("concept", pa.string()), ("probe", pa.string()),
-     ("accuracy", pa.float64()), ("control_accuracy", pa.float64()),
-     ("selectivity", pa.float64()), ("p_value", pa.float64()), ("n", pa.int32()),
-     ("fold_std", pa.float64()), ("shuffled_accuracy", pa.float64()),
-     ("z_p_value", pa.float64()), ("classes", pa.int32())]
-)  # fmt: skip
 
 
 def probing_config() -> tuple[ProbeSettings, list[str], list[str]]:
@@ -51,7 +43,9 @@ def probe_results(step: ModelStep) -> MaterializeResult:
     settings, datasets, concepts = probing_config()
     with step.warehouse.session() as wh:
         rows = probe_layers(wh, name, settings, datasets or None, concepts or None)
-        wh.replace_model_rows("probe_results", name, pa.Table.from_pylist(rows, RESULT_COLUMNS))
+        wh.replace_model_rows(
+            "probe_results", name, schemas.rows_table(schemas.PROBE_RESULTS, rows)
+        )
         picture = probe_curves(rows, name, wh.root / "reports" / name / "probe_curves.png")
     best = sorted(rows, key=lambda r: -r["selectivity"])[:10]
     shown = [

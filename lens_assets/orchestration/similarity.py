@@ -1,6 +1,5 @@
 """Similarity analyses: CKA between layers and models, and the blind test."""
 
-import pyarrow as pa
 from dagster import AssetKey, MaterializeResult, MetadataValue
 
 from lens_assets.analyses.blind import blind_test_rows
@@ -13,23 +12,12 @@ from lens_assets.orchestration.assets import activations
 from lens_assets.orchestration.behaviour import answers
 from lens_assets.orchestration.metadata import markdown_table, picture_metadata
 from lens_assets.orchestration.partitions import ModelStep, per_model_asset
+from lens_assets.resources import schemas
 
 LAYER_SIMILARITY = AssetKey("layer_similarity")
 BLIND_TEST = AssetKey("blind_test")
 CONCEPT_SIMILARITY = AssetKey("concept_similarity")
 SIMILARITY_VERSION = "1"
-
-_TEXT, _INT, _FLOAT = pa.string(), pa.int32(), pa.float64()
-LAYER_ROWS = pa.schema(
-    [("model_a", _TEXT), ("layer_a", _TEXT), ("model_b", _TEXT), ("layer_b", _TEXT),
-     ("dataset", _TEXT), ("pooling", _TEXT), ("n", _INT), ("cka", _FLOAT),
-     ("cka_unbiased", _FLOAT)]
-)  # fmt: skip
-BLIND_ROWS = pa.schema(
-    [("model", _TEXT), ("dataset", _TEXT), ("blank_dataset", _TEXT), ("concept", _TEXT),
-     ("n_real", _INT), ("n_blank", _INT), ("accuracy_real", _FLOAT), ("accuracy_blank", _FLOAT),
-     ("tv_real_labels", _FLOAT), ("tv_blank_labels", _FLOAT), ("tv_real_blank", _FLOAT)]
-)  # fmt: skip
 
 
 @per_model_asset(
@@ -47,7 +35,7 @@ def layer_similarity(step: ModelStep) -> MaterializeResult:
         rows = list(similarity_rows(wh, name))
         wh.replace_rows(
             "model_a = ? OR model_b = ?", [name, name],
-            {"layer_similarity": pa.Table.from_pylist(rows, LAYER_ROWS)},
+            {"layer_similarity": schemas.rows_table(schemas.LAYER_SIMILARITY, rows)},
         )  # fmt: skip
         closest = wh.fetch_arrow(
             "SELECT layer, other_model, other_layer, round(cka, 4) AS cka FROM closest_layers "
@@ -64,17 +52,6 @@ def layer_similarity(step: ModelStep) -> MaterializeResult:
     )
 
 
-CURVE_ROWS = pa.schema(
-    [("model", _TEXT), ("dataset", _TEXT), ("layer", _TEXT), ("pooling", _TEXT),
-     ("cue", _TEXT), ("components", _INT), ("nearest_centroid_accuracy", _FLOAT),
-     ("knn_accuracy", _FLOAT)]
-)  # fmt: skip
-SHARE_ROWS = pa.schema(
-    [("model", _TEXT), ("dataset", _TEXT), ("layer", _TEXT), ("pooling", _TEXT),
-     ("cue", _TEXT), ("share", _FLOAT), ("components_needed", _INT)]
-)  # fmt: skip
-
-
 @per_model_asset(
     group="analyses",
     deps=[activations],
@@ -89,8 +66,8 @@ def concept_similarity(step: ModelStep) -> MaterializeResult:
         curves, shares = concept_similarity_rows(wh, name)
         wh.replace_rows(
             "model = ?", [name],
-            {"concept_similarity": pa.Table.from_pylist(curves, CURVE_ROWS),
-             "concept_dominance": pa.Table.from_pylist(shares, SHARE_ROWS)},
+            {"concept_similarity": schemas.rows_table(schemas.CONCEPT_SIMILARITY, curves),
+             "concept_dominance": schemas.rows_table(schemas.CONCEPT_DOMINANCE, shares)},
         )  # fmt: skip
         picture = dominance_by_layer(shares, name, wh.root / "reports" / name / "dominance.png")
     return MaterializeResult(
@@ -124,7 +101,7 @@ def blind_test(step: ModelStep) -> MaterializeResult:
     name = step.name
     with step.warehouse.session() as wh:
         rows = blind_test_rows(wh, name, blank_sources())
-        wh.replace_model_rows("blind_test", name, pa.Table.from_pylist(rows, BLIND_ROWS))
+        wh.replace_model_rows("blind_test", name, schemas.rows_table(schemas.BLIND_TEST, rows))
     shown = [
         {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "model"}
         for r in rows
