@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,3 +123,29 @@ LAYERS = ("data", "capture", "analyses", "orchestration")
 
 def _named(path: Path, words: set[str]) -> bool:
     return path.stem in words or path.name in words or f"{path.stem}," in words
+
+
+def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
+    # Built from a copy of the tracked files: an in-tree build/ folder keeps stale modules.
+    source = tmp_path / "source"
+    tracked = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
+    for name in filter(None, tracked):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(source)],
+        check=True, capture_output=True, cwd=tmp_path,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("lensflow-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    tops = {name.split("/", 1)[0] for name in names}
+    assert {top for top in tops if not top.endswith(".dist-info")} == {"lens_assets"}
+    assert "lens_assets/resources/warehouse.py" in names
+    assert "lens_assets/sql/001_images.sql" in names
