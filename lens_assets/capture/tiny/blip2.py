@@ -11,6 +11,7 @@ tokens that the processor puts before the text (even before BOS). The tokenizer 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from transformers import (
     Blip2Config,
@@ -21,10 +22,13 @@ from transformers import (
     BlipImageProcessor,
     OPTConfig,
     PreTrainedConfig,
+    PreTrainedTokenizerFast,
 )
 
 from .blocks import TextSizes, VisionSizes, text_config, vision_config
 from .tokenizer import build_tokenizer
+
+C = TypeVar("C", bound=PreTrainedConfig)
 
 IMAGE_TOKEN = "<image>"  # added by the processor; config.image_token_index is its id
 
@@ -59,14 +63,17 @@ PRESETS: dict[str, Blip2Sizes] = {
 }
 
 
-def vision_and_qformer(
+def model_config(
+    config_class: type[C],
     s: Blip2Sizes,
+    text: PreTrainedConfig,
+    tokenizer: PreTrainedTokenizerFast,
     vision_class: type[PreTrainedConfig] = Blip2VisionConfig,
     qformer_class: type[PreTrainedConfig] = Blip2QFormerConfig,
     **qformer_fields: int,
-) -> tuple[PreTrainedConfig, PreTrainedConfig]:
-    """The ViT and Q-Former configs BLIP-2 and InstructBLIP share (same shapes, each family's
-    own config classes); the Q-Former's cross-attention width follows the ViT's."""
+) -> C:
+    """The whole model's config, which BLIP-2 and InstructBLIP spell alike in their own classes:
+    the ViT, a Q-Former whose cross-attention width follows the ViT's, and the LLM ``text``."""
     qformer = qformer_class(
         hidden_size=s.qformer.hidden,
         intermediate_size=s.qformer.intermediate,
@@ -75,7 +82,13 @@ def vision_and_qformer(
         encoder_hidden_size=s.vision.hidden,
         **qformer_fields,
     )
-    return vision_config(vision_class, s.vision), qformer
+    return config_class(
+        vision_config=vision_config(vision_class, s.vision).to_dict(),
+        qformer_config=qformer.to_dict(),
+        text_config=text.to_dict(),
+        num_query_tokens=s.query_tokens,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+    )
 
 
 def image_processor(s: Blip2Sizes) -> BlipImageProcessor:
@@ -96,7 +109,6 @@ def build(
         tokenizer=tokenizer,
         num_query_tokens=s.query_tokens,
     )
-    vision, qformer = vision_and_qformer(s)
     # OPT names its MLP width ffn_dim and projects embeddings by word_embed_proj_dim.
     text = text_config(
         OPTConfig,
@@ -106,11 +118,5 @@ def build(
         ffn_dim=s.text.intermediate,
         word_embed_proj_dim=s.text.hidden,
     )
-    config = Blip2Config(
-        vision_config=vision.to_dict(),
-        qformer_config=qformer.to_dict(),
-        text_config=text.to_dict(),
-        num_query_tokens=s.query_tokens,
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-    )
+    config = model_config(Blip2Config, s, text, tokenizer)
     return Blip2ForConditionalGeneration, config, processor

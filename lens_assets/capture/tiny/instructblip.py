@@ -20,7 +20,7 @@ from transformers import (
     LlamaConfig,
 )
 
-from .blip2 import IMAGE_TOKEN, PRESETS, image_processor, vision_and_qformer
+from .blip2 import PRESETS, image_processor, model_config
 from .blocks import LLAMA_SPECIALS, text_config
 from .tokenizer import build_tokenizer
 
@@ -55,22 +55,18 @@ def build(
         qformer_tokenizer=qformer_tokenizer,
         num_query_tokens=s.query_tokens,
     )
-    vision, qformer = vision_and_qformer(
+    # Vicuna keeps one key-value head per query head.
+    llm = replace(s.text, kv_heads=s.text.heads)
+    text = text_config(LlamaConfig, tokenizer, llm, max_positions=2048)
+    config = model_config(
+        InstructBlipConfig,
         s,
+        text,
+        tokenizer,
         InstructBlipVisionConfig,
         InstructBlipQFormerConfig,
         vocab_size=len(qformer_tokenizer),
         pad_token_id=qformer_tokenizer.pad_token_id,
         max_position_embeddings=QFORMER_MAX_POSITIONS,
-    )
-    # Vicuna keeps one key-value head per query head.
-    llm = replace(s.text, kv_heads=s.text.heads)
-    text = text_config(LlamaConfig, tokenizer, llm, max_positions=2048)
-    config = InstructBlipConfig(
-        vision_config=vision.to_dict(),
-        qformer_config=qformer.to_dict(),
-        text_config=text.to_dict(),
-        num_query_tokens=s.query_tokens,
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
     )
     return InstructBlipForConditionalGeneration, config, processor
