@@ -151,6 +151,7 @@ def family_images() -> Callable[[str], list[Image.Image]]:
 
 @pytest.fixture(scope="session")
 def family_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where `load_family` builds the checkpoints (tests measure their folders' size)."""
     return tmp_path_factory.mktemp("family-models")
 
 
