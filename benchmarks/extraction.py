@@ -37,7 +37,8 @@ from PIL import Image
 from benchmarks.probes import _load_average, _machine
 from lens_assets.analyses.patches import stack_layers
 from lens_assets.analyses.reading import load_vectors
-from lens_assets.capture.extraction import capture_batch, extract_loaded, to_device
+from lens_assets.capture.adapters.base import to_device
+from lens_assets.capture.extraction import capture_batch, extract_loaded
 from lens_assets.capture.loading import LoadedModel, load_model, release
 from lens_assets.capture.modules import select_modules
 from lens_assets.capture.tiny import build_tiny

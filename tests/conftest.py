@@ -18,8 +18,8 @@ from lens_assets.resources.warehouse import Warehouse
 from PIL import Image
 from transformers import BatchFeature
 
-from lens_assets.capture.adapters.base import Sequences
-from lens_assets.capture.extraction import capture_batch, to_device
+from lens_assets.capture.adapters.base import Sequences, to_device
+from lens_assets.capture.extraction import capture_batch
 from lens_assets.capture.families import BY_NAME
 from lens_assets.capture.hooks import capture
 from lens_assets.capture.loading import LoadedModel, load_model

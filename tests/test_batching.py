@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lens_assets.capture.extraction import capture_batch, to_device
+from lens_assets.capture.adapters.base import to_device
+from lens_assets.capture.extraction import capture_batch
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.token_roles import TokenRole
 from tests.conftest import ALL_POOLINGS, ARCHITECTURES, HOOK_POINTS, PROMPTS

@@ -11,7 +11,8 @@ import pytest
 import torch
 from lens_assets.resources.warehouse import ReadOnlyError, Warehouse, retry_transaction
 
-from lens_assets.capture.extraction import HookNotCalledError, capture_batch, extract_to_warehouse
+from lens_assets.capture.extraction import capture_batch, extract_to_warehouse
+from lens_assets.capture.hooks import HookPointError
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.data.images import folder_images, load_image
 from tests.conftest import HOOK_POINTS, tiny_config
@@ -236,7 +237,7 @@ def test_a_failed_extraction_leaves_the_previous_partition_intact(
     before = warehouse.fetch_arrow("SELECT * FROM activations ORDER BY ALL").to_pylist()
     # With no prompt the text tower never runs, so its hook point has nothing to record.
     broken = tiny_config("clip", tiny_dir, prompt="")
-    with pytest.raises(HookNotCalledError, match=r"text_model\.encoder\.layers\.1"):
+    with pytest.raises(HookPointError, match=r"text_model\.encoder\.layers\.1"):
         extract_to_warehouse(broken, "tiny-clip", warehouse, {"shapes": paths}, progress=False)
     after = warehouse.fetch_arrow("SELECT * FROM activations ORDER BY ALL").to_pylist()
     assert after == before and len(after) == first.rows

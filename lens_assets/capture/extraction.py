@@ -21,8 +21,7 @@ import torch
 from tqdm import tqdm
 
 from lens_assets.capture.adapters.base import forward_kwargs as usable_forward_kwargs
-from lens_assets.capture.adapters.base import to_device  # noqa: F401  (re-exported: its old home)
-from lens_assets.capture.hooks import HookPointError, StopForward, capture
+from lens_assets.capture.hooks import StopForward, capture
 from lens_assets.capture.loading import LoadedModel, load_model, release
 from lens_assets.capture.modules import select_modules
 from lens_assets.capture.pooling import Pooled, pool
@@ -38,9 +37,6 @@ log = logging.getLogger(__name__)
 VECTOR_POOLING = "none"  # a module output with no position axis: stored as it is
 
 
-# A selected module that did not run in the forward pass: the hook engine's one error for a
-# hook point, under the name extraction's callers know.
-HookNotCalledError = HookPointError
 NOT_RUN_FIX = (
     "for a dual encoder, the text tower only runs when the config has a prompt: remove it "
     "from `modules` or give the model the input that runs it"
