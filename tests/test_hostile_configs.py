@@ -18,7 +18,7 @@ from lens_assets.resources.staging import StageDiskFullError
 from lens_assets.resources.warehouse import Warehouse
 from PIL import Image
 
-from lens_assets.capture.adapters.base import ForwardKeyError, PromptTooLongError
+from lens_assets.capture.adapters.forward import ForwardKeyError, PromptTooLongError
 from lens_assets.capture.extraction import capture_batch, extract_loaded
 from lens_assets.capture.loading import LoadedModel, load_model
 from lens_assets.cli import main

@@ -20,7 +20,7 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from lens_assets.capture.adapters.base import forward_kwargs as usable_forward_kwargs
+from lens_assets.capture.adapters.forward import forward_kwargs as usable_forward_kwargs
 from lens_assets.capture.hooks import StopForward, capture
 from lens_assets.capture.loading import LoadedModel, load_model, release
 from lens_assets.capture.modules import select_modules

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lens_assets.capture.adapters import Architecture, ModelLayout, get_architecture
-from lens_assets.capture.adapters.base import forward_kwargs, position_limit
+from lens_assets.capture.adapters.forward import forward_kwargs, position_limit
 from lens_assets.capture.families import get_family, require_packages
 from lens_assets.config import ModelConfig
 from lens_assets.resources.runtime import (
