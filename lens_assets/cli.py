@@ -33,6 +33,7 @@ def _fail(message: str) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lensflow", prog_name="lens")
 def main() -> None:
     """LensFlow: hooked activation extraction from vision-language models into DuckLake."""
     import os
@@ -133,7 +134,8 @@ def extract(
     )
     click.echo(
         f"{result.model}: {result.n_images} images x {len(result.modules)} modules -> "
-        f"{result.rows} rows in {warehouse.root} ({result.seconds:.2f} s, "
+        f"{result.written} rows written to {dataset_name}; the model now holds {result.rows} "
+        f"rows in {warehouse.root} ({result.seconds:.2f} s, "
         f"{result.seconds / result.n_images * 1000:.1f} ms/image, "
         f"peak {result.peak_memory_bytes / 2**20:.0f} MiB)"
     )

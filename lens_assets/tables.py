@@ -15,7 +15,7 @@ def format_table(columns: Sequence[str], rows: Sequence[dict[str, Any]], fmt: st
         return json.dumps(rows, default=str, indent=None) + "\n"
     if fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.writer(buffer)
+        writer = csv.writer(buffer, lineterminator="\n")  # LF, as DuckDB's CLI writes
         writer.writerow(columns)
         writer.writerows([[row[c] for c in columns] for row in rows])
         return buffer.getvalue()

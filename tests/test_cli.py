@@ -82,6 +82,40 @@ def test_extract_writes_rows_and_a_run(llava_config: Path, tmp_path: Path) -> No
     assert runs.stdout.splitlines() == ["model,n_images,batch_size", "tiny-llava,3,2"]
 
 
+def test_extract_reports_what_this_run_wrote_and_what_the_model_holds(
+    llava_config: Path, tmp_path: Path
+) -> None:
+    warehouse = tmp_path / "wh"
+    first = lens("extract", str(llava_config), "--limit", "3", "--dataset", "first",
+                 "--warehouse", str(warehouse))  # fmt: skip
+    assert first.exit_code == 0, first.output
+    assert "-> 18 rows written to first; the model now holds 18 rows" in first.stdout
+    second = lens("extract", str(llava_config), "--limit", "2", "--dataset", "second",
+                  "--warehouse", str(warehouse))  # fmt: skip
+    assert second.exit_code == 0, second.output
+    # 2 images x 3 modules x 2 poolings; the first dataset's 18 rows stay.
+    assert "2 images x 3 modules -> 12 rows written to second; the model now holds 30 rows" in (
+        second.stdout
+    )
+
+
+def test_version_names_the_installed_package() -> None:
+    from importlib.metadata import version
+
+    result = lens("--version")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"lens, version {version('lensflow')}"
+
+
+def test_sql_csv_ends_lines_with_lf_not_crlf(llava_config: Path, tmp_path: Path) -> None:
+    warehouse = tmp_path / "wh"
+    lens("extract", str(llava_config), "--limit", "1", "--warehouse", str(warehouse))
+    out = lens("sql", "SELECT model, n_images FROM runs", "--format", "csv",
+               "--warehouse", str(warehouse))  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert out.stdout == "model,n_images\ntiny-llava,1\n"
+
+
 def test_extract_refuses_an_input_dir_link_pointing_outside(
     llava_config: Path, tmp_path: Path, image_dir: Path
 ) -> None:

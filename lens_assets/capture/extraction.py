@@ -172,9 +172,10 @@ class DatasetRun:
 class ExtractionResult:
     model: str
     architecture: str
-    rows: int
+    rows: int  # the model's rows in the warehouse after the commit
     modules: list[str]
     runs: list[DatasetRun]
+    written: int = 0  # the rows this run wrote (its datasets' new rows)
 
     @property
     def n_images(self) -> int:
@@ -394,7 +395,9 @@ def extract_loaded(
             ],
             None if image_errors is None else _error_rows(image_errors, runs),
         )
-    return ExtractionResult(loaded.name, loaded.architecture.name, rows, modules, runs)
+    return ExtractionResult(
+        loaded.name, loaded.architecture.name, rows, modules, runs, written=stage.rows
+    )
 
 
 def check_name_is_free(
