@@ -322,7 +322,9 @@ def materialize(
 
     assets = {a.strip() for a in (selected or "").split(",") if a.strip()} or None
     todo, results = _run(
-        lambda: materialize_missing(warehouse_root, assets, set(models), device, batch_size)
+        lambda: materialize_missing(
+            warehouse_root, assets, set(models), device, batch_size, progress=click.echo
+        )
     )
     if todo.empty:
         click.echo("everything is up to date")

@@ -40,7 +40,7 @@ def run_demo(warehouse_root: str | Path | None = None, echo: Callable[[str], Non
 
     warehouse = Warehouse.at(warehouse_root)
     echo(f"materializing the asset graph into {warehouse.root} ...")
-    todo, results = materialize_missing(warehouse.root)
+    todo, results = materialize_missing(warehouse.root, progress=echo)
     if todo.empty:
         echo("everything is already up to date")
     for name, result in results:

@@ -212,6 +212,14 @@ def test_demo_runs_end_to_end_from_a_fresh_warehouse(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     for step in ("images", "tiny-llava", "tiny-qwen2-vl", "tiny-clip"):
         assert f"  {step}: materialized" in done.stdout
+        # Progress as it goes: each partition when it starts, and what it materialized.
+        assert f"... {step}: materializing " in done.stdout
+        assert f"... {step}: done in " in done.stdout
+    (llava,) = [line for line in done.stdout.splitlines() if "tiny-llava: materializing" in line]
+    named = set(llava.split(": materializing ")[1].split(", "))
+    assert {"activations", "answers", "probe_results", "vision_vs_vlm", "logit_lens"} <= named
+    started = done.stdout.index("... tiny-clip: materializing")
+    assert started < done.stdout.index("... tiny-clip: done in") < done.stdout.index("  images:")
     assert done.stdout.count('lens sql "') == 3
     assert "dagster dev" in done.stdout
     assert (tmp_path / "demo-wh" / "catalog.sqlite").is_file()

@@ -2,7 +2,8 @@
 whatever is missing or stale: the images, then each model partition with its checks."""
 
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,30 +162,47 @@ def resources_for(
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
+Progress = Callable[[str], None]
+
+
 def run(
-    instance: DagsterInstance, todo: Plan, resources: dict[str, object]
+    instance: DagsterInstance,
+    todo: Plan,
+    resources: dict[str, object],
+    progress: Progress | None = None,
 ) -> list[tuple[str, ExecuteInProcessResult]]:
     """Materialize the plan in-process; the console logs only warnings and errors (every event
-    is in the instance's run history, which the UI shows)."""
-    results = []
+    is in the instance's run history, which the UI shows). `progress` hears each partition as
+    it starts and, when it ends, which assets it materialized and how long it took."""
+    say = progress or (lambda _: None)
+    steps: list[tuple[str, AssetSelection, str | None, list[str | AssetKey]]] = []
     if todo.images:
-        result = materialize(
-            EVERY_ASSET,
-            selection=AssetSelection.assets(*STEP_OF["images"]),
-            instance=instance,
-            resources=resources,
-            run_config=QUIET,
-        )
-        results.append(("images", result))
+        keys = list(STEP_OF["images"])
+        steps.append(("images", AssetSelection.assets(*keys), None, keys))
     for name, needed in todo.per_model.items():
-        chosen = AssetSelection.assets(*(PER_MODEL[a] for a in needed))
+        keys = [PER_MODEL[a] for a in needed]
+        chosen = AssetSelection.assets(*keys)
         if "activations" in needed:
             chosen |= AssetSelection.checks_for_assets(ACTIVATIONS)
+        steps.append((name, chosen, name, keys))
+    results = []
+    for label, chosen, partition, keys in steps:
+        wanted = ", ".join(sorted(AssetKey.from_coercible(key).to_user_string() for key in keys))
+        say(f"... {label}: materializing {wanted}")
+        started = time.monotonic()
         result = materialize(
-            EVERY_ASSET, selection=chosen, partition_key=name, instance=instance,
-            resources=resources, raise_on_error=False, run_config=QUIET,
+            EVERY_ASSET, selection=chosen, partition_key=partition, instance=instance,
+            resources=resources, raise_on_error=partition is None, run_config=QUIET,
         )  # fmt: skip
-        results.append((name, result))
+        done = sorted(
+            {
+                event.asset_key.to_user_string()
+                for event in result.get_asset_materialization_events()
+            }
+        )
+        outcome = "done" if result.success else "FAILED"
+        say(f"... {label}: {outcome} in {time.monotonic() - started:.0f} s ({', '.join(done)})")
+        results.append((label, result))
     return results
 
 
@@ -195,6 +213,7 @@ def materialize_missing(
     device: str | None = None,
     batch_size: int | None = None,
     instance: DagsterInstance | None = None,
+    progress: Progress | None = None,
 ) -> tuple[Plan, list[tuple[str, ExecuteInProcessResult]]]:
     """Bring `images` up to date, then the model partitions its new data version made stale.
 
@@ -205,7 +224,8 @@ def materialize_missing(
     resources = resources_for(warehouse_root, device, batch_size)
     sync_configs(instance)
     todo = plan(instance, assets, models)
-    results = run(instance, Plan(images=todo.images), resources)
+    results = run(instance, Plan(images=todo.images), resources, progress)
     if todo.images:
         todo = Plan(images=True, per_model=plan(instance, assets, models).per_model)
-    return todo, results + run(instance, Plan(images=False, per_model=todo.per_model), resources)
+    rest = run(instance, Plan(images=False, per_model=todo.per_model), resources, progress)
+    return todo, results + rest
