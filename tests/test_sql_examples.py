@@ -94,9 +94,14 @@ def test_2_closest_layer_of_another_model(warehouse: Warehouse) -> None:
         best = max(scores, key=scores.get)
         expected[layer] = (best, scores[best])
     rows = run(warehouse, 2)
+    # One row per (dataset, layer): this warehouse has one dataset, so one row per layer.
+    assert [(r["dataset"], r["layer"]) for r in rows] == [
+        ("shapes", layer) for layer in sorted(expected)
+    ]
     assert {r["layer"]: r["other_layer"] for r in rows} == {k: v[0] for k, v in expected.items()}
     for row in rows:
         assert row["cka"] == pytest.approx(expected[row["layer"]][1], abs=1e-6)
+        assert row["n"] >= 3
 
 
 def test_3_cosine_between_two_images(warehouse: Warehouse) -> None:
@@ -132,3 +137,35 @@ def test_5_vlm_lens_tensor_view(warehouse: Warehouse) -> None:
     (row,) = run(warehouse, 5)
     assert row["name"] == CLIP and row["tensor_dim"] == X.shape[1]
     assert np.array_equal(np.asarray(row["tensor"], dtype=np.float32), X[ids.index(first)])
+
+
+def test_closest_layers_ranks_no_pair_measured_on_fewer_than_three_images(tmp_path: Path) -> None:
+    from lens_assets.resources import schemas
+
+    def pair(layer_b: str, dataset: str, n: int, cka: float | None) -> dict:
+        return {"model_a": "a", "layer_a": "x", "model_b": "b", "layer_b": layer_b,
+                "dataset": dataset, "pooling": "last", "n": n, "cka": cka,
+                "cka_unbiased": cka}  # fmt: skip
+
+    rows = [pair("y", "big", 5, 0.4), pair("z", "big", 5, 0.9), pair("y", "one", 1, None),
+            pair("z", "two", 2, 1.0)]  # fmt: skip
+    # Written by a warehouse of the previous schema (migrations up to 015), opened by today's.
+    from lens_assets.resources import warehouse as warehouse_module
+
+    old_sql = tmp_path / "sql"
+    shutil.copytree(warehouse_module.SQL_DIR, old_sql)
+    (old_sql / "016_closest_layers_min_images.sql").unlink()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(warehouse_module, "SQL_DIR", old_sql)
+        Warehouse.at(tmp_path / "wh").replace_rows(
+            "true", [], {"layer_similarity": schemas.rows_table(schemas.LAYER_SIMILARITY, rows)}
+        )
+    with Warehouse.at(tmp_path / "wh").session() as wh:
+        ranked = wh.fetch_arrow(
+            "SELECT dataset, other_layer, n, rank FROM closest_layers WHERE model = 'a' "
+            "ORDER BY dataset, rank"
+        ).to_pylist()
+    assert ranked == [
+        {"dataset": "big", "other_layer": "z", "n": 5, "rank": 1},
+        {"dataset": "big", "other_layer": "y", "n": 5, "rank": 2},
+    ]
