@@ -13,8 +13,10 @@ EXAMPLE_QUERIES = (
         "FROM activations GROUP BY ALL ORDER BY ALL",
     ),
     (
-        "Images most like the first red square, by cosine similarity of tiny-llava's final layer",
-        "WITH q AS (SELECT a.vector FROM activations a JOIN image_labels l USING (image_id) "
+        "Images most like the first red square (itself left out), by cosine similarity of "
+        "tiny-llava's final layer",
+        "WITH q AS (SELECT a.image_id, a.vector FROM activations a "
+        "JOIN image_labels l USING (image_id, dataset) "
         "WHERE a.model = 'tiny-llava' AND a.layer = 'model.language_model.norm' "
         "AND a.pooling = 'last' AND l.concept = 'colour' AND l.value = 'red' "
         "ORDER BY a.image_id LIMIT 1) "
@@ -22,13 +24,14 @@ EXAMPLE_QUERIES = (
         "FROM activations a CROSS JOIN q "
         "JOIN images i ON i.image_id = a.image_id AND i.dataset = a.dataset "
         "WHERE a.model = 'tiny-llava' AND a.layer = 'model.language_model.norm' "
-        "AND a.pooling = 'last' ORDER BY cosine DESC LIMIT 3",
+        "AND a.pooling = 'last' AND a.image_id <> q.image_id "
+        "ORDER BY cosine DESC, i.path LIMIT 3",
     ),
     (
         "The efficiency table",
         "SELECT model, dataset, n_images, batch_size, round(seconds, 3) AS seconds, "
         "round(per_image_seconds * 1000, 2) AS ms_per_image, "
-        "peak_memory_bytes // 1048576 AS peak_mib FROM runs ORDER BY started_at",
+        "peak_memory_bytes // 1048576 AS peak_mib FROM runs ORDER BY started_at, model, dataset",
     ),
 )
 

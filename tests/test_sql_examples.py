@@ -169,3 +169,37 @@ def test_closest_layers_ranks_no_pair_measured_on_fewer_than_three_images(tmp_pa
         {"dataset": "big", "other_layer": "z", "n": 5, "rank": 1},
         {"dataset": "big", "other_layer": "y", "n": 5, "rank": 2},
     ]
+
+
+def _nearest_others(X: np.ndarray, ids: list[str], query: int, k: int) -> list[tuple[float, str]]:
+    """The k images most cosine-similar to image `query`, the query itself left out."""
+    scores = [(cosine(X[i], X[query]), ids[i]) for i in range(len(ids)) if i != query]
+    return sorted(scores, key=lambda s: (-s[0], s[1]))[:k]
+
+
+def test_the_warehouse_sections_similarity_command_ranks_one_models_other_images(
+    warehouse: Warehouse,
+) -> None:
+    commands = re.findall(r'^lens sql "([^"]*)"', (REPO / "README.md").read_text(), re.M)
+    (similar,) = [command for command in commands if "list_cosine_similarity" in command]
+    ids, X = vectors(warehouse, LLAVA, "model.language_model.norm", "last")
+    expected = _nearest_others(X, ids, int(np.argmin(ids)), 5)
+    rows = warehouse.fetch_arrow(similar).to_pylist()
+    assert [r["image_id"] for r in rows] == [image for _, image in expected]
+    assert np.allclose([r["cos"] for r in rows], [c for c, _ in expected], atol=1e-5)
+
+
+def test_the_demos_red_square_query_leaves_the_red_square_out(warehouse: Warehouse) -> None:
+    from lens_assets.demo import EXAMPLE_QUERIES
+
+    (query,) = [sql for title, sql in EXAMPLE_QUERIES if "red square" in title]
+    ids, X = vectors(warehouse, LLAVA, "model.language_model.norm", "last")
+    red = sorted(image for image, colour in load_labels(warehouse, "shapes")["colour"].items()
+                 if colour == "red")  # fmt: skip
+    expected = _nearest_others(X, ids, ids.index(red[0]), 3)
+    rows = warehouse.fetch_arrow(query).to_pylist()
+    images = warehouse.fetch_arrow("SELECT image_id, path FROM images").to_pylist()
+    paths = {row["image_id"]: row["path"] for row in images}
+    assert paths[red[0]] not in [r["path"] for r in rows]
+    assert [r["path"] for r in rows] == [paths[image] for _, image in expected]
+    assert np.allclose([r["cosine"] for r in rows], [c for c, _ in expected], atol=1e-4)
