@@ -37,7 +37,7 @@ EXAMPLE_QUERIES = (
 
 
 def run_demo(warehouse_root: str | Path | None = None, echo: Callable[[str], None] = print) -> None:
-    from lens_assets.orchestration.materialize import dagster_home, materialize_missing
+    from lens_assets.orchestration.materialize import materialize_missing, ui_command
     from lens_assets.resources.warehouse import Warehouse
     from lens_assets.tables import format_table
 
@@ -56,7 +56,5 @@ def run_demo(warehouse_root: str | Path | None = None, echo: Callable[[str], Non
         echo(f'\n-- {title}\nlens sql "{query}"\n')
         echo(format_table(table.column_names, table.to_pylist(), "table").rstrip())
     echo(
-        "\nBrowse the assets, runs and checks in the Dagster UI:\n"
-        f"  DAGSTER_HOME={dagster_home(warehouse.root)} LENS_WAREHOUSE={warehouse.root} "
-        "dagster dev\n"
+        f"\nBrowse the assets, runs and checks in the Dagster UI:\n  {ui_command(warehouse.root)}\n"
     )

@@ -221,7 +221,9 @@ def test_demo_runs_end_to_end_from_a_fresh_warehouse(tmp_path: Path) -> None:
     started = done.stdout.index("... tiny-clip: materializing")
     assert started < done.stdout.index("... tiny-clip: done in") < done.stdout.index("  images:")
     assert done.stdout.count('lens sql "') == 3
-    assert "dagster dev" in done.stdout
+    # The UI command it prints is the README's, with the port named.
+    assert f"LENS_WAREHOUSE={tmp_path / 'demo-wh'} dagster dev -p 3000" in done.stdout
+    assert "dagster dev -p 3000" in (REPO / "README.md").read_text()
     assert (tmp_path / "demo-wh" / "catalog.sqlite").is_file()
     datasets = lens("sql", "SELECT DISTINCT dataset FROM activations ORDER BY 1", "--format",
                     "csv", "--warehouse", str(tmp_path / "demo-wh"))  # fmt: skip
@@ -367,3 +369,28 @@ def test_materialize_by_default_brings_every_asset_of_the_definitions(
     assert result.exit_code == 0, result.output
     assert "everything is up to date" in result.output
     assert passed == [None]  # no --select: the default set above
+
+
+def test_the_instance_lensflow_creates_has_no_telemetry_and_no_first_launch_modal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dagster as dg
+
+    from lens_assets.orchestration.materialize import dagster_home
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    home = dagster_home(tmp_path / "wh")
+    assert home == (tmp_path / "wh" / "dagster").resolve()
+    instance = dg.DagsterInstance.from_config(str(home))
+    assert not instance.telemetry_enabled
+    assert not instance.nux_enabled
+
+
+def test_a_dagster_home_of_the_users_own_is_left_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lens_assets.orchestration.materialize import dagster_home
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "mine"))
+    assert dagster_home(tmp_path / "wh") == (tmp_path / "mine").resolve()
+    assert not (tmp_path / "mine" / "dagster.yaml").exists()

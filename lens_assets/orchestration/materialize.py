@@ -70,12 +70,31 @@ def with_step_mates(names: Iterable[str]) -> set[str]:
     return {mate for name in names for mate in STEP_OF[name]}
 
 
+# The instance LensFlow creates: no telemetry and no first-launch community modal, and no
+# "no dagster.yaml" warning when `dagster dev` opens it.
+INSTANCE_SETTINGS = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
+UI_PORT = 3000
+
+
 def dagster_home(warehouse_root: str | Path | None = None) -> Path:
-    """DAGSTER_HOME if set, else `<warehouse>/dagster`, shared by `lens` and `dagster dev`."""
+    """DAGSTER_HOME if set, else `<warehouse>/dagster`, shared by `lens` and `dagster dev`.
+    The folder LensFlow creates gets a dagster.yaml; a DAGSTER_HOME of the user's is theirs."""
     home = os.environ.get("DAGSTER_HOME")
     path = Path(home) if home else WarehouseLocation.resolve(warehouse_root).root / "dagster"
     path.mkdir(parents=True, exist_ok=True)
+    settings = path / "dagster.yaml"
+    if not home and not settings.exists():
+        settings.write_text(INSTANCE_SETTINGS)
     return path.resolve()
+
+
+def ui_command(warehouse_root: str | Path | None = None) -> str:
+    """The one command that opens this warehouse's run history in the Dagster UI."""
+    root = WarehouseLocation.resolve(warehouse_root).root
+    return (
+        f"DAGSTER_HOME={dagster_home(root)} LENS_WAREHOUSE={root} dagster dev -p {UI_PORT}"
+        f"   # then open http://127.0.0.1:{UI_PORT}"
+    )
 
 
 def open_instance(warehouse_root: str | Path | None = None) -> DagsterInstance:
