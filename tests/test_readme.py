@@ -36,3 +36,27 @@ def test_every_test_the_readme_names_exists() -> None:
             assert current is not None
             if name:
                 assert name in functions_in(current), f"{row}: no test {name} in {current.name}"
+
+
+def test_the_warehouse_section_lists_every_table_with_its_declared_columns() -> None:
+    from lens_assets.resources.schemas import TABLES
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## The warehouse", 1)[1].split("```sql", 1)[1].split("```", 1)[0]
+    text = " ".join(line.split("--", 1)[0] for line in block.splitlines())
+    listed = {
+        name: [column.split()[0] for column in columns.split(",")]
+        for name, columns in re.findall(r"(?<!view )\b(\w+)\(([^)]*)\)", text)
+    }
+    declared = {name: s.names for name, s in TABLES.items() if not name.startswith("lens_")}
+    assert {name: listed.get(name) for name in declared} == declared
+
+
+def test_the_family_count_is_the_coverage_tables() -> None:
+    from lens_assets.capture.families import FAMILIES
+    from lens_assets.capture.tiny import tiny_architectures
+
+    readme = (ROOT / "README.md").read_text()
+    claim = f"**Models**: {len(FAMILIES)} families"
+    assert claim in readme
+    assert f"{len(tiny_architectures())}\n  with a tiny checkpoint, tested offline" in readme
