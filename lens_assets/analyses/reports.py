@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from lens_assets.capture.modules import natural_key, short_layer
+from lens_assets.capture.modules import model_order, short_layer
 
 
 def probe_curves(rows: Sequence[dict[str, Any]], model: str, out: Path) -> Path | None:
@@ -29,7 +29,7 @@ def probe_curves(rows: Sequence[dict[str, Any]], model: str, out: Path) -> Path 
     for axis, ((dataset, pooling, kind), members) in zip(
         axes.flat, sorted(panels.items()), strict=False
     ):
-        layers = sorted({r["layer"] for r in members}, key=natural_key)
+        layers = sorted({r["layer"] for r in members}, key=model_order)
         position = {layer: i for i, layer in enumerate(layers)}
         by_concept: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in members:
@@ -73,7 +73,7 @@ def dominance_by_layer(rows: Sequence[dict[str, Any]], model: str, out: Path) ->
         return None
     figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), squeeze=False)
     for axis, ((dataset, pooling), members) in zip(axes.flat, sorted(panels.items()), strict=True):
-        layers = sorted({r["layer"] for r in members}, key=natural_key)
+        layers = sorted({r["layer"] for r in members}, key=model_order)
         for cue in ("word", "font", "background", "none"):
             points = {r["layer"]: r["share"] for r in members if r["cue"] == cue}
             axis.plot(range(len(layers)), [points.get(layer, 0.0) for layer in layers], "-o",
@@ -135,7 +135,7 @@ def layer_curves(
             points[str(row[series])][row["layer"]].append(float(row[value]))
     if not points:
         return None
-    layers = sorted({layer for by_layer in points.values() for layer in by_layer}, key=natural_key)
+    layers = sorted({layer for by_layer in points.values() for layer in by_layer}, key=model_order)
     figure, axis = plt.subplots(figsize=(6.4, 3.6))
     for index, (name, by_layer) in enumerate(sorted(points.items())):
         x = [i for i, layer in enumerate(layers) if layer in by_layer]

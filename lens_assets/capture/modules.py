@@ -212,3 +212,26 @@ def short_layer(layer: str) -> str:
 def natural_key(name: str) -> tuple[Any, ...]:
     """A sort key that puts `layers.2` before `layers.10`."""
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+# Where a module sits in a VLM, by the names transformers gives its parts: the vision tower,
+# the projector that maps its features into the language model, and the language model.
+VISION_TOWERS = frozenset({"vision_tower", "visual", "vision_model", "vision_encoder"})
+PROJECTORS = frozenset({"multi_modal_projector", "visual_projection", "connector", "aligner"})
+STAGES = ("vision", "projector", "language")
+
+
+def stage_of(name: str) -> str:
+    """The part of the model a module belongs to (Qwen-VL's `visual.merger` is its projector)."""
+    parts = name.split(".")
+    if any(part in PROJECTORS or part == "merger" for part in parts):
+        return "projector"
+    if any(part in VISION_TOWERS for part in parts):
+        return "vision"
+    return "language"
+
+
+def model_order(name: str) -> tuple[Any, ...]:
+    """A sort key in the order data flows through a VLM: vision tower, projector, language
+    model, and by depth within each (`layers.2` before `layers.10`)."""
+    return (STAGES.index(stage_of(name)), natural_key(name))

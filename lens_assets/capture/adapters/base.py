@@ -18,12 +18,10 @@ from torch import nn
 from transformers import AutoProcessor, BatchFeature
 
 from lens_assets.capture.adapters.forward import check_sequence_length
+from lens_assets.capture.modules import PROJECTORS, VISION_TOWERS
 from lens_assets.capture.token_roles import TokenRole
 
-VISION_TOWERS = frozenset({"vision_tower", "visual", "vision_model", "vision_encoder"})
-VISION_SEGMENTS = VISION_TOWERS | frozenset(
-    {"multi_modal_projector", "visual_projection", "connector", "aligner"}
-)
+VISION_SEGMENTS = VISION_TOWERS | PROJECTORS
 CLS_PARAMETERS = ("class_embedding", "cls_token")
 
 
