@@ -141,6 +141,22 @@ def extract(
     )
     for skip in result.skipped:
         click.echo(f"skipped: {skip.reason}", err=True)
+    _record_in_dagster(warehouse.root, name, dataset_name, result.written, config_path)
+
+
+def _record_in_dagster(
+    root: Path, model: str, dataset: str, written: int, config_path: str
+) -> None:
+    """An extract is a materialization of the model's activations partition: say so to the
+    Dagster instance of this warehouse, where there is one (Dagster is imported only then)."""
+    if not (root / "dagster").is_dir() and not os.environ.get("DAGSTER_HOME"):
+        return
+    from lens_assets.orchestration.materialize import record_outside_run
+
+    metadata = {"dataset": dataset, "rows written": written, "config": str(config_path)}
+    folder = record_outside_run(root, model, metadata)
+    if folder is not None:
+        click.echo(f"recorded in the Dagster instance at {folder} as activations [{model}]")
 
 
 def _extract_images(config, config_path: str, input_dir: str | None, dataset: str | None,

@@ -80,6 +80,7 @@ def test_extract_writes_rows_and_a_run(llava_config: Path, tmp_path: Path) -> No
     runs = lens("sql", "SELECT model, n_images, batch_size FROM runs", "--format", "csv",
                 "--warehouse", str(warehouse))  # fmt: skip
     assert runs.stdout.splitlines() == ["model,n_images,batch_size", "tiny-llava,3,2"]
+    assert not (warehouse / "dagster").exists()  # no Dagster instance made where there was none
 
 
 def test_extract_reports_what_this_run_wrote_and_what_the_model_holds(
@@ -97,6 +98,29 @@ def test_extract_reports_what_this_run_wrote_and_what_the_model_holds(
     assert "2 images x 3 modules -> 12 rows written to second; the model now holds 30 rows" in (
         second.stdout
     )
+
+
+def test_extract_is_recorded_in_the_warehouses_dagster_instance(
+    llava_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dagster as dg
+
+    from lens_assets.orchestration.materialize import open_instance
+    from lens_assets.orchestration.partitions import MODELS
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    root = tmp_path / "wh"
+    instance = open_instance(root)
+    instance.add_dynamic_partitions(MODELS.name, ["tiny-llava"])
+    result = lens("extract", str(llava_config), "--limit", "2", "--warehouse", str(root))
+    assert result.exit_code == 0, result.output
+    assert "recorded in the Dagster instance" in result.stdout
+    event = instance.get_latest_materialization_event(dg.AssetKey("activations"))
+    assert event is not None
+    materialization = event.asset_materialization
+    assert materialization.partition == "tiny-llava"
+    assert materialization.metadata["source"].value == "lens extract"
+    assert materialization.metadata["rows written"].value == 12
 
 
 def test_version_names_the_installed_package() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dagster import (
     AssetKey,
+    AssetMaterialization,
     AssetsDefinition,
     AssetSelection,
     DagsterInstance,
@@ -248,3 +249,27 @@ def materialize_missing(
         todo = Plan(images=True, per_model=plan(instance, assets, models).per_model)
     rest = run(instance, Plan(images=False, per_model=todo.per_model), resources, progress)
     return todo, results + rest
+
+
+def record_outside_run(
+    warehouse_root: str | Path | None, model: str, metadata: dict[str, object]
+) -> Path | None:
+    """Tell the Dagster instance that `lens extract` replaced a model's activations outside a
+    Dagster run, so the UI shows it (and what reads the partition becomes stale). Only where an
+    instance already exists and knows the model's partition: returns its folder, else None."""
+    home = os.environ.get("DAGSTER_HOME")
+    folder = Path(home) if home else WarehouseLocation.resolve(warehouse_root).root / "dagster"
+    if not folder.is_dir():
+        return None
+    instance = DagsterInstance.from_config(str(folder))
+    if not instance.has_dynamic_partition(MODELS.name, model):
+        return None
+    instance.report_runless_asset_event(
+        AssetMaterialization(
+            asset_key=ACTIVATIONS,
+            partition=model,
+            description="written by `lens extract`, outside a Dagster run",
+            metadata={"source": "lens extract", **metadata},
+        )
+    )
+    return folder.resolve()
