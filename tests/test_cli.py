@@ -384,7 +384,9 @@ def test_materialize_by_default_brings_every_asset_of_the_definitions(
     assert set(module.PER_MODEL) <= module.selection()
     passed: list[set[str] | None] = []
 
-    def record(root: object, assets: set[str] | None, *rest: object) -> tuple[object, list]:
+    def record(
+        root: object, assets: set[str] | None, *rest: object, **options: object
+    ) -> tuple[object, list]:
         passed.append(assets)
         return module.Plan(images=False), []
 
