@@ -149,7 +149,9 @@ def _record_in_dagster(
 ) -> None:
     """An extract is a materialization of the model's activations partition: say so to the
     Dagster instance of this warehouse, where there is one (Dagster is imported only then)."""
-    if not (root / "dagster").is_dir() and not os.environ.get("DAGSTER_HOME"):
+    from lens_assets.resources.location import dagster_home_of
+
+    if not dagster_home_of(root)[0].is_dir():
         return
     from lens_assets.orchestration.materialize import record_outside_run
 

@@ -75,6 +75,13 @@ class WarehouseLocation:
         return self.root / "staging"
 
 
+def dagster_home_of(root: Path) -> tuple[Path, bool]:
+    """The Dagster instance folder that `lens` and `dagster dev` share, and whether it is the
+    user's own: DAGSTER_HOME if set, else `<warehouse>/dagster` (LensFlow's)."""
+    home = os.environ.get("DAGSTER_HOME")
+    return (Path(home), True) if home else (root / "dagster", False)
+
+
 def s3_secret(env: Mapping[str, str]) -> str:
     """DuckDB's S3 secret from the standard AWS variables (AWS_ACCESS_KEY_ID,
     AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL): credentials live

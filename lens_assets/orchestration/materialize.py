@@ -1,7 +1,6 @@
 """`lens materialize`: bring Dagster in step with the configs, then materialize, in-process,
 whatever is missing or stale: the images, then each model partition with its checks."""
 
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from lens_assets.orchestration.assets import IMAGES, failed_datasets
 from lens_assets.orchestration.partitions import MODELS
 from lens_assets.orchestration.sensors import sync_configs
 from lens_assets.resources.configurable import VLMRuntimeResource, WarehouseResource
+from lens_assets.resources.location import dagster_home_of
 from lens_assets.resources.warehouse import WarehouseLocation
 
 ACTIVATIONS = AssetKey("activations")
@@ -80,11 +80,10 @@ UI_PORT = 3000
 def dagster_home(warehouse_root: str | Path | None = None) -> Path:
     """DAGSTER_HOME if set, else `<warehouse>/dagster`, shared by `lens` and `dagster dev`.
     The folder LensFlow creates gets a dagster.yaml; a DAGSTER_HOME of the user's is theirs."""
-    home = os.environ.get("DAGSTER_HOME")
-    path = Path(home) if home else WarehouseLocation.resolve(warehouse_root).root / "dagster"
+    path, users_own = dagster_home_of(WarehouseLocation.resolve(warehouse_root).root)
     path.mkdir(parents=True, exist_ok=True)
     settings = path / "dagster.yaml"
-    if not home and not settings.exists():
+    if not users_own and not settings.exists():
         settings.write_text(INSTANCE_SETTINGS)
     return path.resolve()
 
@@ -257,8 +256,7 @@ def record_outside_run(
     """Tell the Dagster instance that `lens extract` replaced a model's activations outside a
     Dagster run, so the UI shows it (and what reads the partition becomes stale). Only where an
     instance already exists and knows the model's partition: returns its folder, else None."""
-    home = os.environ.get("DAGSTER_HOME")
-    folder = Path(home) if home else WarehouseLocation.resolve(warehouse_root).root / "dagster"
+    folder, _ = dagster_home_of(WarehouseLocation.resolve(warehouse_root).root)
     if not folder.is_dir():
         return None
     instance = DagsterInstance.from_config(str(folder))
