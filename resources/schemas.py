@@ -54,6 +54,28 @@ PROMPTS = pa.schema(
         ("concept", _TEXT),
     ]
 )
+DATASET_ROWS = pa.schema(
+    [
+        ("dataset", _TEXT),
+        ("row_key", _TEXT),
+        ("position", _INT),
+        ("image_ids", pa.list_(_TEXT)),
+        ("prompt", _TEXT),
+        ("answer", _TEXT),
+        ("choices", pa.list_(_TEXT)),
+        ("split", _TEXT),
+        ("kind", _TEXT),
+        ("concept", _TEXT),
+    ]
+)
+ROW_LABELS = pa.schema(
+    [
+        ("dataset", _TEXT),
+        ("row_key", _TEXT),
+        ("concept", _TEXT),
+        ("value", _TEXT),
+    ]
+)
 IMAGE_ERRORS = pa.schema(
     [
         ("dataset", _TEXT),
@@ -78,6 +100,9 @@ ACTIVATIONS = pa.schema(
         ("dim", _INT),
         ("vector", pa.list_(_FLOAT)),
         ("tile", _INT),
+        ("row_key", _TEXT),
+        ("image_ids", pa.list_(_TEXT)),
+        ("image_index", _INT),
     ]
 )
 RUNS = pa.schema(
@@ -132,6 +157,8 @@ ANSWERS = pa.schema(
         ("answer", _TEXT),
         ("expected", _TEXT),
         ("correct", _BOOL),
+        ("row_key", _TEXT),
+        ("image_ids", pa.list_(_TEXT)),
     ]
 )
 LAYER_SIMILARITY = pa.schema(
@@ -289,6 +316,8 @@ TABLES: dict[str, pa.Schema] = {
     "images": IMAGES,
     "image_labels": IMAGE_LABELS,
     "prompts": PROMPTS,
+    "dataset_rows": DATASET_ROWS,
+    "row_labels": ROW_LABELS,
     "image_errors": IMAGE_ERRORS,
     "activations": ACTIVATIONS,
     "runs": RUNS,

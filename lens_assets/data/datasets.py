@@ -1,10 +1,12 @@
-"""Dataset configs (`configs/datasets/<name>.yaml`) and how each kind yields its images.
+"""Dataset configs (`configs/datasets/<name>.yaml`) and how each kind yields its rows.
 
-Kinds: the synthetic generators (`shapes`, `clevr_lite`, `stroop`, `correspondence`,
-`odd_one_out`, `art_style`), `blank` (blank images asked another dataset's questions), and the
-user's own data: `folder` (VLM-Lens's input_dir, optional labels CSV), `manifest` (CSV, Parquet
-or JSONL) and `hf_disk` / `hf_hub` (Hugging Face datasets). Every kind ends as the same rows:
-images, labels, prompts (with answers where known) and errors.
+Every kind ends as the same dataset rows (lens_assets.data.rows): images, a prompt, labels, an
+answer and choices where known, plus the files it could not use. Kinds: the synthetic
+generators (`shapes`, `clevr_lite`, `stroop`, `correspondence`, `odd_one_out`, `art_style`),
+`blank` (another dataset's questions asked about blank images), and the user's own data:
+`folder` (VLM-Lens's input_dir, optional labels CSV), `manifest` (CSV, Parquet or JSONL, one or
+several images per row) and `hf_disk` / `hf_hub` (Hugging Face datasets, several image columns
+where a benchmark has them).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import difflib
 import io
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,15 +24,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lens_assets.config import ConfigError, read_yaml
 from lens_assets.data import files, generators
+from lens_assets.data.collected import DatasetImages
 from lens_assets.data.images import (
     ImageReadError,
     content_id,
-    decode,
-    duplicate_of,
     escapes_root,
     folder_images_within,
     read_image_file,
 )
+from lens_assets.data.rows import choices_of
 
 IMAGE_KEYS = ("image_path", "image", "path", "file_name", "filename")
 
@@ -59,7 +60,11 @@ class FolderDataset(_Kind):
 
 class ManifestDataset(_Kind):
     kind: Literal["manifest"]
-    path: str = Field(description="CSV, Parquet or JSONL: image_path, prompt, label, ...")
+    path: str = Field(
+        description="CSV, Parquet or JSONL, one row per line: image_path (or image_paths, a "
+        "list or `a.png|b.png`; none for a text-only row), prompt, answer, choices, split, "
+        "and label columns"
+    )
     split: str | None = None
 
 
@@ -71,11 +76,27 @@ class HfDataset(_Kind):
     path: str
     split: str | None = None
     image_column: str = "image"
+    image_columns: list[str] | None = Field(
+        default=None, description="Several image columns in order (image_1..image_4)."
+    )
     images_root: str | None = Field(default=None, description="For columns of file names.")
     prompt_column: str | None = "prompt"
     answer_column: str | None = "label"
     label_columns: list[str] | None = None  # default: every other scalar column
     limit: int | None = Field(default=None, ge=1)
+
+    def image_columns_in(self, names: list[str]) -> list[str]:
+        """The image columns this dataset has, in order: the configured list, else
+        `image_column`, else image_1, image_2, ... (multi-image benchmarks)."""
+        if self.image_columns:
+            return [c for c in self.image_columns if c in names]
+        if self.image_column in names:
+            return [self.image_column]
+        numbered = sorted(
+            (n for n in names if re.fullmatch(r"image_?\d+", n)),
+            key=lambda n: int(re.sub(r"\D", "", n)),
+        )
+        return numbered
 
 
 class BlankDataset(_Kind):
@@ -147,81 +168,6 @@ def vlm_lens_dataset(block: dict[str, Any]) -> DatasetConfig:
     )
 
 
-@dataclass
-class DatasetImages:
-    """Rows for `images`, `image_labels`, `prompts` and `image_errors`.
-
-    An image is its bytes: the same bytes met again are one image, one row. From another file
-    (a copy) they are also an error row naming the first file, so the copy is seen, not lost."""
-
-    name: str
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    labels: list[dict[str, Any]] = field(default_factory=list)
-    prompts: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    _first: dict[str, tuple[str, str]] = field(default_factory=dict, init=False, repr=False)
-    _concepts: set[tuple[str, str]] = field(default_factory=set, init=False, repr=False)
-    _asked: set[tuple[str, str]] = field(default_factory=set, init=False, repr=False)
-
-    def add(
-        self,
-        data: bytes,
-        path: Path | str,
-        labels: dict[str, Any] | None = None,
-        prompts: Iterable[tuple[str, str | None, str, str | None]] = (),
-        split: str | None = None,
-        source: str | None = None,
-    ) -> str | None:
-        """Record one image from its bytes; an unusable one becomes an error row. `source` is
-        the file it came from when `path` is a copy written for it (a Hugging Face row).
-
-        Met again, the image is not decoded again and adds only the labels (concepts) and
-        questions (prompt texts) not known for it yet: a copy of a file asks nothing twice."""
-        image_id = content_id(data)
-        origin = source or str(path)
-        if image_id not in self._first:
-            try:
-                image = decode(data, origin)
-            except ImageReadError as error:
-                self.error(origin, str(error))
-                return None
-            self._first[image_id] = (origin, str(path))
-            self.rows.append(
-                {"image_id": image_id, "dataset": self.name, "path": str(path),
-                 "width": image.width, "height": image.height, "split": split}
-            )  # fmt: skip
-        elif (first := self._first[image_id][0]) != origin:
-            self.error(origin, duplicate_of(first, image_id))
-        for concept, value in (labels or {}).items():
-            missing = value is None or value != value or value == ""  # empty, NaN
-            if missing or (image_id, concept) in self._concepts:
-                continue
-            self._concepts.add((image_id, concept))
-            self.labels.append(
-                {"image_id": image_id, "dataset": self.name, "concept": concept,
-                 "value": str(value)}
-            )  # fmt: skip
-        # one file may ask one question several times (a blank image asked every image's
-        # question); a second file of the same image only asks the ones not asked yet
-        asked = {prompt for prompt, *_ in prompts if (image_id, prompt) not in self._asked}
-        for prompt, answer, kind, concept in prompts:
-            if prompt in asked:
-                self.prompts.append(
-                    {"image_id": image_id, "dataset": self.name, "prompt_id": len(self.prompts),
-                     "prompt": prompt, "answer": answer, "kind": kind, "concept": concept}
-                )  # fmt: skip
-        self._asked.update((image_id, prompt) for prompt in asked)
-        return image_id
-
-    def path_of(self, image_id: str) -> str | None:
-        """Where the image with this id is stored, once it has been added."""
-        first = self._first.get(image_id)
-        return first[1] if first else None
-
-    def error(self, path: Path | str, message: str) -> None:
-        self.errors.append({"dataset": self.name, "path": str(path), "error": message})
-
-
 def _write_png(image: Image.Image, location: str) -> bytes:
     """Save deterministically; an unchanged file is not rewritten (its mtime stays)."""
     buffer = io.BytesIO()
@@ -246,10 +192,31 @@ def collect_generated(
 ) -> None:
     params = generators.params_model(config.kind).model_validate(config.model_extra or {})
     for sample in generators.generate(config.kind, params, config.size, config.seed):
-        path = files.join(rendered, out.name, f"{sample.name}.png")
-        data = _write_png(sample.image, path)
-        questions = [(q.question, q.answer, q.kind, q.concept) for q in sample.questions]
-        out.add(data, path, sample.labels, questions, sample.split)
+        pictures = sample.pictures()
+        ids = []
+        for index, picture in enumerate(pictures):
+            stem = sample.name if len(pictures) == 1 else f"{sample.name}-{index}"
+            path = files.join(rendered, out.name, f"{stem}.png")
+            image_id = out.add_image(_write_png(picture, path), path, sample.split)
+            if image_id is None:
+                break
+            ids.append(image_id)
+        if len(ids) != len(pictures):
+            continue  # a picture that cannot be used drops its sample (an error row says why)
+        if not sample.questions:
+            out.add_row(ids, labels=sample.labels, split=sample.split)
+        for q in sample.questions:
+            shown = ids if q.images is None else [ids[i] for i in q.images]
+            out.add_row(
+                shown,
+                q.question,
+                sample.labels,
+                q.answer,
+                q.choices,
+                sample.split,
+                q.kind,
+                q.concept,
+            )
 
 
 def _label_table(path: Path) -> dict[str, dict[str, Any]]:
@@ -278,17 +245,22 @@ def collect_folder(config: FolderDataset, out: DatasetImages, _: Path, __: Any) 
                 f"dataset {out.name}: labels: {table} is not a file; name a CSV in the folder"
             )
         labels = _label_table(table)
-    prompt = [(config.prompt, None, "folder", "label")] if config.prompt else []
     paths, refused = folder_images_within(folder, distinct=False)  # copies: see DatasetImages
     for path, reason in refused:
         out.error(path, reason)
     for path in paths:
         data = _read(path, out)
-        if data is not None:
-            found = labels.get(path.name, {})
-            answer = found.get("label")
-            asked = [(p, answer, k, c) for p, _, k, c in prompt]
-            out.add(data, path.resolve(), found, asked, config.split)
+        if data is None:
+            continue
+        image_id = out.add_image(data, path.resolve(), config.split)
+        if image_id is None:
+            continue
+        found = labels.get(path.name, {})
+        kind = "folder" if config.prompt else None
+        out.add_row(
+            [image_id], config.prompt, found, found.get("label") if config.prompt else None,
+            split=config.split, kind=kind, concept="label" if config.prompt else None,
+        )  # fmt: skip
 
 
 def _manifest_rows(path: Path) -> list[dict[str, Any]]:
@@ -307,27 +279,83 @@ def _manifest_rows(path: Path) -> list[dict[str, Any]]:
     return readers[path.suffix.lower()](path).to_pylist()
 
 
+# Row columns every tabular kind reads; the other scalar columns are labels.
+ROW_COLUMNS = ("prompt", "answer", "choices", "split", "kind", "concept")
+
+
+def _path_list(value: Any) -> list[str]:
+    """A row's image files: one name, a list, or names separated by `|` (a CSV cell); none
+    for a text-only row."""
+    if value is None or value != value or value == "":
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split("|") if part.strip()]
+    return [str(part) for part in value if part]
+
+
 def collect_manifest(config: ManifestDataset, out: DatasetImages, _: Path, __: Any) -> None:
     manifest = Path(config.path).resolve()
     if not manifest.is_file():
         raise ConfigError(f"manifest {manifest} does not exist")
     root = manifest.parent
-    for row in _manifest_rows(manifest):
-        if not row.get("image_path"):
-            raise ConfigError(f"manifest {manifest} needs an `image_path` column")
-        path = root / str(row.pop("image_path"))
+    for number, row in enumerate(_manifest_rows(manifest), start=1):
+        column = next((c for c in ("image_paths", "image_path") if c in row), None)
+        if column is None and not row.get("prompt"):
+            raise ConfigError(
+                f"manifest {manifest} row {number}: no `image_path` (or `image_paths`) and no "
+                "`prompt`; a row needs images, a question, or both"
+            )
+        ids = _manifest_images(_path_list(row.pop(column, None)), root, out)
+        if ids is None:
+            continue
+        _add_tabular_row(out, ids, row, config.split)
+
+
+def _manifest_images(names: list[str], root: Path, out: DatasetImages) -> list[str] | None:
+    """The row's image ids in order, or None when one of them cannot be used (the whole row
+    is left out: a question about two pictures cannot be asked about one)."""
+    ids = []
+    for name in names:
+        path = root / name
         if refused := escapes_root(root, path):
             out.error(path, f"{refused} (the manifest's folder)")
-            continue
+            return None
         path = path.resolve()
         data = _read(path, out)
-        if data is None:
-            continue
-        split = row.pop("split", None) or config.split
-        prompt, answer = row.pop("prompt", None), row.get("label")
-        expected = None if answer is None else str(answer)
-        prompts = [(prompt, expected, "manifest", "label")] if prompt else []
-        out.add(data, path, row, prompts, split)
+        image_id = None if data is None else out.add_image(data, path)
+        if image_id is None:
+            return None
+        ids.append(image_id)
+    return ids
+
+
+def _add_tabular_row(
+    out: DatasetImages,
+    ids: list[str],
+    row: dict[str, Any],
+    split: str | None,
+    answer_column: str = "answer",
+    label_columns: list[str] | None = None,
+) -> None:
+    """A manifest or Hugging Face row: its own prompt, answer, choices; the rest are labels.
+    A `label` column is the answer where there is no answer column (VLM-Lens's layout)."""
+    prompt = row.pop("prompt", None)
+    answer = row.pop(answer_column, None) if answer_column != "label" else row.get("label")
+    if answer is None and prompt:
+        answer = row.get("label")
+    choices = choices_of(row.pop("choices", None))
+    row_split = row.pop("split", None) or split
+    kind = row.pop("kind", None)
+    concept = row.pop("concept", None)
+    keys = label_columns or [k for k, v in row.items() if isinstance(v, str | int | float | bool)]
+    labels = {k: row[k] for k in keys if k in row}
+    if prompt and answer is not None:
+        kind = kind or "dataset"
+        concept = concept or ("label" if "label" in labels else None)
+    out.add_row(
+        ids, None if prompt is None else str(prompt), labels,
+        None if answer is None or not prompt else answer, choices, row_split, kind, concept,
+    )  # fmt: skip
 
 
 def _hf_rows(config: HfDataset) -> Iterable[dict[str, Any]]:
@@ -349,22 +377,23 @@ def _hf_rows(config: HfDataset) -> Iterable[dict[str, Any]]:
         if split not in loaded:
             raise ConfigError(f"{config.path} has no split {split!r}; it has {list(loaded)}")
         loaded = loaded[split]
-    if config.image_column in loaded.column_names:
-        loaded = loaded.cast_column(config.image_column, datasets.Image(decode=False))
+    for column in config.image_columns_in(loaded.column_names):
+        if isinstance(loaded.features[column], datasets.Image):
+            loaded = loaded.cast_column(column, datasets.Image(decode=False))
     if config.limit:
         loaded = loaded.select(range(min(config.limit, len(loaded))))
     return iter(loaded)
 
 
 def _hf_image_bytes(
-    value: Any, config: HfDataset, out: DatasetImages
+    value: Any, column: str, config: HfDataset, out: DatasetImages
 ) -> tuple[bytes, str | None] | None:
     """The image's bytes and the file they came from (None for bytes without a file name)."""
     if isinstance(value, dict) and value.get("bytes"):
         return value["bytes"], str(value.get("path") or "") or None
     name = value.get("path") if isinstance(value, dict) else value
     if not name:
-        out.error(config.path, f"a row has no image in column {config.image_column!r}")
+        out.error(config.path, f"a row has no image in column {column!r}")
         return None
     root = Path(config.images_root or Path(config.path).parent)
     path = root / str(name)
@@ -378,24 +407,37 @@ def _hf_image_bytes(
 
 def collect_hf(config: HfDataset, out: DatasetImages, rendered: str | Path, _: Any) -> None:
     for index, row in enumerate(_hf_rows(config)):
-        found = _hf_image_bytes(row.pop(config.image_column, None), config, out)
-        if found is None:
+        columns = config.image_columns_in(list(row))
+        ids: list[str] | None = []
+        for column in columns:
+            value = row.pop(column, None)
+            if value is None and column != config.image_column and len(columns) > 1:
+                continue  # image_3, image_4 empty on a two-image row
+            found = _hf_image_bytes(value, column, config, out)
+            image_id = None if found is None else _store_hf_image(found, index, out, rendered)
+            if image_id is None:
+                ids = None
+                break
+            ids.append(image_id)
+        if ids is None:
             continue
-        data, origin = found
-        image_id = content_id(data)
-        path = out.path_of(image_id)  # rows sharing an image share its file
-        if path is None:
-            path = files.join(rendered, out.name, f"{index:06d}-{image_id[:12]}.png")
-            files.write_bytes(path, data)
-        prompt = row.pop(config.prompt_column, None) if config.prompt_column else None
-        answer = row.get(config.answer_column) if config.answer_column else None
-        keys = config.label_columns or [k for k, v in row.items() if isinstance(v, str | int)]
-        labels = {k: row[k] for k in keys if k in row}
-        if config.answer_column and config.answer_column in labels:
-            labels["label"] = labels.pop(config.answer_column)
-        expected = None if answer is None else str(answer)
-        prompts = [(str(prompt), expected, "dataset", "label")]
-        out.add(data, path, labels, prompts if prompt else [], config.split, origin)
+        if config.prompt_column and config.prompt_column != "prompt":
+            row["prompt"] = row.pop(config.prompt_column, None)
+        _add_tabular_row(
+            out, ids, row, config.split, config.answer_column or "answer", config.label_columns
+        )
+
+
+def _store_hf_image(
+    found: tuple[bytes, str | None], index: int, out: DatasetImages, rendered: str | Path
+) -> str | None:
+    data, origin = found
+    image_id = content_id(data)
+    path = out.path_of(image_id)  # rows sharing an image share its file
+    if path is None:
+        path = files.join(rendered, out.name, f"{index:06d}-{image_id[:12]}.png")
+        files.write_bytes(path, data)
+    return out.add_image(data, path, None, origin)
 
 
 BLANK_COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0)}
@@ -404,13 +446,17 @@ BLANK_COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0)}
 def collect_blank(
     config: BlankDataset, out: DatasetImages, rendered: str | Path, others: dict[str, DatasetImages]
 ) -> None:
+    """Each question of dataset `of`, asked again with every one of its images blank. A
+    blank input has no right answer of its own: the blind test scores its answer against
+    each real row that asked the question."""
     source = others.get(config.of)
     if source is None:
         raise ConfigError(
             f"blank dataset {out.name!r} asks the questions of {config.of!r}, which is not a "
             f"dataset config; known: {', '.join(sorted(others)) or '(none)'}"
         )
-    if not source.prompts:
+    questions = [row for row in source.items if row.prompt]
+    if not questions:
         raise ConfigError(f"dataset {config.of!r} has no questions for blank {out.name!r}")
     rng = np.random.default_rng(config.seed)
     side = config.image_size
@@ -421,8 +467,20 @@ def collect_blank(
         else:
             image = Image.new("RGB", (side, side), BLANK_COLOURS[colour])
         path = files.join(rendered, out.name, f"blank-{colour}.png")
-        questions = [(p["prompt"], p["answer"], p["kind"], p["concept"]) for p in source.prompts]
-        out.add(_write_png(image, path), path, {"blank": colour}, questions, colour)
+        blank = out.add_image(_write_png(image, path), path, colour)
+        if blank is None:
+            continue
+        for q in questions:
+            out.add_row(
+                [blank] * len(q.image_ids),
+                q.prompt,
+                {"blank": colour},
+                None,
+                q.choices,
+                colour,
+                q.kind,
+                q.concept,
+            )
 
 
 COLLECTORS: dict[type, Callable[[Any, DatasetImages, Path, dict[str, DatasetImages]], None]] = {

@@ -36,12 +36,14 @@ from lens_assets.resources.configurable import WarehouseResource
 from lens_assets.resources.warehouse import Warehouse
 
 # Bump when extraction changes what it writes for the same config: every partition goes stale.
-EXTRACTION_VERSION = "1"
-IMAGES_VERSION = "1"
+EXTRACTION_VERSION = "2"  # 2: one forward pass per dataset row
+IMAGES_VERSION = "2"  # 2: dataset rows
 
 IMAGES = AssetKey("images")
 IMAGE_LABELS = AssetKey("image_labels")
 PROMPTS = AssetKey("prompts")
+DATASET_ROWS = AssetKey("dataset_rows")
+ROW_LABELS = AssetKey("row_labels")
 IMAGE_ERRORS = AssetKey("image_errors")
 
 # warehouse table -> (DatasetImages attribute, Arrow schema)
@@ -49,6 +51,8 @@ DATASET_TABLES: dict[str, tuple[str, pa.Schema]] = {
     "images": ("rows", schemas.IMAGES),
     "image_labels": ("labels", schemas.IMAGE_LABELS),
     "prompts": ("prompts", schemas.PROMPTS),
+    "dataset_rows": ("row_records", schemas.DATASET_ROWS),
+    "row_labels": ("row_label_records", schemas.ROW_LABELS),
     "image_errors": ("errors", schemas.IMAGE_ERRORS),
 }
 # Metadata of each `images` materialization: the datasets that could not be collected (their
@@ -98,6 +102,12 @@ def _dataset_spec(key: AssetKey, description: str) -> AssetSpec:
         _dataset_spec(IMAGES, "Every dataset's images: content-hash id, path, size, split."),
         _dataset_spec(IMAGE_LABELS, "Ground truth per image: (image_id, dataset, concept, value)."),
         _dataset_spec(PROMPTS, "Questions per image with their answers, for scoring behaviour."),
+        _dataset_spec(
+            DATASET_ROWS,
+            "The unit of data: one row per input (0-4 images in order, its own prompt, its "
+            "expected answer and choices, its split).",
+        ),
+        _dataset_spec(ROW_LABELS, "Ground truth per row: (dataset, row_key, concept, value)."),
         _dataset_spec(IMAGE_ERRORS, "Files a dataset names that could not be used, and why."),
     ],
 )
@@ -127,12 +137,12 @@ def images(context: AssetExecutionContext, warehouse: WarehouseResource):
         context.log.error(failure_message(name, failure))
     digests = _digests(collected, failed, _latest_metadata(context.instance, DATASET_DIGESTS))
     per_dataset = [
-        {"dataset": c.name, "images": len(c.rows),
+        {"dataset": c.name, "rows": len(c.items), "images": len(c.rows),
          "concepts": len({r["concept"] for r in c.labels}), "prompts": len(c.prompts),
          "errors": len(c.errors), "collected": "yes"}
         for c in collected
     ] + [
-        {"dataset": name, "images": "kept", "concepts": "kept", "prompts": "kept",
+        {"dataset": name, "rows": "kept", "images": "kept", "concepts": "kept", "prompts": "kept",
          "errors": "kept", "collected": "FAILED (see check every_dataset_collected)"}
         for name in failed
     ]  # fmt: skip
@@ -148,6 +158,7 @@ def images(context: AssetExecutionContext, warehouse: WarehouseResource):
         },
     )
     for key, table in ((IMAGE_LABELS, "image_labels"), (PROMPTS, "prompts"),
+                       (DATASET_ROWS, "dataset_rows"), (ROW_LABELS, "row_labels"),
                        (IMAGE_ERRORS, "image_errors")):  # fmt: skip
         yield MaterializeResult(
             asset_key=key,
@@ -219,7 +230,7 @@ def _table_version(digests: dict[str, dict[str, str]], table: str) -> DataVersio
 
 @per_model_asset(
     group="activations",
-    deps=[MODEL_CONFIG, IMAGES],
+    deps=[MODEL_CONFIG, IMAGES, DATASET_ROWS],
     code_version=EXTRACTION_VERSION,
     loads_model=True,
     description="Hooked, pooled activations of one model over its datasets (DuckLake table "
