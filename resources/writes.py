@@ -17,6 +17,8 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+
+from lens_assets.data.rows import RowInput
 from lens_assets.resources.connection import (
     LAKE,
     WarehouseConnection,
@@ -190,6 +192,27 @@ class WarehouseWrites(WarehouseConnection):
             "SELECT DISTINCT path FROM images WHERE dataset = ? ORDER BY path", [dataset]
         )
         return rows.column(0).to_pylist()
+
+    def dataset_rows(self, dataset: str) -> list[RowInput]:
+        """The dataset's rows as extraction runs them: each row's images' files in order (as
+        the `images` asset recorded them) and its own prompt, in the dataset's order."""
+        table = self.fetch_arrow(
+            """
+            SELECT r.row_key, r.image_ids, r.prompt,
+                   list_transform(r.image_ids, id -> paths[id]) AS paths
+            FROM dataset_rows AS r,
+                 (SELECT map(list(image_id), list(path)) AS paths
+                  FROM (SELECT image_id, min(path) AS path FROM images
+                        WHERE dataset = ? GROUP BY image_id))
+            WHERE r.dataset = ?
+            ORDER BY r.position
+            """,
+            [dataset, dataset],
+        )
+        return [
+            RowInput(row["row_key"], tuple(row["image_ids"]), tuple(row["paths"]), row["prompt"])
+            for row in table.to_pylist()
+        ]
 
     def copy_into(self, target: WarehouseWrites) -> dict[str, int]:
         """Copy every table's rows into `target` (say, PostgreSQL + S3), replacing what it

@@ -41,7 +41,7 @@ def test_a_pass_that_hooks_only_the_vision_tower_stops_before_the_llm(
 ) -> None:
     loaded = load_tiny("llava")
     batch = (images[:2], PROMPTS[:2], VISION_ONLY, ["mean_image", "tokens"])
-    loaded.stop_points.pop(tuple(VISION_ONLY), None)
+    loaded.stop_points.pop((tuple(VISION_ONLY), 2), None)
     full = llm_calls(loaded, lambda: capture_batch(loaded, *batch))  # learns where to stop
     stopped: list[Any] = []
     assert llm_calls(loaded, lambda: stopped.extend(capture_batch(loaded, *batch))) == 0

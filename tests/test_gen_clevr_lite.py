@@ -14,7 +14,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from lens_assets.data.generators import Sample, clevr_lite
+from lens_assets.data.datasets import collect_images, parse_dataset_config
+from lens_assets.data.generators import Sample, clevr_lite, clevr_scene
 from lens_assets.data.generators import generate as generate_kind
 
 SIZE = clevr_lite.Params().image_size
@@ -180,30 +181,91 @@ def query(phrase: str, plural: bool = False) -> dict[str, str]:
     return result
 
 
-def test_answers_match_the_scene_objects():
+ASKED = {"color": "colour", "shape": "shape", "material": "material", "size": "size"}
+
+
+def check_answer(question, objects: list) -> None:
+    """The question's answer, worked out again from the scene's objects by parsing its text."""
+    text, answer = question.question, question.answer
+    if match := re.fullmatch(r"Is there an? (.+)\?", text):
+        assert question.kind == "exists" and question.concept is None
+        present = any(obj.matches(query(match[1])) for obj in objects)
+        assert answer == ("yes" if present else "no"), text
+    elif text == "How many objects are there?":
+        assert question.kind == question.concept == "count"
+        assert answer == str(len(objects)), text
+    elif match := re.fullmatch(r"What (color|shape|material|size) is the (.+)\?", text):
+        key = ASKED[match[1]]
+        assert question.kind == question.concept == key
+        referents = [obj for obj in objects if obj.matches(query(match[2]))]
+        assert len(referents) == 1, text  # the description singles out one object
+        assert key not in query(match[2]), text  # and does not give the answer away
+        assert answer == getattr(referents[0], key), text
+    else:
+        pytest.fail(f"unexpected question {text!r}")
+
+
+def test_one_question_of_each_kind_per_scene_answered_from_the_objects():
     answers = Counter()
     for scene in clevr_lite.scenes(clevr_lite.Params(max_objects=5), 200, seed=2):
-        objects = scene.objects
-        kinds = Counter(q.kind for q in scene.questions)
-        assert kinds["count"] == 2 and kinds["exists"] == 1
+        assert tuple(q.kind for q in scene.questions) == clevr_lite.KINDS
+        assert clevr_lite.KINDS == ("colour", "shape", "material", "size", "count", "exists")
         for question in scene.questions:
-            text, answer = question.question, question.answer
-            assert answer == answer.lower()
-            if match := re.fullmatch(r"Is there an? (.+)\?", text):
-                present = any(obj.matches(query(match[1])) for obj in objects)
-                assert answer == ("yes" if present else "no"), text
-                answers[answer] += 1
-            elif match := re.fullmatch(r"How many (.+) are there\?", text):
-                wanted = query(match[1], plural=True)
-                assert answer == str(sum(obj.matches(wanted) for obj in objects)), text
-            elif match := re.fullmatch(r"What (color|shape|material|size) is the (.+)\?", text):
-                referents = [obj for obj in objects if obj.matches(query(match[2]))]
-                assert len(referents) == 1, text
-                key = "colour" if match[1] == "color" else match[1]
-                assert answer == getattr(referents[0], key), text
-            else:
-                pytest.fail(f"unexpected question {text!r}")
+            assert question.answer == question.answer.lower()
+            assert question.images is None
+            assert question.choices == clevr_lite.CHOICES[question.kind]
+            assert question.answer in question.choices
+            check_answer(question, scene.objects)
+        if len(scene.objects) == 1:  # alone, an object needs no description
+            assert scene.questions[0].question == "What color is the object?"
+        answers[scene.questions[-1].answer] += 1
     assert abs(answers["yes"] - answers["no"]) <= 1, answers
+
+
+def test_question_answers_agree_with_the_scene_labels(mixed):
+    for sample in mixed:
+        by_kind = {q.kind: q for q in sample.questions}
+        assert len(by_kind) == len(sample.questions) == 6
+        assert by_kind["count"].answer == sample.labels["count"]
+        if sample.labels["count"] == "1":
+            for key in ("colour", "shape", "material", "size"):
+                assert by_kind[key].answer == sample.labels[key]
+        else:
+            assert sample.labels[f"has_{by_kind['colour'].answer}"] == "yes"
+            assert sample.labels[f"has_{by_kind['shape'].answer}"] == "yes"
+
+
+def test_choices_are_clevrs_vocabularies():
+    choices = clevr_lite.CHOICES
+    assert choices["colour"] == tuple(clevr_lite.COLOURS) and len(choices["colour"]) == 8
+    assert choices["shape"] == ("cube", "sphere", "cylinder")
+    assert choices["material"] == ("rubber", "metal")
+    assert choices["size"] == ("small", "large")
+    assert choices["count"] == tuple(str(n) for n in range(11))
+    assert choices["exists"] == ("yes", "no")
+
+
+def test_an_attribute_no_description_can_ask_is_ruled_out():
+    obj = clevr_scene.SceneObject
+    twins = [obj("red", "cube", "rubber", "small"), obj("blue", "cube", "rubber", "small")]
+    assert not clevr_scene.askable(twins)  # "the small rubber cube" is either of them
+    assert clevr_scene.askable([*twins, obj("red", "sphere", "metal", "large")]) is False
+    third = obj("red", "cube", "rubber", "large")  # "the small rubber cube"... still twins
+    assert not clevr_scene.askable([*twins, third])
+    assert clevr_scene.askable([twins[0], obj("blue", "sphere", "rubber", "small")])
+    with pytest.raises(ValueError, match="colour"):
+        clevr_scene.write_questions(twins, __import__("random").Random(0), Counter())
+
+
+def test_collected_rows_are_one_per_question_each_with_the_scene_image(tmp_path):
+    config = parse_dataset_config({"kind": "clevr_lite", "size": 4, "max_objects": 4}, "t")
+    out = collect_images("clevr", config, tmp_path)
+    assert len(out.rows) == 4 and len(out.items) == 4 * 6
+    for image, rows in zip(out.rows, zip(*[iter(out.items)] * 6, strict=True), strict=True):
+        assert [row.image_ids for row in rows] == [(image["image_id"],)] * 6
+        assert tuple(row.kind for row in rows) == clevr_lite.KINDS
+        assert all(row.answer in row.choices for row in rows)
+        assert all(row.labels["count"] == rows[4].answer for row in rows)
 
 
 def test_crowded_scenes_still_fit():

@@ -11,12 +11,14 @@ from __future__ import annotations
 import io
 from collections import Counter
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from lens_assets.data.datasets import collect_images, parse_dataset_config
 from lens_assets.data.generators import correspondence, generate, params_model
 from lens_assets.data.generators.textures import font
 
@@ -59,8 +61,15 @@ def _point(labels: dict[str, str], prefix: str) -> tuple[int, int]:
     return int(labels[f"{prefix}_x"]), int(labels[f"{prefix}_y"])
 
 
-def _pairs(samples: list) -> list[tuple]:
-    return list(zip(samples[::2], samples[1::2], strict=True))
+class View:
+    """One image of a sample with the sample's labels, as the pixel checks read them."""
+
+    def __init__(self, sample, index: int) -> None:
+        self.name, self.image, self.labels = sample.name, sample.images[index], sample.labels
+
+
+def _pairs(samples: list) -> list[tuple[View, View]]:
+    return [(View(sample, 0), View(sample, 1)) for sample in samples]
 
 
 def _png(image: Image.Image) -> bytes:
@@ -79,43 +88,69 @@ def test_params_defaults_and_registry() -> None:
         model(transforms=["shear"])
 
 
-def test_two_images_per_item_with_shared_labels(samples: list, params) -> None:
-    assert len(samples) == 2 * SIZE
-    for index, (ref, target) in enumerate(_pairs(samples)):
-        assert ref.name == f"{index:05d}-ref" and target.name == f"{index:05d}-target"
-        assert ref.labels["role"] == "reference" and target.labels["role"] == "target"
-        assert ref.labels["item"] == target.labels["item"] == str(index)
-        assert ref.split == target.split == ref.labels["transform"]
-        for key in ("answer", "ref_x", "ref_y", "a_x", "d_y", "affine"):
-            assert ref.labels[key] == target.labels[key]
-        assert ref.image.size == target.image.size == (params.image_size,) * 2
-        assert ref.questions == []
-        (question,) = target.questions
-        assert question.kind == "correspondence" and question.answer == target.labels["answer"]
+def test_one_sample_per_item_showing_reference_then_target(samples: list, params) -> None:
+    assert len(samples) == SIZE
+    for index, sample in enumerate(samples):
+        assert sample.name == f"{index:05d}" and sample.image is None
+        assert len(sample.images) == len(sample.pictures()) == 2
+        assert [image.size for image in sample.images] == [(params.image_size,) * 2] * 2
+        assert sample.labels["item"] == str(index)
+        assert sample.labels["ref_image"] == "0" and sample.labels["candidates_image"] == "1"
+        assert sample.split == sample.labels["transform"]
+        (question,) = sample.questions
+        assert question.kind == "correspondence" and question.answer == sample.labels["answer"]
+        assert question.choices == tuple(LETTERS) and question.answer in question.choices
+        assert question.images is None  # both images, reference first
         assert "REF" in question.question
+        assert "first image" in question.question and "second image" in question.question
 
 
 def test_transforms_cycle_and_answers_balance(samples: list) -> None:
-    targets = samples[1::2]
-    transforms = [s.labels["transform"] for s in targets]
+    transforms = [s.labels["transform"] for s in samples]
     assert transforms[:4] == ["shift", "scale", "rotation", "lighting"]
     assert transforms == transforms[:4] * (SIZE // 4)
-    answers = Counter(s.labels["answer"] for s in targets)
+    answers = Counter(s.labels["answer"] for s in samples)
     assert answers == dict.fromkeys(LETTERS, SIZE // 4)
     for transform in set(transforms):
-        per = Counter(s.labels["answer"] for s in targets if s.labels["transform"] == transform)
+        per = Counter(s.labels["answer"] for s in samples if s.labels["transform"] == transform)
         assert per == dict.fromkeys(LETTERS, SIZE // 16)
 
 
+def _pngs(samples) -> list[bytes]:
+    return [_png(image) for sample in samples for image in sample.images]
+
+
 def test_deterministic_and_seed_dependent(params) -> None:
-    first = [_png(s.image) for s in generate("correspondence", params, 6, 11)]
-    again = [_png(s.image) for s in generate("correspondence", params, 6, 11)]
-    other = [_png(s.image) for s in generate("correspondence", params, 6, 12)]
-    assert first == again
+    first = _pngs(generate("correspondence", params, 6, 11))
+    again = _pngs(generate("correspondence", params, 6, 11))
+    other = _pngs(generate("correspondence", params, 6, 12))
+    assert len(first) == 12 and first == again
     assert all(a != b for a, b in zip(first, other, strict=True))
     # Item i does not depend on how many items were asked for.
-    longer = [_png(s.image) for s in generate("correspondence", params, 8, 11)]
+    longer = _pngs(generate("correspondence", params, 8, 11))
     assert longer[:12] == first
+
+
+def test_collected_rows_show_both_images_in_order(tmp_path) -> None:
+    config = parse_dataset_config({"kind": "correspondence", "size": 4, "seed": 1}, "t")
+    out = collect_images("pairs", config, tmp_path)
+    assert len(out.rows) == 8 and len(out.items) == 4
+    paths = {row["image_id"]: row["path"] for row in out.rows}
+    for index, row in enumerate(out.items):
+        assert len(row.image_ids) == 2 and row.kind == "correspondence"
+        assert [Path(paths[i]).name for i in row.image_ids] == [
+            f"{index:05d}-0.png",
+            f"{index:05d}-1.png",
+        ]
+        assert row.choices == tuple(LETTERS) and row.answer == row.labels["answer"]
+        assert row.prompt == correspondence.QUESTION
+    # The first image is the reference (one ring, REF), the second the target (four, A-D).
+    for row in out.items:
+        rings = [
+            ndimage.label(_mask(Image.open(paths[i]), RED), structure=np.ones((3, 3)))[1]
+            for i in row.image_ids
+        ]
+        assert rings == [1, 4]
 
 
 def test_ref_marker_is_where_the_labels_say(samples: list) -> None:
@@ -181,7 +216,7 @@ def _read_label(image: Image.Image, point: tuple[int, int], texts: list[str]) ->
 
 
 def test_letters_are_written_beside_their_markers(samples: list) -> None:
-    for ref, target in _pairs(samples[:24]):
+    for ref, target in _pairs(samples[:12]):
         assert _read_label(ref.image, _point(ref.labels, "ref"), ["REF", "A", "B"]) == "REF"
         for letter in LETTERS:
             point = _point(target.labels, letter.lower())
@@ -281,8 +316,8 @@ def test_target_is_the_whole_scene_under_the_labelled_transform(unmarked: list) 
 
 
 def test_geometry_labels_are_consistent(samples: list, params) -> None:
-    for target in samples[1::2]:
-        labels = target.labels
+    for sample in samples:
+        labels = sample.labels
         matrix, offset = _affine(labels)
         scale, angle = float(labels["scale"]), np.radians(float(labels["angle"]))
         expected = scale * np.array(

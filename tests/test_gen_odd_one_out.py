@@ -1,10 +1,10 @@
 """The odd-one-out generator's labels, checked against its pixels.
 
-Panel boxes are checked against the white gaps, letters are read by template matching, and each
-panel is re-rendered from its view with both of the item's objects: the labelled object must
-reproduce the panel exactly and the other object must not (its silhouette differs), so the odd
-panel is the one the *pixels* say shows another object. With `odd_colour` the odd panel is also
-found from a hue statistic alone.
+Each view is its own image (four per item, A-D in order), letters are read by template matching,
+and each view is re-rendered with both of the item's objects: the labelled object must reproduce
+the view exactly and the other object must not (its silhouette differs), so the odd view is the
+one the *pixels* say shows another object. With `odd_colour` the odd view is also found from a
+hue statistic alone.
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ from __future__ import annotations
 import io
 from collections import Counter
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from lens_assets.data.datasets import collect_images, parse_dataset_config
 from lens_assets.data.generators import generate, odd_one_out, params_model
 from lens_assets.data.generators.textures import font
 
@@ -42,8 +44,10 @@ def _box(labels: dict[str, str], letter: str) -> tuple[int, int, int, int]:
     return x0, y0, x1, y1
 
 
-def _panel(image: Image.Image, labels: dict[str, str], letter: str) -> np.ndarray:
-    return np.asarray(image.crop(_box(labels, letter)), dtype=np.int64)
+def _panel(sample, letter: str) -> np.ndarray:
+    """The view `letter` of a sample: its image (label `a_image` ...), cropped to its box."""
+    image = sample.images[int(sample.labels[f"{letter.lower()}_image"])]
+    return np.asarray(image.crop(_box(sample.labels, letter)), dtype=np.int64)
 
 
 def _silhouette(panel: np.ndarray) -> np.ndarray:
@@ -67,16 +71,22 @@ def test_params_and_registry() -> None:
     assert params_model("odd_one_out") is odd_one_out.Params
     with pytest.raises(ValueError):
         odd_one_out.Params(panels=3)
+    with pytest.raises(ValueError):  # no gap: the views are separate images
+        odd_one_out.Params(gap=4)
 
 
-def test_one_labelled_image_per_item(samples: list, params) -> None:
-    side = 2 * params.panel_size + 3 * params.gap
+def test_four_labelled_images_per_item(samples: list, params) -> None:
     assert len(samples) == SIZE
     for index, sample in enumerate(samples):
-        assert sample.name == f"{index:05d}"
-        assert sample.image.size == (side, side) and sample.image.mode == "RGB"
+        assert sample.name == f"{index:05d}" and sample.image is None
+        assert len(sample.images) == len(sample.pictures()) == 4
+        for image in sample.images:
+            assert image.size == (params.panel_size,) * 2 and image.mode == "RGB"
         labels = sample.labels
         assert labels["item"] == str(index)
+        assert [labels[f"{letter.lower()}_image"] for letter in LETTERS] == ["0", "1", "2", "3"]
+        whole = (0, 0, params.panel_size, params.panel_size)
+        assert all(_box(labels, letter) == whole for letter in LETTERS)
         objects = [labels[f"{letter.lower()}_object"] for letter in LETTERS]
         odd = labels["answer"]
         assert labels[f"{odd.lower()}_object"] == labels["odd_object"]
@@ -84,6 +94,8 @@ def test_one_labelled_image_per_item(samples: list, params) -> None:
         assert labels["odd_object"] != labels["common_object"]
         (question,) = sample.questions
         assert question.answer == odd and question.kind == "odd_one_out"
+        assert question.choices == tuple(LETTERS) and question.answer in question.choices
+        assert question.images is None
         assert "A, B, C or D" in question.question
 
 
@@ -93,29 +105,32 @@ def test_answers_balanced_and_objects_varied(samples: list) -> None:
     assert len({s.labels["common_object"] for s in samples}) >= 6
 
 
+def _pngs(samples) -> list[bytes]:
+    return [_png(image) for sample in samples for image in sample.images]
+
+
 def test_deterministic_and_seed_dependent(params) -> None:
-    first = [_png(s.image) for s in generate("odd_one_out", params, 4, 21)]
-    again = [_png(s.image) for s in generate("odd_one_out", params, 4, 21)]
-    other = [_png(s.image) for s in generate("odd_one_out", params, 4, 22)]
-    assert first == again
+    first = _pngs(generate("odd_one_out", params, 4, 21))
+    again = _pngs(generate("odd_one_out", params, 4, 21))
+    other = _pngs(generate("odd_one_out", params, 4, 22))
+    assert len(first) == 16 and first == again
     assert all(a != b for a, b in zip(first, other, strict=True))
-    assert [_png(s.image) for s in generate("odd_one_out", params, 6, 21)][:4] == first
+    assert _pngs(generate("odd_one_out", params, 6, 21))[:16] == first
 
 
-def test_boxes_tile_the_image_exactly(samples: list, params) -> None:
-    """Outside the boxes only the white gap; inside them no pure white at all."""
-    for sample in samples[:12]:
-        pixels = np.asarray(sample.image)
-        white = np.all(pixels == WHITE, axis=-1)
-        inside = np.zeros(white.shape, dtype=bool)
-        boxes = [_box(sample.labels, letter) for letter in LETTERS]
-        for x0, y0, x1, y1 in boxes:
-            assert x1 - x0 == y1 - y0 == params.panel_size
-            inside[y0:y1, x0:x1] = True
-        assert np.all(white[~inside]) and not np.any(white[inside])
-        # reading order: A B on top, C D below
-        assert boxes[0][1] == boxes[1][1] < boxes[2][1] == boxes[3][1]
-        assert boxes[0][0] == boxes[2][0] < boxes[1][0] == boxes[3][0]
+def test_collected_rows_show_the_four_views_in_order(tmp_path) -> None:
+    config = parse_dataset_config({"kind": "odd_one_out", "size": 3, "panel_size": 48}, "t")
+    out = collect_images("odd", config, tmp_path)
+    assert len(out.rows) == 12 and len(out.items) == 3
+    paths = {row["image_id"]: row["path"] for row in out.rows}
+    for index, row in enumerate(out.items):
+        assert len(row.image_ids) == 4 and row.kind == "odd_one_out"
+        assert [Path(paths[i]).name for i in row.image_ids] == [
+            f"{index:05d}-{view}.png" for view in range(4)
+        ]
+        assert row.choices == tuple(LETTERS) and row.answer == row.labels["answer"]
+        assert row.prompt == odd_one_out.QUESTION
+        assert all(Image.open(paths[i]).size == (48, 48) for i in row.image_ids)
 
 
 @cache
@@ -146,14 +161,14 @@ def _read_letter(panel: np.ndarray, size: int) -> str:
 def test_each_panel_carries_its_letter(samples: list, params) -> None:
     for sample in samples[:12]:
         for letter in LETTERS:
-            panel = _panel(sample.image, sample.labels, letter)
+            panel = _panel(sample, letter)
             assert _read_letter(panel, params.panel_size) == letter
 
 
 def test_objects_fit_their_panels(samples: list) -> None:
     for sample in samples:
         for letter in LETTERS:
-            panel = _panel(sample.image, sample.labels, letter)
+            panel = _panel(sample, letter)
             mask = np.any(panel != panel[-1, -1], axis=-1)
             assert not np.any(mask[0]) and not np.any(mask[-1])  # clear of the edges
             assert not np.any(mask[:, 0]) and not np.any(mask[:, -1])
@@ -171,7 +186,7 @@ def test_pixels_show_the_labelled_objects(samples: list, params) -> None:
     for sample, item in zip(samples, items, strict=True):
         explained = {}
         for letter, view, colour in zip(LETTERS, item.views, item.colours, strict=True):
-            panel = _panel(sample.image, sample.labels, letter)
+            panel = _panel(sample, letter)
             panel[:CORNER, :CORNER] = panel[-1, -1]
             errors, ious = {}, {}
             for name, mesh in item.meshes.items():
@@ -202,7 +217,7 @@ def test_common_views_really_differ(samples: list) -> None:
     """The three views of the common object are different pictures, not copies."""
     for sample in samples:
         common = [letter for letter in LETTERS if letter != sample.labels["answer"]]
-        masks = [_silhouette(_panel(sample.image, sample.labels, letter)) for letter in common]
+        masks = [_silhouette(_panel(sample, letter)) for letter in common]
         ious = [_iou(masks[i], masks[j]) for i in range(3) for j in range(i + 1, 3)]
         assert max(ious) < 0.97, sample.name
 
@@ -219,9 +234,7 @@ def _mean_hue(panel: np.ndarray) -> complex:
 def test_odd_colour_variant_is_solvable_from_hue_alone() -> None:
     params = odd_one_out.Params(odd_colour=True)
     for sample in generate("odd_one_out", params, 24, SEED):
-        hues = {
-            letter: _mean_hue(_panel(sample.image, sample.labels, letter)) for letter in LETTERS
-        }
+        hues = {letter: _mean_hue(_panel(sample, letter)) for letter in LETTERS}
         spread = {
             letter: sum(abs(hues[letter] - hues[other]) for other in LETTERS) for letter in LETTERS
         }

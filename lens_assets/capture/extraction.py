@@ -1,4 +1,5 @@
-"""Hooked, batched extraction: images and prompts in, one Arrow row per pooled vector out.
+"""Hooked, batched extraction: dataset rows in (each its images and its prompt), one Arrow row
+per pooled vector out.
 
 One forward pass per batch under `torch.inference_mode()`; the pooled vectors of every hooked
 module are gathered on the device and leave it together, once per batch.
@@ -20,6 +21,7 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
+from lens_assets.capture.adapters.base import image_counts
 from lens_assets.capture.adapters.forward import forward_kwargs as usable_forward_kwargs
 from lens_assets.capture.hooks import StopForward, capture
 from lens_assets.capture.loading import LoadedModel, load_model, release
@@ -28,6 +30,7 @@ from lens_assets.capture.pooling import Pooled, pool
 from lens_assets.capture.token_roles import ROLE_NAMES
 from lens_assets.config import ModelConfig
 from lens_assets.data.images import ImageReadError, LoadedImage, duplicate_of, load_image
+from lens_assets.data.rows import RowInput, row_key
 from lens_assets.resources.runtime import PeakMemory
 from lens_assets.resources.staging import ACTIVATION_ROWS, IMAGE_ROWS, ActivationStage
 from lens_assets.resources.warehouse import Warehouse
@@ -45,7 +48,7 @@ NOT_RUN_FIX = (
 
 def capture_batch(
     loaded: LoadedModel,
-    images: Sequence[Any],
+    images: Sequence[Any],  # per sample: an image, or the row's list of images (maybe none)
     prompts: Sequence[str],
     modules: Sequence[str],
     poolings: Sequence[str],
@@ -64,36 +67,43 @@ def capture_batch(
     )
     extra = usable_forward_kwargs(loaded.model, forward_kwargs)
     batch_size = len(images)
-    key = tuple(modules)
+    counts = image_counts(inputs, batch_size)
+    # A row without images runs no vision module; a batch of such rows stores only the others.
+    ran_vision = any(counts)
+    needed = [m for m in modules if ran_vision or not adapter.is_vision(m)]
+    # Where a pass may stop depends on how many images run through the tower (a family may
+    # call it once per image), so it is learned per number of images in the batch.
+    key = (tuple(modules), sum(counts))
     stop_at = loaded.stop_points.get(key) if stop_early else None
     with capture(loaded.model, modules, stop_at) as store, torch.inference_mode():
         with suppress(StopForward):  # the pass ended after the last hooked module
             adapter.forward(loaded.model, inputs, extra)
-        if key not in loaded.stop_points:
+        if key not in loaded.stop_points and len(needed) == len(modules):
             loaded.stop_points[key] = store.last_call
-        loaded.capture_bytes[key] = store.output_bytes / max(batch_size, 1)
-        store.require(modules, NOT_RUN_FIX)
+        loaded.capture_bytes[tuple(modules)] = store.output_bytes / max(batch_size, 1)
+        store.require(needed, NOT_RUN_FIX)
         pieces: list[tuple[str, Pooled]] = []
-        for name in modules:
+        for name in needed:
             output = store.outputs[name]
             seq = adapter.sequences(name, output, inputs, loaded.layout, batch_size)
             if seq.roles is None:
                 samples = torch.arange(batch_size, device=output.device)
                 pieces.append((name, Pooled(VECTOR_POOLING, samples, seq.hidden)))
             else:
-                pieces.extend((name, p) for p in pool(seq.hidden, seq.roles, poolings, seq.tiles))
+                pooled = pool(seq.hidden, seq.roles, poolings, seq.tiles, seq.image_index)
+                pieces.extend((name, p) for p in pooled)
     return pieces
 
 
 def pieces_to_table(
-    pieces: Sequence[tuple[str, Pooled]], image_ids: Sequence[str], prompts: Sequence[str]
+    pieces: Sequence[tuple[str, Pooled]], rows: Sequence[RowInput], prompts: Sequence[str]
 ) -> pa.Table:
     """Move the batch off the device (its vectors in one transfer, their positions in
-    another) and lay them out as Arrow rows."""
+    another) and lay them out as Arrow rows, each keyed by its dataset row."""
     if not pieces:
         return ACTIVATION_ROWS.empty_table()
     values = torch.cat([p.vectors.float().reshape(-1) for _, p in pieces]).cpu().numpy()
-    samples, token_index, token_role, tile = (
+    samples, token_index, token_role, tile, image_index = (
         torch.cat([p.positions() for _, p in pieces], dim=1).cpu().numpy()
     )
     counts = [len(p.samples) for _, p in pieces]
@@ -103,12 +113,16 @@ def pieces_to_table(
     layers = np.repeat(np.asarray([name for name, _ in pieces], dtype=object), counts)
     poolings = np.repeat(np.asarray([p.pooling for _, p in pieces], dtype=object), counts)
     has_token = token_index >= 0
-    ids = np.asarray(image_ids, dtype=object)
+    keys = np.asarray([row.row_key for row in rows], dtype=object)
+    first = np.asarray([row.image_ids[0] if row.image_ids else None for row in rows], object)
+    image_lists = pa.array([list(row.image_ids) for row in rows], pa.list_(pa.string()))
     texts = np.asarray(prompts, dtype=object)
     roles = [ROLE_NAMES[int(r)] if r >= 0 else None for r in token_role]
     return pa.Table.from_pydict(  # by name: the schema (resources.schemas) sets the order
         {
-            "image_id": pa.array(ids[samples], pa.string()),
+            "row_key": pa.array(keys[samples], pa.string()),
+            "image_ids": image_lists.take(pa.array(samples)),
+            "image_id": pa.array(first[samples], pa.string()),
             "prompt": pa.array(texts[samples], pa.string()),
             "layer": pa.array(layers, pa.string()),
             "pooling": pa.array(poolings, pa.string()),
@@ -117,6 +131,9 @@ def pieces_to_table(
             ),
             "token_role": pa.array(roles, pa.string()),
             "tile": pa.array(np.where(tile >= 0, tile, 0).astype(np.int32), mask=tile < 0),
+            "image_index": pa.array(
+                np.where(image_index >= 0, image_index, 0).astype(np.int32), mask=image_index < 0
+            ),
             "dim": pa.array(dims),
             "vector": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
         },
@@ -124,19 +141,26 @@ def pieces_to_table(
     )
 
 
+@dataclass(frozen=True)
+class LoadedRow:
+    """A row with its images read: what one sample of a batch is."""
+
+    row: RowInput
+    images: tuple[LoadedImage, ...]
+
+
 def extract_batch(
     loaded: LoadedModel,
-    images: Sequence[LoadedImage],
-    prompt: str,
+    rows: Sequence[LoadedRow],
+    default_prompt: str,
     modules: Sequence[str],
     poolings: Sequence[str],
     forward_kwargs: dict[str, Any] | None = None,
 ) -> pa.Table:
-    prompts = [prompt] * len(images)
-    pieces = capture_batch(
-        loaded, [i.image for i in images], prompts, modules, poolings, forward_kwargs
-    )
-    return pieces_to_table(pieces, [i.image_id for i in images], prompts)
+    prompts = [r.row.asked(default_prompt) for r in rows]
+    images = [[i.image for i in r.images] for r in rows]
+    pieces = capture_batch(loaded, images, prompts, modules, poolings, forward_kwargs)
+    return pieces_to_table(pieces, [r.row for r in rows], prompts)
 
 
 class Skipped(NamedTuple):
@@ -195,44 +219,50 @@ class ExtractionResult:
 
 
 def _readable(
-    paths: Iterable[str | Path], skipped: list[Skipped], seen: dict[str, str] | None = None
-) -> list[LoadedImage]:
-    """The images that can be read, each image id once: an unreadable file or a second file
-    with an image's bytes (which would stage every row twice) is noted in `skipped`. `seen`
-    (image id -> first path) carries the ids across calls; without it, within these paths."""
-    seen = {} if seen is None else seen
-    images = []
-    for path in paths:
+    rows: Iterable[RowInput | str | Path], skipped: list[Skipped], seen: set[str] | None = None
+) -> list[LoadedRow]:
+    """The rows whose images can all be read, each row once. A bare path is a one-image row
+    with no prompt of its own (`lens extract` over a folder), keyed by the image's content, so
+    a second file with the same bytes (which would stage every vector twice) is noted in
+    `skipped`, as is a row with an unreadable image. `seen` (row keys) carries across calls."""
+    seen = set() if seen is None else seen
+    first_path: dict[str, str] = {}
+    ready = []
+    for row in rows:
+        paths = (row,) if isinstance(row, str | Path) else row.paths
         try:
-            loaded = load_image(path)
+            images = tuple(load_image(path) for path in paths)
         except ImageReadError as error:
             log.warning("%s; skipped", error)
-            skipped.append(Skipped(str(path), str(error)))
+            skipped.append(Skipped(str(paths[0] if len(paths) == 1 else paths), str(error)))
             continue
-        if loaded.image_id in seen:
-            reason = f"{path}: {duplicate_of(seen[loaded.image_id], loaded.image_id)}"
-            log.warning("%s", reason)
-            skipped.append(Skipped(str(path), reason))
+        if isinstance(row, str | Path):
+            image_id = images[0].image_id
+            row = RowInput(row_key([image_id], None), (image_id,), (str(paths[0]),))
+        if row.row_key in seen:
+            if len(images) == 1 and not row.prompt:
+                first = first_path.get(row.row_key, "an earlier file")
+                reason = f"{paths[0]}: {duplicate_of(first, images[0].image_id)}"
+                log.warning("%s", reason)
+                skipped.append(Skipped(str(paths[0]), reason))
             continue
-        seen[loaded.image_id] = str(path)
-        images.append(loaded)
-    return images
+        seen.add(row.row_key)
+        if images:
+            first_path[row.row_key] = str(paths[0])
+        ready.append(LoadedRow(row, images))
+    return ready
 
 
-def _image_rows(images: Sequence[LoadedImage], dataset: str) -> pa.Table:
+def _image_rows(rows: Sequence[LoadedRow], dataset: str) -> pa.Table:
+    images = {i.image_id: i for r in rows for i in r.images}
     return pa.Table.from_pylist(
         [
-            {
-                "dataset": dataset,
-                "image_id": i.image_id,
-                "path": i.path,
-                "width": i.width,
-                "height": i.height,
-            }
-            for i in images
+            {"dataset": dataset, "image_id": i.image_id, "path": i.path, "width": i.width,
+             "height": i.height}
+            for i in images.values()
         ],
         schema=IMAGE_ROWS,
-    )
+    )  # fmt: skip
 
 
 @dataclass
@@ -281,20 +311,21 @@ def stage_dataset(
     modules: Sequence[str],
     stage: ActivationStage,
     dataset: str,
-    paths: Sequence[str | Path],
+    paths: Sequence[RowInput | str | Path],
     batch_size: int,
     progress: bool = True,
     memory_budget: int | None = None,
 ) -> DatasetRun:
-    """Run one dataset through the hooked model, batch by batch, into the stage."""
+    """Run one dataset's rows (or image files, one row each) through the hooked model, batch
+    by batch, into the stage."""
     skipped: list[Skipped] = []
-    seen: dict[str, str] = {}  # image id -> first path: a copy is staged once, across batches
+    seen: set[str] = set()  # row keys: a row (a copy of a file) is staged once, across batches
     n_images = 0
     sizer = BatchSizer(batch_size, memory_budget)
     clock = time.perf_counter()
     with (
         PeakMemory(loaded.device) as peak,
-        tqdm(total=len(paths), desc=f"{loaded.name} x {dataset}", unit="image",
+        tqdm(total=len(paths), desc=f"{loaded.name} x {dataset}", unit="row",
              disable=not progress) as bar,
     ):  # fmt: skip
         start = 0
@@ -306,7 +337,7 @@ def stage_dataset(
                 part = pending[: sizer.size]
                 try:
                     table = extract_batch(
-                        loaded, part, config.prompt, modules, config.pooling, config.forward
+                        loaded, part, config.prompt or "", modules, config.pooling, config.forward
                     )
                 except torch.OutOfMemoryError as error:
                     sizer.out_of_memory(error)
@@ -321,7 +352,7 @@ def stage_dataset(
             bar.update(len(batch))
     if n_images == 0:
         raise ValueError(
-            f"none of the {len(paths)} images of dataset {dataset!r} could be read: "
+            f"none of the {len(paths)} rows of dataset {dataset!r} could be read: "
             + "; ".join(skip.reason for skip in skipped[:3])
         )
     return DatasetRun(
@@ -334,7 +365,7 @@ def extract_loaded(
     loaded: LoadedModel,
     config: ModelConfig,
     warehouse: Warehouse,
-    sources: Mapping[str, Sequence[str | Path]],
+    sources: Mapping[str, Sequence[RowInput | str | Path]],
     *,
     whole_model: bool = False,
     batch_size: int | None = None,
@@ -437,7 +468,7 @@ def extract_to_warehouse(
     config: ModelConfig,
     name: str,
     warehouse: Warehouse,
-    sources: Mapping[str, Sequence[str | Path]],
+    sources: Mapping[str, Sequence[RowInput | str | Path]],
     *,
     whole_model: bool = False,
     batch_size: int | None = None,

@@ -191,7 +191,8 @@ class LoadedModel:
     dtype: torch.dtype
     # Learnt from the first full pass per set of hooked modules: where later passes may stop
     # (None: they must run to the end), and the bytes the hooks hold per sample.
-    stop_points: dict[tuple[str, ...], Any] = field(default_factory=dict)
+    # (hooked modules, images in the batch) -> where the pass may stop
+    stop_points: dict[tuple[tuple[str, ...], int], Any] = field(default_factory=dict)
     capture_bytes: dict[tuple[str, ...], float] = field(default_factory=dict)
 
     @property

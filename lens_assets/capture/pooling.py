@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lens_assets.capture.token_roles import UNPOOLED, TokenRole
+from lens_assets.capture.token_roles import PER_IMAGE, UNPOOLED, TokenRole
 
 
 @dataclass
@@ -23,14 +23,17 @@ class Pooled:
     token_index: torch.Tensor | None = None  # (n,) position among non-pad tokens (`tokens`)
     token_role: torch.Tensor | None = None  # (n,) TokenRole values (`tokens`)
     tile: torch.Tensor | None = None  # (n,) which tile of its image a `tokens` row is from
+    image_index: torch.Tensor | None = None  # (n,) which of the row's images (-1: none)
 
     def positions(self) -> torch.Tensor:
-        """(4, n) long: sample, token index, token role, tile; -1 where a row has none."""
+        """(5, n) long: sample, token index, token role, tile, image index; -1 where a row has
+        none."""
         missing = torch.full_like(self.samples, -1)
         index = missing if self.token_index is None else self.token_index
         role = missing if self.token_role is None else self.token_role
         tile = missing if self.tile is None else self.tile
-        return torch.stack([self.samples, index, role, tile]).long()
+        image = missing if self.image_index is None else self.image_index
+        return torch.stack([self.samples, index, role, tile, image]).long()
 
 
 def _masked_mean(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -50,6 +53,23 @@ def _cls_position(roles: torch.Tensor) -> torch.Tensor:
     return torch.where(is_cls.any(dim=1), is_cls.long().argmax(dim=1), -1)
 
 
+def _per_image_means(
+    hidden: torch.Tensor, roles: torch.Tensor, image_index: torch.Tensor
+) -> list[Pooled]:
+    """One mean per (sample, image) over the image's own positions, as `mean_image` is over
+    all of the row's image positions."""
+    found = []
+    images = int(image_index.max().item()) + 1 if image_index.numel() else 0
+    for image in range(images):
+        weights = (image_index == image) & (roles == TokenRole.IMAGE)
+        samples = weights.any(dim=1).nonzero(as_tuple=True)[0]
+        if len(samples):
+            vectors = _masked_mean(hidden[samples], weights[samples])
+            index = torch.full_like(samples, image)
+            found.append(Pooled(PER_IMAGE, samples, vectors, image_index=index))
+    return found
+
+
 MEAN_SELECTORS = {
     "mean": lambda roles: roles != TokenRole.PAD,
     "mean_image": lambda roles: roles == TokenRole.IMAGE,
@@ -63,11 +83,14 @@ def pool(
     roles: torch.Tensor,
     poolings: Sequence[str],
     tiles: torch.Tensor | None = None,
+    image_index: torch.Tensor | None = None,
 ) -> list[Pooled]:
     """Apply each pooling to `hidden` (batch, positions, dim) given `roles` (batch, positions).
 
     `tiles` (batch, positions) says which tile of its image each position came from, for
     families that cut an image into tiles; poolings run over all of an image's tiles.
+    `image_index` (batch, positions) says which of the row's images an image position shows
+    (-1 elsewhere; None: the row's only image), for `tokens` rows and `mean_per_image`.
 
     A pooling that has nothing to pool for a sample (no image tokens for `mean_image`, no class
     token for `cls`) yields no vector for that sample rather than a made-up one.
@@ -77,6 +100,9 @@ def pool(
             "expected (batch, positions, dim) with matching roles, got "
             f"{tuple(hidden.shape)} and {tuple(roles.shape)}"
         )
+    if image_index is None:
+        shows_image = (roles == TokenRole.IMAGE) | (roles == TokenRole.CLS)  # a tower's CLS too
+        image_index = torch.where(shows_image, 0, -1)
     results: list[Pooled] = []
     for pooling in poolings:
         if pooling == UNPOOLED:
@@ -86,8 +112,13 @@ def pool(
             vectors = hidden[samples, positions]
             tile = None if tiles is None else tiles[samples, positions]
             results.append(
-                Pooled(pooling, samples, vectors, token_index, roles[samples, positions], tile)
-            )
+                Pooled(
+                    pooling, samples, vectors, token_index, roles[samples, positions], tile,
+                    image_index[samples, positions],
+                )
+            )  # fmt: skip
+        elif pooling == PER_IMAGE:
+            results.extend(_per_image_means(hidden, roles, image_index))
         elif pooling in POSITION_SELECTORS:
             position = POSITION_SELECTORS[pooling](roles)
             samples = (position >= 0).nonzero(as_tuple=True)[0]

@@ -24,8 +24,13 @@ ROLE_NAMES: dict[int, str] = {role.value: role.name.lower() for role in TokenRol
 MEAN_POOLINGS: tuple[str, ...] = ("mean_image", "mean_text", "mean")
 POSITION_POOLINGS: tuple[str, ...] = ("last", "cls")
 UNPOOLED = "tokens"  # no pooling: every non-pad position is its own row
-POOLINGS: tuple[str, ...] = ("mean_image", "mean_text", "last", "cls", "mean", UNPOOLED)
+# The mean over each image's positions: one row per image of the row, with its `image_index`
+# (beside `mean_image`, the mean over all of the row's image positions).
+PER_IMAGE = "mean_per_image"
+POOLINGS: tuple[str, ...] = (
+    "mean_image", "mean_text", "last", "cls", "mean", PER_IMAGE, UNPOOLED,
+)  # fmt: skip
 DEFAULT_POOLINGS: tuple[str, ...] = ("mean_image", "mean_text", "last")
 
-# The rows that hold one vector per (image, layer, pooling): what probes and CKA read.
-POOLED_ROWS = f"pooling <> '{UNPOOLED}'"
+# The rows that hold one vector per (row, layer, pooling): what probes and CKA read.
+POOLED_ROWS = f"pooling NOT IN ('{UNPOOLED}', '{PER_IMAGE}')"

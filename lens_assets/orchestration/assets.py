@@ -239,11 +239,11 @@ def _table_version(digests: dict[str, dict[str, str]], table: str) -> DataVersio
 def activations(step: ModelStep) -> MaterializeResult:
     name, config, datasets = step.name, step.config, step.datasets()
     with step.warehouse.session() as wh:
-        sources = {dataset: wh.image_paths(dataset) for dataset in datasets}
-        empty = [d for d, paths in sources.items() if not paths]
+        sources = {dataset: wh.dataset_rows(dataset) for dataset in datasets}
+        empty = [d for d, rows in sources.items() if not rows]
         if empty:
             raise ConfigError(
-                f"datasets {empty} have no images in the warehouse yet: materialize `images` "
+                f"datasets {empty} have no rows in the warehouse yet: materialize `images` "
                 "first (it runs automatically upstream of `activations`)"
             )
         with step.load(wh) as loaded:
@@ -256,7 +256,7 @@ def activations(step: ModelStep) -> MaterializeResult:
             )  # fmt: skip
         summary = _partition_summary(wh, name)
         stored_bytes = _partition_bytes(wh, name)
-    step.context.log.info(f"{name}: {result.rows} rows from {result.n_images} images")
+    step.context.log.info(f"{name}: {result.rows} rows from {result.n_images} dataset rows")
     return MaterializeResult(
         metadata={
             "rows": result.rows,

@@ -33,6 +33,30 @@ class PatchGridError(ValueError):
     """Image positions that cannot be laid out on the image's patch grid."""
 
 
+class ImageCountError(ValueError):
+    """A row with more images than the family takes in one prompt, or none where it needs one."""
+
+
+# A batch's rows as the adapters receive them: each sample's images, in order (0..n).
+RowImages = Sequence[Sequence[Image.Image]]
+
+
+def per_sample(images: Sequence[Any]) -> list[list[Image.Image]]:
+    """Each sample's images as a list: a bare image (the one-image call) becomes a list of one,
+    None a list of none."""
+    return [
+        list(item) if isinstance(item, list | tuple) else ([] if item is None else [item])
+        for item in images
+    ]
+
+
+def image_counts(inputs: BatchFeature, batch_size: int) -> list[int]:
+    """How many images each sample of a prepared batch holds (set by `prepare_on`; one each
+    for inputs prepared elsewhere)."""
+    counts = getattr(inputs, "lens_image_counts", None)
+    return list(counts) if counts is not None else [1] * batch_size
+
+
 @dataclass(frozen=True)
 class PatchCells:
     """Where each image position of one sample sits on its patch grid, in sequence order."""
@@ -53,6 +77,7 @@ class ModelLayout:
 
     cls_towers: tuple[str, ...] = ()  # vision towers whose sequences start with a class token
     image_token_id: int | None = None
+    family: str = ""  # for messages
 
 
 @dataclass
@@ -62,6 +87,9 @@ class Sequences:
     hidden: torch.Tensor  # (batch, positions, dim), or (batch, dim) when there is no position axis
     roles: torch.Tensor | None = None  # (batch, positions) TokenRole values; None for vectors
     tiles: torch.Tensor | None = None  # (batch, positions) tile of the image, for tiled towers
+    # (batch, positions): which of the sample's images a position belongs to, -1 elsewhere;
+    # None: every image position is the sample's only image (index 0)
+    image_index: torch.Tensor | None = None
 
 
 @dataclass
@@ -70,6 +98,10 @@ class Adapter:
 
     model_class: str = "AutoModelForImageTextToText"
     vision_segments: frozenset[str] = field(default=VISION_SEGMENTS)
+    # The most images one prompt may hold (None: no limit); 1 for a family whose processor
+    # or adapter takes a single image per prompt.
+    max_images: int | None = None
+    text_only: bool = True  # whether a row without images can be run
 
     # -- loading ---------------------------------------------------------------------------
     def load(self, path: str, kwargs: dict[str, Any], trust_remote_code: bool) -> tuple[Any, Any]:
@@ -108,46 +140,70 @@ class Adapter:
         return None
 
     # -- inputs ----------------------------------------------------------------------------
-    def prompt_text(self, processor: Any, prompt: str) -> str:
-        """The prompt as the model sees it: its chat template around one image and the text."""
+    def prompt_text(self, processor: Any, prompt: str, n_images: int = 1) -> str:
+        """The prompt as the model sees it: its chat template around the row's images, in
+        order, then the text."""
         if getattr(processor, "chat_template", None):
-            messages = [
-                {
-                    "role": "user",
-                    "content": [{"type": "image"}, {"type": "text", "text": prompt}],
-                }
-            ]
+            content: list[dict[str, Any]] = [{"type": "image"} for _ in range(n_images)]
+            messages = [{"role": "user", "content": [*content, {"type": "text", "text": prompt}]}]
             return processor.apply_chat_template(messages, add_generation_prompt=True)
         image_token = getattr(processor, "image_token", None) or ""
-        return f"{image_token}{prompt}"
+        return f"{image_token * n_images}{prompt}"
 
     def prepare(
-        self, processor: Any, images: Sequence[Image.Image], prompts: Sequence[str]
+        self, processor: Any, images: Sequence[Any], prompts: Sequence[str]
     ) -> BatchFeature:
-        texts = [self.prompt_text(processor, prompt) for prompt in prompts]
+        """The generic path: every sample's images in one flat list, each sample's text with
+        as many image placeholders as it has images (LLaVA's processor and its kin)."""
+        rows = per_sample(images)
+        texts = [self.prompt_text(processor, p, len(r)) for p, r in zip(prompts, rows, strict=True)]
+        flat = [image for row in rows for image in row]
         return processor(
-            images=list(images),
+            images=flat or None,
             text=texts,
             padding=True,
             padding_side=padding_side_of(processor),
             return_tensors="pt",
         )
 
+    def check_image_counts(self, counts: Sequence[int], family: str = "") -> None:
+        name = family or type(self).__name__
+        if self.max_images is not None and (most := max(counts, default=0)) > self.max_images:
+            raise ImageCountError(
+                f"{name} takes at most {self.max_images} image(s) per prompt and a row has "
+                f"{most}: give this model one-image rows (or split the row's images into rows)"
+            )
+        if not self.text_only and min(counts, default=1) == 0:
+            raise ImageCountError(
+                f"{name} needs an image in every prompt and a row has none: give this model "
+                "rows with an image"
+            )
+
     def prepare_on(
         self,
         processor: Any,
-        images: Sequence[Image.Image],
+        images: Sequence[Any],
         prompts: Sequence[str],
         device: torch.device,
         dtype: torch.dtype,
         token_limit: tuple[int, str] | None = None,
     ) -> BatchFeature:
         """`prepare`, then the inputs on the model's device with pixels in its dtype: the one
-        way a forward pass gets its inputs. With `token_limit` (extraction), a batch longer
-        than the model's positions is refused before anything moves to the device."""
-        inputs = self.prepare(processor, images, prompts)
+        way a forward pass gets its inputs. `images` holds each sample's image, or its list of
+        images (a row's, in order; empty for a text-only row). With `token_limit`
+        (extraction), a batch longer than the model's positions is refused before anything
+        moves to the device."""
+        rows = per_sample(images)
+        counts = [len(row) for row in rows]
+        self.check_image_counts(counts)
+        if self.max_images == 1 and all(count == 1 for count in counts):
+            inputs = self.prepare(processor, [row[0] for row in rows], prompts)  # one each
+        else:
+            inputs = self.prepare(processor, rows, prompts)
         check_sequence_length(inputs, token_limit, prompts)
-        return to_device(inputs, device, dtype)
+        inputs = to_device(inputs, device, dtype)
+        inputs.lens_image_counts = counts
+        return inputs
 
     def forward(self, model: nn.Module, inputs: BatchFeature, extra: dict[str, Any]) -> Any:
         return model(**inputs, **extra)
@@ -193,7 +249,31 @@ class Adapter:
                 f"with the token sequence {tuple(roles.shape)}; hook a module that outputs "
                 "(batch, tokens, dim) or (batch, dim)"
             )
-        return Sequences(output, roles)
+        return Sequences(output, roles, image_index=self.text_image_index(inputs, roles))
+
+    def text_image_index(self, inputs: BatchFeature, roles: torch.Tensor) -> torch.Tensor:
+        """Which of its sample's images each image position of the token sequence shows."""
+        counts = image_counts(inputs, roles.shape[0])
+        index = torch.full(roles.shape, -1, dtype=torch.long, device=roles.device)
+        for sample, count in enumerate(counts):
+            positions = (roles[sample] == TokenRole.IMAGE).nonzero(as_tuple=True)[0]
+            if count == 0 or len(positions) == 0:
+                continue
+            sizes = self.image_token_sizes(inputs, sample, positions, count)
+            index[sample, positions] = torch.repeat_interleave(
+                torch.arange(count, device=roles.device),
+                torch.as_tensor(sizes, device=roles.device),
+            )
+        return index
+
+    def image_token_sizes(
+        self, inputs: BatchFeature, sample: int, positions: torch.Tensor, count: int
+    ) -> list[int]:
+        """How many of a sample's image positions (`positions`, in order) each of its `count`
+        images has. The generic rule: images separated by text (runs of image tokens, one run
+        per image), else images of equal size (one run of `count` equal parts). A family whose
+        images give unequal, adjacent runs overrides this."""
+        return split_runs(positions, count)
 
     def vision_sequences(
         self,
@@ -208,15 +288,32 @@ class Adapter:
             has_cls = False
         else:
             has_cls = any(name == t or name.startswith(t + ".") for t in layout.cls_towers)
+        counts = image_counts(inputs, batch_size)
+        if output.shape[0] == sum(counts) and any(count != 1 for count in counts):
+            return join_images(output, counts, [1] * sum(counts), has_cls)  # one row per image
         if output.shape[0] != batch_size:
-            counts = self.tile_counts(name, output.shape[0], inputs, layout, batch_size)
-            return join_tiles(output, counts, has_cls)
+            tiles = self.tile_counts(name, output.shape[0], inputs, layout, batch_size)
+            if any(count != 1 for count in counts):
+                return join_images(output, counts, self.tiles_per_image(tiles, counts), has_cls)
+            return join_tiles(output, tiles, has_cls)
         if output.dim() == 2:
             return Sequences(output)
         roles = torch.full(output.shape[:2], TokenRole.IMAGE, device=output.device)
         if has_cls:
             roles[:, 0] = TokenRole.CLS
         return Sequences(output, roles)
+
+    def tiles_per_image(self, tiles: Sequence[int], counts: Sequence[int]) -> list[int]:
+        """A sample's tiles shared among its images: equally, unless a family knows better."""
+        per_image = []
+        for total, count in zip(tiles, counts, strict=True):
+            if count and total % count:
+                raise ActivationShapeError(
+                    f"{total} tiles do not split evenly among a sample's {count} images; this "
+                    "family needs an adapter that maps its tiles to images"
+                )
+            per_image.extend([total // count] * count if count else [])
+        return per_image
 
     def tile_counts(
         self, name: str, rows: int, inputs: BatchFeature, layout: ModelLayout, batch_size: int
@@ -292,6 +389,54 @@ def padding_side_of(processor: Any) -> str:
     return str(getattr(tokenizer, "padding_side", None) or "right")
 
 
+def split_runs(positions: torch.Tensor, count: int) -> list[int]:
+    """Sizes of `count` images from their image positions: one run of consecutive positions
+    per image where text separates them, else equal parts."""
+    if count == 1:
+        return [len(positions)]
+    breaks = (positions[1:] - positions[:-1] != 1).nonzero(as_tuple=True)[0]
+    if len(breaks) == count - 1:
+        edges = [0, *(int(b) + 1 for b in breaks), len(positions)]
+        return [edges[i + 1] - edges[i] for i in range(count)]
+    if len(positions) % count:
+        raise ActivationShapeError(
+            f"{len(positions)} image positions in {len(breaks) + 1} runs cannot be split among "
+            f"{count} images; this family needs an adapter that says where each image's tokens are"
+        )
+    return [len(positions) // count] * count
+
+
+def join_images(
+    output: torch.Tensor, counts: Sequence[int], tiles_per_image: Sequence[int], has_cls: bool
+) -> Sequences:
+    """One sequence per sample from its images' tiles laid end to end (vision batch rows in
+    sample order, each image's tiles together), each position marked with its image and tile."""
+    per_sample_tiles: list[int] = []
+    start = 0
+    for count in counts:
+        per_sample_tiles.append(sum(tiles_per_image[start : start + count]))
+        start += count
+    sequences = join_tiles(output, per_sample_tiles, has_cls)
+    assert sequences.tiles is not None
+    per_tile = sequences.hidden.shape[1] // max(max(per_sample_tiles, default=1), 1)
+    index = torch.full_like(sequences.tiles, -1)
+    tile = torch.full_like(sequences.tiles, -1)
+    start = 0
+    for sample, count in enumerate(counts):
+        sizes = torch.as_tensor(tiles_per_image[start : start + count], device=index.device)
+        start += count
+        if count == 0:
+            continue
+        length = int(sizes.sum()) * per_tile
+        images = torch.repeat_interleave(torch.arange(count, device=index.device), sizes)
+        index[sample, :length] = images.repeat_interleave(per_tile)
+        first = torch.cumsum(sizes, 0) - sizes
+        within = torch.arange(int(sizes.sum()), device=index.device) - first[images]
+        tile[sample, :length] = within.repeat_interleave(per_tile)
+    single_tiles = all(size == 1 for size in tiles_per_image)
+    return Sequences(sequences.hidden, sequences.roles, None if single_tiles else tile, index)
+
+
 def join_tiles(output: torch.Tensor, counts: Sequence[int], has_cls: bool) -> Sequences:
     """One sequence per image from its tiles' sequences laid end to end, each position marked
     with its tile; a per-tile vector (no position axis) becomes one position per tile."""
@@ -306,6 +451,8 @@ def join_tiles(output: torch.Tensor, counts: Sequence[int], has_cls: bool) -> Se
     tiles = torch.full((len(counts), longest), -1, device=output.device, dtype=torch.long)
     start = 0
     for sample, count in enumerate(counts):
+        if count == 0:  # a row without images: nothing but pads in the vision tower
+            continue
         length = count * per_tile
         hidden[sample, :length] = output[start : start + count].reshape(length, -1)
         roles[sample, :length] = TokenRole.IMAGE

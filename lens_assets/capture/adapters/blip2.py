@@ -118,4 +118,4 @@ class QueryAdapter(Adapter):
         return super().patch_cells(name, count, inputs, layout, sample)
 
 
-BLIP = QueryAdapter(vision_segments=VISION_SEGMENTS | QUERY_SEGMENTS)
+BLIP = QueryAdapter(vision_segments=VISION_SEGMENTS | QUERY_SEGMENTS, max_images=1, text_only=False)

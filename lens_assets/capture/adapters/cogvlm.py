@@ -92,4 +92,4 @@ class CogVLMAdapter(Adapter):
         )
 
 
-COGVLM = CogVLMAdapter()
+COGVLM = CogVLMAdapter(max_images=1, text_only=False)

@@ -34,4 +34,4 @@ class DualEncoderAdapter(Adapter):
         return model(**inputs, **extra)
 
 
-DUAL_ENCODER = DualEncoderAdapter()
+DUAL_ENCODER = DualEncoderAdapter(max_images=1, text_only=False)

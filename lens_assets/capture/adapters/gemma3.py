@@ -36,4 +36,4 @@ class Gemma3Adapter(Adapter):
         return processor(images=per_prompt, text=texts, padding=True, return_tensors="pt")
 
 
-GEMMA3 = Gemma3Adapter(vision_segments=VISION_SEGMENTS)
+GEMMA3 = Gemma3Adapter(vision_segments=VISION_SEGMENTS, max_images=1, text_only=False)

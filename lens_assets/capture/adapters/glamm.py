@@ -145,4 +145,4 @@ class GLaMMAdapter(Adapter):
         return torch.stack(rows)
 
 
-GLAMM = GLaMMAdapter()
+GLAMM = GLaMMAdapter(max_images=1, text_only=False)

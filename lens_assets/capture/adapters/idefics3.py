@@ -83,6 +83,6 @@ class SubImageAdapter(Adapter):
         return super().patch_cells(name, count, inputs, layout, sample)
 
 
-SUB_IMAGES = SubImageAdapter()
+SUB_IMAGES = SubImageAdapter(max_images=1, text_only=False)
 
 __all__ = ["SUB_IMAGES", "SubImageAdapter"]

@@ -124,4 +124,4 @@ class XComposerAdapter(Adapter):
         return [rows]  # one image: every row is one of its HD tiles
 
 
-XCOMPOSER = XComposerAdapter()
+XCOMPOSER = XComposerAdapter(max_images=1, text_only=False)

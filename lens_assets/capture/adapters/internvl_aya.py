@@ -77,6 +77,6 @@ class DynamicTileAdapter(Adapter):
         return super().patch_cells(name, count, inputs, layout, sample)
 
 
-DYNAMIC_TILES = DynamicTileAdapter()
+DYNAMIC_TILES = DynamicTileAdapter(max_images=1, text_only=False)
 
 __all__ = ["CHANNEL_LAST_SEGMENTS", "DYNAMIC_TILES", "DynamicTileAdapter"]

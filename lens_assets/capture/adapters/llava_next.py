@@ -121,6 +121,6 @@ class AnyresTileAdapter(Adapter):
         return raster_cells(side, side)
 
 
-ANYRES = AnyresTileAdapter()
+ANYRES = AnyresTileAdapter(max_images=1, text_only=False)
 
 __all__ = ["ANYRES", "AnyresLayout", "AnyresTileAdapter"]

@@ -132,4 +132,4 @@ def _under(name: str, prefix: str) -> bool:
     return any(part == prefix for part in name.split("."))
 
 
-MINICPM = MiniCPMAdapter()
+MINICPM = MiniCPMAdapter(max_images=1, text_only=False)

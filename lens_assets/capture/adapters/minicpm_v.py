@@ -167,4 +167,6 @@ def _starts(counts: list[int]) -> list[int]:
 
 
 # `merger` (outside the tower) is the projector: its outputs are views, not tokens.
-MINICPM_V = PackedViewsAdapter(vision_segments=VISION_SEGMENTS | {"merger"})
+MINICPM_V = PackedViewsAdapter(
+    vision_segments=VISION_SEGMENTS | {"merger"}, max_images=1, text_only=False
+)

@@ -95,4 +95,4 @@ class MolmoAdapter(Adapter):
         return join_tiles(kept, real.sum(dim=1).tolist(), has_cls)
 
 
-MOLMO = MolmoAdapter()
+MOLMO = MolmoAdapter(max_images=1, text_only=False)

@@ -93,4 +93,4 @@ def _split_views(packed: torch.Tensor, views: list[tuple[int, int]]) -> Sequence
     return Sequences(hidden, roles, tiles)
 
 
-MOLMO2 = CropsAndPooledTokensAdapter()
+MOLMO2 = CropsAndPooledTokensAdapter(max_images=1, text_only=False)

@@ -39,4 +39,4 @@ class PaliGemmaAdapter(Adapter):
         return inputs
 
 
-PALIGEMMA = PaliGemmaAdapter(vision_segments=VISION_SEGMENTS)
+PALIGEMMA = PaliGemmaAdapter(vision_segments=VISION_SEGMENTS, max_images=1, text_only=False)

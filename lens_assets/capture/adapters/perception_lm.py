@@ -65,6 +65,6 @@ class PackedTilesAdapter(Adapter):
         return super().patch_cells(name, count, inputs, layout, sample)
 
 
-PACKED_TILES = PackedTilesAdapter()
+PACKED_TILES = PackedTilesAdapter(max_images=1, text_only=False)
 
 __all__ = ["PACKED_TILES", "PackedTilesAdapter"]

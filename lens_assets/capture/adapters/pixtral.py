@@ -133,4 +133,4 @@ def _padded(per_image: list[torch.Tensor]) -> Sequences:
     return Sequences(hidden, roles)
 
 
-PIXTRAL = PixtralAdapter()
+PIXTRAL = PixtralAdapter(max_images=1, text_only=False)

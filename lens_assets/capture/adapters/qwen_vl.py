@@ -96,4 +96,4 @@ class PackedVisionAdapter(Adapter):
         return PatchCells(rows, cols, np.stack([row, col], axis=1))
 
 
-QWEN_VL = PackedVisionAdapter(vision_segments=VISION_SEGMENTS)
+QWEN_VL = PackedVisionAdapter(vision_segments=VISION_SEGMENTS, max_images=1, text_only=False)

@@ -39,4 +39,4 @@ class SiglipAdapter(DualEncoderAdapter):
         )
 
 
-SIGLIP = SiglipAdapter()
+SIGLIP = SiglipAdapter(max_images=1, text_only=False)

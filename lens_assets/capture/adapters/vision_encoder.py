@@ -122,4 +122,4 @@ class VisionEncoderAdapter(Adapter):
         return raster_cells(rows, cols)
 
 
-VISION_ENCODER = VisionEncoderAdapter()
+VISION_ENCODER = VisionEncoderAdapter(max_images=1, text_only=False)

@@ -1,11 +1,22 @@
-"""Art style (after BLINK's art-style task, as used by Fu et al. 2025): same scenes, four styles.
+"""Art style (after BLINK's art-style task, as used by Fu et al. 2025): which candidate shares
+the reference's style?
 
-Simple procedural landscapes (sky, hills, sun, houses, trees) are each drawn in every style:
+Simple procedural landscapes (sky, hills, sun, houses, trees) are drawn in four styles:
 pointillism (dots of colour on paper), hatching (ink lines whose density follows darkness),
 flat (a few posterised colours with dark outlines) and watercolour (soft, bleeding washes on
-grainy paper). Item i shows scene i // len(styles) in style styles[i % len(styles)], so styles
-are balanced and every scene appears in every style: an analysis can ask whether features group
-by style (across scenes) or by content (across styles), which is what style matching needs.
+grainy paper). Each item is four images, as the study asks it: a reference and candidates A, B
+and C (second to fourth). The reference of item i shows scene i // len(styles) in style
+styles[i % len(styles)], so reference styles are balanced and every scene is a reference in
+every style: an analysis can ask whether features group by style (across scenes) or by content
+(across styles). Of the candidates, exactly one is in the reference's style, showing a scene
+of its own; one (the "lure") shows the reference's own scene in another style, so content alone
+points the wrong way; the third shows another scene in another style. Correct letters are
+balanced (each run of three items uses A, B and C once).
+
+Labels: `style` and `scene` (the reference's), `answer` (the correct letter), `lure` (the
+letter showing the reference's scene), and per candidate `a_style` ..., `a_scene` ... (scenes
+drawn for one item only are named "item{i}-{k}") and `a_image` ... (its index among the
+sample's images: 1, 2, 3).
 """
 
 from __future__ import annotations
@@ -22,7 +33,12 @@ from lens_assets.data.generators.textures import value_noise
 
 Style = Literal["pointillism", "hatching", "flat", "watercolour"]
 STYLES: tuple[Style, ...] = ("pointillism", "hatching", "flat", "watercolour")
-QUESTION = "In which style is this picture made: pointillism, hatching, flat or watercolour?"
+LETTERS = ("A", "B", "C")
+QUESTION = (
+    "The first image is a reference; the second, third and fourth images are candidates A, B "
+    "and C, in that order. Which candidate is painted in the same style as the reference? "
+    "Answer A, B or C."
+)
 PAPER = (246, 241, 228)
 INK = (34, 32, 48)
 
@@ -37,9 +53,9 @@ class Params(BaseModel):
 
     @field_validator("styles")
     @classmethod
-    def _non_empty(cls, value: list[Style]) -> list[Style]:
-        if not value:
-            raise ValueError("styles must name at least one style")
+    def _two_styles(cls, value: list[Style]) -> list[Style]:
+        if len(set(value)) < 2:
+            raise ValueError("styles must name at least two different styles")
         return value
 
 
@@ -52,9 +68,10 @@ def _colour(rng: np.random.Generator, low: int = 30, high: int = 230) -> tuple[i
     return int(r), int(g), int(b)
 
 
-def scene(seed: int, index: int, size: int) -> Image.Image:
-    """A simple landscape: sky gradient, sun, hills, ground, and a few houses and trees."""
-    rng = _rng(seed, 2, index)
+def scene(seed: int, index: int, size: int, *keys: int) -> Image.Image:
+    """A simple landscape: sky gradient, sun, hills, ground, and a few houses and trees.
+    Scene `index` is a reference scene; with `keys`, a scene drawn for one item only."""
+    rng = _rng(seed, 2, index, *keys)
     horizon = int(size * rng.uniform(0.45, 0.65))
     top, low = np.array(_colour(rng, 60, 240)), np.array(_colour(rng, 120, 250))
     t = np.linspace(0, 1, horizon)[:, None]
@@ -186,17 +203,58 @@ RENDERERS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]] 
 }
 
 
+def _answers(size: int, seed: int) -> list[str]:
+    """Correct letters, balanced: every run of three items uses each letter once."""
+    answers = []
+    for block in range(0, size, len(LETTERS)):
+        order = _rng(seed, 1, block).permutation(len(LETTERS))
+        answers += [LETTERS[int(i)] for i in order]
+    return answers[:size]
+
+
+def _candidates(
+    params: Params, index: int, answer: str, seed: int
+) -> list[tuple[str, int, tuple[int, ...]]]:
+    """(style, scene index, scene keys) of candidates A-C: the reference's style on a scene of
+    its own, the reference's scene in another style (the lure), another scene in another."""
+    style, scene_index = params.styles[index % len(params.styles)], index // len(params.styles)
+    rng = _rng(seed, 4, index)
+    others = sorted({s for s in params.styles if s != style}, key=params.styles.index)
+    picked = rng.permutation(len(others))
+    lure_style, other_style = others[int(picked[0])], others[int(picked[-1])]
+    wrong = [(lure_style, scene_index, ()), (other_style, index, (2,))]
+    wrong = [wrong[int(i)] for i in rng.permutation(2)]
+    correct = (style, index, (1,))
+    slot = LETTERS.index(answer)
+    return [*wrong[:slot], correct, *wrong[slot:]]
+
+
+def _scene_name(index: int, keys: tuple[int, ...]) -> str:
+    return f"item{index}-{keys[0]}" if keys else str(index)
+
+
 def generate(params: Params, size: int, seed: int) -> Iterator[Sample]:
-    """Item i: scene i // len(styles) drawn in style i % len(styles)."""
+    """Item i: the reference (scene i // len(styles) in style i % len(styles)), then A-C."""
     count = len(params.styles)
-    for index in range(size):
+    for index, answer in enumerate(_answers(size, seed)):
         style, scene_index = params.styles[index % count], index // count
         base = scene(seed, scene_index, params.image_size)
-        image = RENDERERS[style](base, _rng(seed, 3, index))
+        images = [RENDERERS[style](base, _rng(seed, 3, index))]
+        labels = {"item": str(index), "style": style, "scene": str(scene_index), "answer": answer}
+        candidates = _candidates(params, index, answer, seed)
+        for slot, (letter, (kind, where, keys)) in enumerate(zip(LETTERS, candidates, strict=True)):
+            picture = base if not keys else scene(seed, where, params.image_size, *keys)
+            images.append(RENDERERS[kind](picture, _rng(seed, 3, index, slot + 1)))
+            key = letter.lower()
+            labels[f"{key}_style"] = kind
+            labels[f"{key}_scene"] = _scene_name(where, keys)
+            labels[f"{key}_image"] = str(slot + 1)
+            if not keys:
+                labels["lure"] = letter
         yield Sample(
             name=f"{index:05d}-{style}",
-            image=image,
-            labels={"item": str(index), "style": style, "scene": str(scene_index)},
-            questions=[Question(QUESTION, style, "art_style", "style")],
+            images=images,
+            labels=labels,
+            questions=[Question(QUESTION, answer, "art_style", "answer", choices=LETTERS)],
             split=style,
         )

@@ -9,9 +9,10 @@ Objects never overlap.
 
 One-object scenes (split "single") cycle through the attribute combinations, so every colour,
 shape, material and size is equally common there (for probing classes); the others are split
-"multi". Every scene is labelled with its count and which colours and shapes it holds, and
-comes with CLEVR-style questions. Images are rendered at twice their size and averaged down
-(antialiasing), with numpy arithmetic and square roots only, so a seed gives the same bytes.
+"multi". Every scene is labelled with its count and which colours and shapes it holds, and is
+asked one CLEVR-style question of each kind (colour, shape, material, size, count, exists; see
+`clevr_scene`), each its own dataset row. Images are rendered at twice their size and averaged
+down (antialiasing), with numpy arithmetic and square roots only, so a seed gives the same bytes.
 """
 
 from __future__ import annotations
@@ -22,37 +23,53 @@ import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from itertools import chain, combinations, product
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lens_assets.data.generators.clevr_scene import (
+    ATTRIBUTES,
+    CHOICES,
+    COLOURS,
+    KINDS,
+    MATERIALS,
+    MAX_COUNT,
+    SHAPES,
+    SIZES,
+    VALUES,
+    SceneObject,
+    askable,
+    balanced_singles,
+    describe,
+    random_object,
+    scene_labels,
+    write_questions,
+)
 from lens_assets.data.generators.samples import Question, Sample
 
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "gray": (87, 87, 87),
-    "red": (173, 35, 35),
-    "blue": (42, 75, 215),
-    "green": (29, 105, 20),
-    "brown": (129, 74, 25),
-    "purple": (129, 38, 192),
-    "cyan": (41, 208, 208),
-    "yellow": (255, 238, 51),
-}
-SHAPES = ("cube", "sphere", "cylinder")
-MATERIALS = ("rubber", "metal")
-SIZES = ("small", "large")
-RADII = {"small": 0.35, "large": 0.7}  # CLEVR's object radii, in world units
-# CLEVR's word order in descriptions ("large red metal cube"); every value word is distinct.
-ATTRIBUTES = ("size", "colour", "material", "shape")
-VALUES: dict[str, tuple[str, ...]] = {
-    "size": SIZES,
-    "colour": tuple(COLOURS),
-    "material": MATERIALS,
-    "shape": SHAPES,
-}
+__all__ = [
+    "ATTRIBUTES",
+    "CHOICES",
+    "COLOURS",
+    "KINDS",
+    "MATERIALS",
+    "SHAPES",
+    "SIZES",
+    "VALUES",
+    "Params",
+    "Scene",
+    "SceneObject",
+    "describe",
+    "empty_floor",
+    "generate",
+    "layout_scene",
+    "render_scene",
+    "scene_labels",
+    "scenes",
+]
 
+RADII = {"small": 0.35, "large": 0.7}  # CLEVR's object radii, in world units
 SUPERSAMPLE = 2
 UNIT = 0.24  # one world unit, in image heights, at the front edge of the floor
 ELEVATION = math.radians(30)
@@ -92,7 +109,7 @@ class Params(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     min_objects: int = Field(default=1, ge=1)
-    max_objects: int = Field(default=3, ge=1, le=10)
+    max_objects: int = Field(default=3, ge=1, le=MAX_COUNT)
     single_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
     image_size: tuple[int, int] = (192, 128)  # CLEVR's 3:2 (480x320), small
 
@@ -103,29 +120,6 @@ class Params(BaseModel):
         if min(self.image_size) < 32:
             raise ValueError("image_size must be at least 32x32")
         return self
-
-
-@dataclass(frozen=True)
-class SceneObject:
-    """One object: its CLEVR attributes and, once laid out, where it stands on the screen."""
-
-    colour: str
-    shape: str
-    material: str
-    size: str
-    x: float = 0.0  # screen position of the centre of its footprint on the floor, in pixels
-    y: float = 0.0
-    radius: float = 0.0  # CLEVR radius in pixels at this depth
-    yaw: float = 0.0  # cube rotation about the vertical, in radians
-
-    def attributes(self) -> dict[str, str]:
-        return {key: getattr(self, key) for key in ATTRIBUTES}
-
-    def matches(self, query: dict[str, str]) -> bool:
-        return all(getattr(self, key) == value for key, value in query.items())
-
-    def scaled(self, factor: float) -> SceneObject:
-        return replace(self, x=self.x * factor, y=self.y * factor, radius=self.radius * factor)
 
 
 @dataclass(frozen=True)
@@ -375,153 +369,13 @@ def empty_floor(size: tuple[int, int]) -> np.ndarray:
     return np.asarray(render_scene([], size))
 
 
-# ---------------------------------------------------------------- what is in a scene
-
-
-def balanced_singles(rng: random.Random) -> Iterator[SceneObject]:
-    """Attribute combinations such that every prefix has each colour, shape, material and size
-    equally often (within one), and each run of 96 holds all 8 x 3 x 2 x 2 combinations.
-
-    Colour and shape follow step mod 8 and mod 3 (all 24 pairs in 24 steps); material and size
-    alternate, their phase shifting every 24 steps so each pair meets all four of them. The
-    value orders are reshuffled every 96 steps."""
-    while True:
-        colours = rng.sample(tuple(COLOURS), len(COLOURS))
-        shapes = rng.sample(SHAPES, len(SHAPES))
-        materials = rng.sample(MATERIALS, 2)
-        sizes = rng.sample(SIZES, 2)
-        for step in range(96):
-            block = step // 24
-            yield SceneObject(
-                colour=colours[step % 8],
-                shape=shapes[step % 3],
-                material=materials[(step + block) % 2],
-                size=sizes[(step + block // 2) % 2],
-            )
-
-
-def random_object(rng: random.Random) -> SceneObject:
-    return SceneObject(
-        colour=rng.choice(tuple(COLOURS)),
-        shape=rng.choice(SHAPES),
-        material=rng.choice(MATERIALS),
-        size=rng.choice(SIZES),
-    )
-
-
-def describe(query: dict[str, str], plural: bool = False) -> str:
-    """CLEVR's noun phrase for some attribute values: "large red metal cube", "rubber objects"."""
-    words = [query[key] for key in ATTRIBUTES[:3] if key in query]
-    noun = query.get("shape", "object")
-    return " ".join([*words, noun + "s" if plural else noun])
-
-
-# Attribute sets an existence question may name (shape-less ones say "object").
-EXISTS_KEYS = (
-    ("colour", "shape"),
-    ("shape",),
-    ("colour",),
-    ("size", "shape"),
-    ("material", "shape"),
-    ("size", "colour", "shape"),
-    ("colour", "material", "shape"),
-    ("size", "colour", "material", "shape"),
-)
-ASK = {
-    "colour": "What color is the {}?",
-    "shape": "What shape is the {}?",
-    "material": "What material is the {}?",
-    "size": "What size is the {}?",
-}
-
-
-def _matching(objects: list[SceneObject], query: dict[str, str]) -> int:
-    return sum(obj.matches(query) for obj in objects)
-
-
-def _count_question(objects: list[SceneObject], rng: random.Random) -> Question:
-    """How many objects share one attribute; half the time a value the scene has."""
-    key = rng.choice(ATTRIBUTES)
-    present = [getattr(obj, key) for obj in objects]
-    value = rng.choice(present) if rng.random() < 0.5 else rng.choice(VALUES[key])
-    answer = _matching(objects, {key: value})
-    return Question(
-        f"How many {describe({key: value}, plural=True)} are there?", str(answer), "count"
-    )
-
-
-def _exists_question(objects: list[SceneObject], rng: random.Random, yes: bool) -> Question:
-    """Ask about an object that is there (yes) or a description nothing matches (no)."""
-    if yes:
-        target = rng.choice(objects)
-        query = {key: getattr(target, key) for key in rng.choice(EXISTS_KEYS)}
-    else:
-        guesses = (
-            {key: rng.choice(VALUES[key]) for key in rng.choice(EXISTS_KEYS)} for _ in range(20)
-        )
-        # With at most 10 objects some colour-shape pair is always missing.
-        pairs = product(rng.sample(tuple(COLOURS), 8), rng.sample(SHAPES, 3))
-        fallback = ({"colour": colour, "shape": shape} for colour, shape in pairs)
-        query = next(q for q in chain(guesses, fallback) if _matching(objects, q) == 0)
-    phrase = describe(query)
-    article = "an" if phrase[0] in "aeiou" else "a"
-    return Question(f"Is there {article} {phrase}?", "yes" if yes else "no", "exists")
-
-
-def _attribute_question(objects: list[SceneObject], rng: random.Random) -> Question | None:
-    """Ask one attribute of an object named by the fewest other attributes that single it out;
-    None when no object can be singled out (identical twins)."""
-    for target in rng.sample(objects, len(objects)):
-        for asked in rng.sample(ATTRIBUTES, len(ATTRIBUTES)):
-            others = [key for key in ATTRIBUTES if key != asked]
-            for n in range(1, len(others) + 1):
-                names = (
-                    {key: getattr(target, key) for key in keys} for keys in combinations(others, n)
-                )
-                unique = [query for query in names if _matching(objects, query) == 1]
-                if unique:
-                    query = rng.choice(unique)
-                    return Question(
-                        ASK[asked].format(describe(query)),
-                        getattr(target, asked),
-                        "attribute",
-                        concept=asked,
-                    )
-    return None
-
-
-def write_questions(
-    objects: list[SceneObject], rng: random.Random, answers: Counter[str]
-) -> list[Question]:
-    """CLEVR-style questions: count, exists (yes and no kept level across the dataset through
-    `answers`) and, where an object can be singled out, one of its attributes."""
-    yes = answers["yes"] < answers["no"] or (answers["yes"] == answers["no"] and rng.random() < 0.5)
-    answers["yes" if yes else "no"] += 1
-    questions = [
-        Question("How many objects are there?", str(len(objects)), "count", concept="count"),
-        _count_question(objects, rng),
-        _exists_question(objects, rng, yes),
-    ]
-    attribute = _attribute_question(objects, rng)
-    return [*questions, attribute] if attribute else questions
-
-
-def scene_labels(objects: list[SceneObject]) -> dict[str, str]:
-    """The count and what is present; one-object scenes also name the object's attributes."""
-    labels = {"count": str(len(objects))}
-    for key in ("colour", "shape"):
-        present = {getattr(obj, key) for obj in objects}
-        labels.update(
-            {f"has_{value}": "yes" if value in present else "no" for value in VALUES[key]}
-        )
-    if len(objects) == 1:
-        labels.update(objects[0].attributes())
-    return labels
+# ---------------------------------------------------------------- the scenes
 
 
 def scenes(params: Params, size: int, seed: int) -> Iterator[Scene]:
-    """The scenes `generate` renders. Each image lays itself out from its own seeded stream, so
-    a change to one scene's layout or questions does not ripple into the next ones."""
+    """The scenes `generate` renders, each with its questions (one of each kind). Each image
+    lays itself out from its own seeded stream, so a change to one scene's layout or questions
+    does not ripple into the next ones."""
     singles = balanced_singles(random.Random(f"{seed}/singles"))
     if params.min_objects > 1:
         n_single = 0
@@ -538,6 +392,8 @@ def scenes(params: Params, size: int, seed: int) -> Iterator[Scene]:
         else:
             count = rng.randint(max(2, params.min_objects), params.max_objects)
             specs = [random_object(rng) for _ in range(count)]
+            while not askable(specs):  # (rare) each attribute needs an object to ask it of
+                specs = [random_object(rng) for _ in range(count)]
         objects = layout_scene(rng, specs, params.image_size)
         questions = write_questions(objects, random.Random(f"{seed}/questions/{index}"), answers)
         yield Scene(objects, questions, "single" if len(objects) == 1 else "multi")

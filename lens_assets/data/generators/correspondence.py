@@ -1,18 +1,20 @@
 """Visual correspondence (after BLINK, as used by Fu et al. 2025): which candidate is REF?
 
 Each item is a PAIR of views of one procedural scene (busy colour texture, so every patch is
-distinctive). The reference view marks one point "REF"; the target view, made by applying a
-known transform to the scene (shift, scale, rotation or a lighting change), marks four
-candidates A-D, exactly one of which is where REF's scene point landed. A Sample is one image,
-so each item yields two Samples, "{index:05d}-ref" then "{index:05d}-target"; `size` counts
-items (2 * size Samples come out).
+distinctive), shown as two images, as the study asks it: the first (reference) image marks one
+point "REF"; the second (target) image, made by applying a known transform to the scene (shift,
+scale, rotation or a lighting change), marks four candidates A-D, exactly one of which is where
+REF's scene point landed. Each item is one Sample, "{index:05d}", with `images` [reference,
+target] (each `image_size` square) and one question whose choices are A-D.
 
 Geometry is exact: the target view is `Image.transform` of the scene with a known affine, the
 correct candidate is REF mapped by the same affine (rounded to the nearest pixel), and the
-labels carry that affine. Coordinates are pixel indices (x right, y down); Pillow samples pixel
-(i, j) at the continuous point (i + 0.5, j + 0.5), and the maths below follows that convention.
-Markers use pure colours that the texture never contains (see `textures.TEXTURE_MIN`), so they
-can be located from pixels alone.
+labels carry that affine. Coordinates are pixel indices (x right, y down) of the image they are
+marked in: `ref_x`, `ref_y` of image `ref_image` (0, the first), `a_x` ... `d_y` and `exact_x`,
+`exact_y` of image `candidates_image` (1, the second). Pillow samples pixel (i, j) at the
+continuous point (i + 0.5, j + 0.5), and the maths below follows that convention. Markers use
+pure colours that the texture never contains (see `textures.TEXTURE_MIN`), so they can be
+located from pixels alone.
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ from lens_assets.data.generators.textures import TEXTURE_MAX, TEXTURE_MIN, font,
 Transform = Literal["shift", "scale", "rotation", "lighting"]
 TRANSFORMS: tuple[Transform, ...] = ("shift", "scale", "rotation", "lighting")
 LETTERS = ("A", "B", "C", "D")
-QUESTION = "Which point, A, B, C or D, corresponds to the REF point in the first image?"
+QUESTION = (
+    "The first image marks a point REF. Which of the points A, B, C and D marked in the second "
+    "image shows the same point of the scene as REF? Answer A, B, C or D."
+)
+REF_IMAGE, CANDIDATES_IMAGE = 0, 1  # which of a sample's images each marker is drawn in
 
 RING = (255, 0, 0)  # the marker ring; never in a texture, so findable by exact colour
 HALO = (250, 250, 250)  # thin rings either side of it, for contrast (not text white)
@@ -371,7 +377,8 @@ def render_pair(item: Item, params: Params, marked: bool = True) -> tuple[Image.
 
 
 def labels(item: Item) -> dict[str, str]:
-    """Labels shared by both images of a pair (`role` is added per image)."""
+    """The item's labels: REF in the first image's pixels, the candidates (and REF's exact
+    correspondent) in the second image's, both images `image_size` square."""
     (a, b), (d, e) = item.matrix
     exact = np.array(item.matrix) @ np.array(item.ref) + np.array(item.offset)
     affine = ",".join(f"{v + 0.0:.6f}" for v in (a, b, item.offset[0], d, e, item.offset[1]))
@@ -379,6 +386,8 @@ def labels(item: Item) -> dict[str, str]:
         "item": str(item.index),
         "transform": item.transform,
         "answer": item.answer,
+        "ref_image": str(REF_IMAGE),  # the image `ref_x`, `ref_y` are pixels of
+        "candidates_image": str(CANDIDATES_IMAGE),  # the image of `a_x` ... `d_y`, `exact_*`
         "ref_x": str(item.ref[0]),
         "ref_y": str(item.ref[1]),
         # where REF's scene point lands exactly; the correct candidate is this, rounded
@@ -395,21 +404,15 @@ def labels(item: Item) -> dict[str, str]:
 
 
 def generate(params: Params, size: int, seed: int) -> Iterator[Sample]:
-    """Two Samples per item: the reference view, then the target view with the question."""
+    """One Sample per item: the reference image, then the target image, and the question."""
     for item in plan(params, size, seed):
         reference, target = render_pair(item, params)
-        shared = labels(item)
-        stem = f"{item.index:05d}"
         yield Sample(
-            name=f"{stem}-ref",
-            image=reference,
-            labels={**shared, "role": "reference", "partner": f"{stem}-target"},
-            split=item.transform,
-        )
-        yield Sample(
-            name=f"{stem}-target",
-            image=target,
-            labels={**shared, "role": "target", "partner": f"{stem}-ref"},
-            questions=[Question(QUESTION, item.answer, "correspondence", "answer")],
+            name=f"{item.index:05d}",
+            images=[reference, target],
+            labels=labels(item),
+            questions=[
+                Question(QUESTION, item.answer, "correspondence", "answer", choices=LETTERS)
+            ],
             split=item.transform,
         )

@@ -1,15 +1,17 @@
 """3D odd-one-out (after the multi-view object task in Fu et al. 2025): which view differs?
 
-Each item is one image of four labelled panels (A B on top, C D below). Three panels show one
-procedural 3D object from different viewpoints under different lights; the fourth shows a
-different object (another shape class, same colour unless `odd_colour`). Objects are unions of
-convex solids (boxes, prisms, pyramids, cube chains) rendered by a small numpy z-buffer with flat
-shading and dark crease lines, supersampled twice, so shape is what tells the panels apart.
+Each item is four separate images, views A-D in order (each `panel_size` square, its letter in
+the top-left corner), asked about together. Three show one procedural 3D object from different
+viewpoints under different lights; the fourth shows a different object (another shape class,
+same colour unless `odd_colour`). Objects are unions of convex solids (boxes, prisms, pyramids,
+cube chains) rendered by a small numpy z-buffer with flat shading and dark crease lines,
+supersampled twice, so shape is what tells the views apart.
 
-Labels: `answer` (the odd letter), per panel `a_object` ... (shape class), `a_box` ... (the
-panel's pixel box "x0,y0,x1,y1", end-exclusive, as for `Image.crop`), `a_yaw`, `a_elevation`
+Labels: `answer` (the odd letter), per view `a_object` ... (shape class), `a_image` ... (the
+view's index among the sample's images, 0-3), `a_box` ... (the view's pixel box in that image,
+"x0,y0,x1,y1", end-exclusive, as for `Image.crop`: the whole image), `a_yaw`, `a_elevation`
 (degrees), plus `common_object` and `odd_object`. `plan` and `render_panel` are public so that
-tests and analyses can re-render any panel with either object.
+tests and analyses can re-render any view with either object.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from lens_assets.data.generators.samples import Question, Sample
 from lens_assets.data.generators.textures import font
 
 LETTERS = ("A", "B", "C", "D")
-QUESTION = "Which of the four views shows a different object? A, B, C or D"
-GAP_COLOUR = (255, 255, 255)
+QUESTION = (
+    "The four images are views A, B, C and D, in that order. Which of them shows a different "
+    "object from the other three? Answer A, B, C or D."
+)
 LETTER_COLOUR = (0, 0, 0)
 SUPERSAMPLE = 2
 OBJECT_RADIUS = 0.4  # of the panel size: the bounding sphere, leaving the corners free
@@ -42,8 +46,7 @@ class Params(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    panel_size: int = Field(112, ge=48, le=256)
-    gap: int = Field(4, ge=0, le=16)
+    panel_size: int = Field(112, ge=48, le=256)  # each view's image, pixels square
     # Also give the odd object another colour: an easy variant, solvable from colour alone.
     odd_colour: bool = False
 
@@ -370,34 +373,20 @@ def plan(params: Params, size: int, seed: int) -> list[ItemPlan]:
     ]
 
 
-def panel_boxes(params: Params) -> list[tuple[int, int, int, int]]:
-    """Pixel boxes (x0, y0, x1, y1; end-exclusive) of panels A-D, in reading order."""
-    step = params.panel_size + params.gap
-    boxes = []
-    for row in (0, 1):
-        for col in (0, 1):
-            x0, y0 = params.gap + col * step, params.gap + row * step
-            boxes.append((x0, y0, x0 + params.panel_size, y0 + params.panel_size))
-    return boxes
-
-
 def panel_object(item: ItemPlan, letter: str) -> str:
     return item.odd if letter == item.answer else item.common
 
 
-def render_item(item: ItemPlan, params: Params) -> Image.Image:
-    """The 2x2 panel image with letters in the top-left corners."""
-    side = 2 * params.panel_size + 3 * params.gap
-    image = Image.new("RGB", (side, side), GAP_COLOUR)
+def render_views(item: ItemPlan, params: Params) -> list[Image.Image]:
+    """The four views A-D, one image each, with its letter in the top-left corner."""
     letter_font = font(max(10, params.panel_size // 8))
-    for letter, view, colour, box in zip(
-        LETTERS, item.views, item.colours, panel_boxes(params), strict=True
-    ):
+    views = []
+    for letter, view, colour in zip(LETTERS, item.views, item.colours, strict=True):
         mesh = item.meshes[panel_object(item, letter)]
         panel = render_panel(mesh, view, colour, item.background, params.panel_size)
         ImageDraw.Draw(panel).text((3, 1), letter, font=letter_font, fill=LETTER_COLOUR)
-        image.paste(panel, box[:2])
-    return image
+        views.append(panel)
+    return views
 
 
 def labels(item: ItemPlan, params: Params) -> dict[str, str]:
@@ -407,21 +396,23 @@ def labels(item: ItemPlan, params: Params) -> dict[str, str]:
         "common_object": item.common,
         "odd_object": item.odd,
     }
-    for letter, view, box in zip(LETTERS, item.views, panel_boxes(params), strict=True):
+    box = f"0,0,{params.panel_size},{params.panel_size}"  # a view fills its image
+    for index, (letter, view) in enumerate(zip(LETTERS, item.views, strict=True)):
         key = letter.lower()
         result[f"{key}_object"] = panel_object(item, letter)
-        result[f"{key}_box"] = ",".join(str(v) for v in box)
+        result[f"{key}_image"] = str(index)
+        result[f"{key}_box"] = box
         result[f"{key}_yaw"] = f"{view.yaw:.1f}"
         result[f"{key}_elevation"] = f"{view.elevation:.1f}"
     return result
 
 
 def generate(params: Params, size: int, seed: int) -> Iterator[Sample]:
-    """One Sample per item: the four-panel image, its answer and its question."""
+    """One Sample per item: the four views as four images, its answer and its question."""
     for item in plan(params, size, seed):
         yield Sample(
             name=f"{item.index:05d}",
-            image=render_item(item, params),
+            images=render_views(item, params),
             labels=labels(item, params),
-            questions=[Question(QUESTION, item.answer, "odd_one_out", "answer")],
+            questions=[Question(QUESTION, item.answer, "odd_one_out", "answer", choices=LETTERS)],
         )
