@@ -17,8 +17,6 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-
-from lens_assets.data.rows import RowInput
 from lens_assets.resources.connection import (
     LAKE,
     WarehouseConnection,
@@ -30,6 +28,7 @@ from lens_assets.resources.location import quoted
 from lens_assets.resources.schemas import IMAGE_ERRORS, RUNS
 
 from lens_assets.data import files
+from lens_assets.data.rows import RowInput
 
 log = logging.getLogger(__name__)
 

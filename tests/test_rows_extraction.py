@@ -12,7 +12,6 @@ from PIL import Image
 
 from lens_assets.capture.adapters.base import ImageCountError, per_sample
 from lens_assets.capture.extraction import capture_batch
-from lens_assets.capture.hooks import capture
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.token_roles import PER_IMAGE, TokenRole
 from tests.conftest import ALL_POOLINGS, family_image
@@ -138,9 +137,7 @@ def test_a_row_without_images_is_text_only(
     family: str, load_family: Callable[[str], LoadedModel]
 ) -> None:
     loaded = load_family(family)
-    pieces = capture_batch(
-        loaded, [[]], ["Name a colour."], hook_points(loaded), POOLINGS
-    )
+    pieces = capture_batch(loaded, [[]], ["Name a colour."], hook_points(loaded), POOLINGS)
     assert pieces, "a text-only row stores its language-model vectors"
     poolings = {p.pooling for _, p in pieces}
     assert "last" in poolings and "mean_text" in poolings
@@ -168,7 +165,7 @@ def test_the_same_image_under_two_questions_gives_two_last_vectors(
     pieces = capture_batch(
         loaded, [image, image], ["Is it red?", "How many squares?"], [layer], ["last"]
     )
-    (_, last), = pieces
+    ((_, last),) = pieces
     assert not torch.allclose(last.vectors[0], last.vectors[1], atol=1e-3)
 
 
