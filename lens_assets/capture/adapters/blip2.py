@@ -73,7 +73,7 @@ class QueryAdapter(Adapter):
             num_query_tokens=int(queries or 0),
         )
 
-    def prompt_text(self, processor: Any, prompt: str) -> str:
+    def prompt_text(self, processor: Any, prompt: str, n_images: int = 1) -> str:
         """The prompt alone: the processor adds the query tokens' ``<image>`` placeholders."""
         return prompt
 

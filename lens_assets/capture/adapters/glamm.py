@@ -99,7 +99,7 @@ class GLaMMAdapter(Adapter):
             positions = (config.image_size // config.patch_size) ** 2
         return SplicedLayout(cls_towers=base.cls_towers, image_positions=int(positions))
 
-    def prompt_text(self, processor: Any, prompt: str) -> str:
+    def prompt_text(self, processor: Any, prompt: str, n_images: int = 1) -> str:
         image = "The <im_start><image><im_end> provides an overview of the picture.\n"
         return f"{GLAMM_SYSTEM} USER: {image}{prompt} ASSISTANT:"
 

@@ -52,7 +52,7 @@ class MiniCPMAdapter(Adapter):
         processor.tokenizer.padding_side = "right"
         return model, processor
 
-    def prompt_text(self, processor: Any, prompt: str) -> str:
+    def prompt_text(self, processor: Any, prompt: str, n_images: int = 1) -> str:
         messages = [{"role": "user", "content": f"{self.image_placeholder}\n{prompt}"}]
         return processor.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True

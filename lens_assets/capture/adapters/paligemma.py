@@ -26,7 +26,7 @@ TRAINING_ONLY_INPUTS = ("labels",)
 class PaliGemmaAdapter(Adapter):
     """The generic path with PaliGemma's prompt format and without its training inputs."""
 
-    def prompt_text(self, processor: Any, prompt: str) -> str:
+    def prompt_text(self, processor: Any, prompt: str, n_images: int = 1) -> str:
         """``<image>`` then the prompt, never a chat template (PaliGemma has no chat turns)."""
         return f"{processor.image_token}{prompt}"
 
