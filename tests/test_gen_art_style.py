@@ -39,7 +39,8 @@ def _png(image: Image.Image) -> bytes:
 def _style_from_pixels(image: Image.Image) -> str:
     """Name the style from pixel statistics alone."""
     pixels = np.asarray(image.convert("RGB"))
-    colours = len(np.unique(pixels.reshape(-1, 3), axis=0))
+    packed = pixels.astype(np.int32) @ np.array([1 << 16, 1 << 8, 1], dtype=np.int32)
+    colours = len(np.unique(packed))
     paper = np.all(pixels == PAPER, axis=-1).mean()
     if colours == 2:
         return "hatching"

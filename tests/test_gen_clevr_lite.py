@@ -8,6 +8,7 @@ to white), split into 4-connected blobs.
 from __future__ import annotations
 
 import io
+import random
 import re
 from collections import Counter
 
@@ -248,13 +249,17 @@ def test_choices_are_clevrs_vocabularies():
 def test_an_attribute_no_description_can_ask_is_ruled_out():
     obj = clevr_scene.SceneObject
     twins = [obj("red", "cube", "rubber", "small"), obj("blue", "cube", "rubber", "small")]
-    assert not clevr_scene.askable(twins)  # "the small rubber cube" is either of them
-    assert clevr_scene.askable([*twins, obj("red", "sphere", "metal", "large")]) is False
-    third = obj("red", "cube", "rubber", "large")  # "the small rubber cube"... still twins
-    assert not clevr_scene.askable([*twins, third])
-    assert clevr_scene.askable([twins[0], obj("blue", "sphere", "rubber", "small")])
+    # Without its colour, each twin is "the small rubber cube", which is either of them.
+    assert not clevr_scene.askable(twins)
     with pytest.raises(ValueError, match="colour"):
-        clevr_scene.write_questions(twins, __import__("random").Random(0), Counter())
+        clevr_scene.write_questions(twins, random.Random(0), Counter())
+    # A third object can be asked: its colour is then asked of it, and only of it.
+    third = obj("green", "sphere", "metal", "large")
+    assert clevr_scene.askable([*twins, third])
+    for seed in range(20):
+        questions = clevr_scene.write_questions([*twins, third], random.Random(seed), Counter())
+        assert questions[0].kind == "colour" and questions[0].answer == "green"
+        check_answer(questions[0], [*twins, third])
 
 
 def test_collected_rows_are_one_per_question_each_with_the_scene_image(tmp_path):
