@@ -1,6 +1,6 @@
 """Pixtral and Mistral3 (the Pixtral adapter): the tower packs every image's own patch grid
 into one sequence, and its (and Mistral3's merged projector's) outputs come back one grid per
-image, in raster order, with `[IMG_BREAK]`/`[IMG_END]` left as text.
+image, in raster order, laid end to end per row, with `[IMG_BREAK]`/`[IMG_END]` left as text.
 
 What every family does is in tests/test_families.py."""
 
@@ -11,14 +11,24 @@ from collections.abc import Callable
 import pytest
 import torch
 from PIL import Image
-from transformers import LlavaConfig, PixtralVisionConfig
+from transformers import BatchFeature, LlavaConfig, PixtralVisionConfig
 
 from lens_assets.capture.adapters import GENERIC, adapter_for, checkpoint_types
+from lens_assets.capture.adapters.base import PatchGridError
 from lens_assets.capture.adapters.pixtral import PixtralAdapter
 from lens_assets.capture.families import BY_NAME
+from lens_assets.capture.hooks import capture
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.token_roles import TokenRole
-from tests.conftest import hooked, image_counts, image_token_counts, sequences
+from tests.conftest import (
+    FAMILY_PROMPTS,
+    Run,
+    hooked,
+    image_counts,
+    image_rows,
+    image_token_counts,
+    sequences,
+)
 
 LLM_LAYER = "model.language_model.layers.1"
 PROJECTOR = "model.multi_modal_projector"
@@ -126,3 +136,66 @@ def test_image_positions_lie_on_the_images_own_grid_in_raster_order(
         )
         assert (cells.rows, cells.cols) == (height // fold, width // fold)
         assert cells.cells[1].tolist() == ([0, 1] if cells.cols > 1 else [1, 0])
+
+
+def _prepared(loaded: LoadedModel, rows: list[list[Image.Image]]) -> BatchFeature:
+    adapter = loaded.architecture.adapter
+    prompts = FAMILY_PROMPTS[: len(rows)]
+    return adapter.prepare_on(loaded.processor, rows, prompts, loaded.device, loaded.dtype)
+
+
+def _hooked_rows(loaded: LoadedModel, rows: list[list[Image.Image]], module: str) -> Run:
+    inputs = _prepared(loaded, rows)
+    with capture(loaded.model, [module]) as store, torch.inference_mode():
+        loaded.architecture.adapter.forward(loaded.model, inputs, {})
+    return Run(inputs, dict(store.outputs))
+
+
+@pytest.mark.parametrize("name", ["pixtral", "mistral3"])
+def test_a_rows_img_tokens_split_per_image_by_its_size_not_by_runs(
+    name: str,
+    load_family: Callable[[str], LoadedModel],
+    family_images: Callable[[str], list[Image.Image]],
+) -> None:
+    """Row breaks cut each image's `[IMG]` tokens into several runs; each image's share is
+    what the processor gives that image alone."""
+    loaded, images = load_family(name), family_images(name)
+    adapter = loaded.architecture.adapter
+    inputs = _prepared(loaded, [images, []])
+    index = adapter.text_image_index(inputs, adapter.text_roles(inputs, loaded.layout))
+    alone = [image_token_counts(loaded, _prepared(loaded, [[image]]))[0] for image in images]
+    assert len(set(alone)) > 1
+    positions = (index[0] >= 0).nonzero().flatten()
+    runs = 1 + int((positions.diff() != 1).sum())
+    assert runs > len(images)  # the generic one-run-per-image split cannot apply
+    assert index[0][positions].tolist() == [k for k, n in enumerate(alone) for _ in range(n)]
+    assert (index[1] == -1).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "module"),
+    [
+        ("pixtral", "model.vision_tower.patch_conv"),
+        ("pixtral", "model.vision_tower.transformer.layers.1"),
+        ("mistral3", PROJECTOR),
+    ],
+)
+def test_a_rows_images_are_laid_end_to_end_each_as_it_is_alone(
+    name: str,
+    module: str,
+    load_family: Callable[[str], LoadedModel],
+    family_images: Callable[[str], list[Image.Image]],
+) -> None:
+    loaded, images = load_family(name), family_images(name)
+    rows = [[images[1]], [], [images[0], images[2]]]
+    run = _hooked_rows(loaded, rows, module)
+    seq = sequences(loaded, run, module)
+    assert seq.image_index is not None
+    assert image_counts(seq)[1] == 0 and (seq.image_index[1] == -1).all()
+    for sample, row in enumerate(rows):
+        for k, image in enumerate(row):
+            alone = sequences(loaded, _hooked_rows(loaded, [[image]], module), module)
+            mine = seq.hidden[sample][seq.image_index[sample] == k]
+            torch.testing.assert_close(mine, image_rows(alone, 0), rtol=1e-4, atol=1e-5)
+    with pytest.raises(PatchGridError, match="2 images"):
+        loaded.architecture.adapter.patch_cells(module, 1, run.inputs, loaded.layout, 2)
