@@ -31,6 +31,7 @@ ALTER TABLE activations ADD COLUMN IF NOT EXISTS image_index INTEGER;
 ALTER TABLE activations ALTER COLUMN image_id DROP NOT NULL;
 ALTER TABLE answers ADD COLUMN IF NOT EXISTS row_key VARCHAR;
 ALTER TABLE answers ADD COLUMN IF NOT EXISTS image_ids VARCHAR[];
+ALTER TABLE answers ALTER COLUMN image_id DROP NOT NULL;
 
 -- Upgrade in place: every image of an image-keyed warehouse was one row with no prompt of its
 -- own (the model config's prompt was asked), and every question about an image one row more.

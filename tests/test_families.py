@@ -148,7 +148,7 @@ def collect(
             ALL_POOLINGS,
         )
         for layer, pooled in pieces:
-            sample, index, _, tile = pooled.positions().tolist()
+            sample, index, _, tile, _ = pooled.positions().tolist()
             for row in range(len(sample)):
                 key = (start + sample[row], layer, pooled.pooling, index[row], tile[row])
                 assert key not in vectors, f"duplicate vector for {key}"

@@ -244,7 +244,7 @@ def normalise_answer(text: str | None, vocabulary: Iterable[str]) -> str | None:
     return kept.pop() if len(kept) == 1 else None
 
 
-def _same_label(answer: str | None, expected: Any) -> bool:
+def same_answer(answer: str | None, expected: Any) -> bool:
     return answer is not None and _words(answer) == _words(str(expected))
 
 
@@ -259,5 +259,5 @@ def score_answers(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         vocabulary = [str(entry) for entry in row["vocabulary"]]
         answer = normalise_answer(row["answer_text"], vocabulary)
-        scored.append({**row, "answer": answer, "correct": _same_label(answer, row["expected"])})
+        scored.append({**row, "answer": answer, "correct": same_answer(answer, row["expected"])})
     return scored

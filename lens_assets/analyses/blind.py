@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from lens_assets.analyses.behaviour import same_answer
 from lens_assets.analyses.similarity import distribution, total_variation
 from lens_assets.resources.warehouse import Warehouse
 
 
 def _answers(warehouse: Warehouse, model: str, dataset: str) -> dict[str, list[dict[str, Any]]]:
     rows = warehouse.fetch_arrow(
-        "SELECT concept, answer, expected, correct FROM answers WHERE model = ? AND dataset = ?",
+        "SELECT concept, prompt, answer, expected, correct FROM answers "
+        "WHERE model = ? AND dataset = ?",
         [model, dataset],
     ).to_pylist()
     by_concept: dict[str, list[dict[str, Any]]] = {}
@@ -21,32 +23,41 @@ def _answers(warehouse: Warehouse, model: str, dataset: str) -> dict[str, list[d
     return by_concept
 
 
-def _accuracy(rows: list[dict[str, Any]]) -> float:
-    return sum(bool(r["correct"]) for r in rows) / len(rows)
-
-
 def blind_test_rows(
     warehouse: Warehouse, model: str, blanks: dict[str, str]
 ) -> list[dict[str, Any]]:
     """One row per (real dataset, blank dataset, concept) the model answered on both;
-    `blanks` maps each blank dataset to the dataset whose questions it borrows."""
+    `blanks` maps each blank dataset to the dataset whose questions it borrows.
+
+    A blank input asked a question is one row however many real rows asked it, so each real
+    row is set beside the blank answer to its own question: the blank answers' distribution
+    and accuracy are weighted as the real questions are."""
     rows = []
     for blank, source in sorted(blanks.items()):
         real, blind = _answers(warehouse, model, source), _answers(warehouse, model, blank)
         for concept in sorted(set(real) & set(blind)):
-            labels = distribution(r["expected"] for r in real[concept])
-            on_real = distribution(r["answer"] for r in real[concept])
-            on_blank = distribution(r["answer"] for r in blind[concept])
+            on_blank_by_prompt = {r["prompt"]: r["answer"] for r in blind[concept]}
+            paired = [r for r in real[concept] if r["prompt"] in on_blank_by_prompt]
+            if not paired:
+                continue
+            blank_answers = [on_blank_by_prompt[r["prompt"]] for r in paired]
+            labels = distribution(r["expected"] for r in paired)
+            on_real = distribution(r["answer"] for r in paired)
+            on_blank = distribution(blank_answers)
             rows.append(
                 {
                     "model": model,
                     "dataset": source,
                     "blank_dataset": blank,
                     "concept": concept,
-                    "n_real": len(real[concept]),
+                    "n_real": len(paired),
                     "n_blank": len(blind[concept]),
-                    "accuracy_real": _accuracy(real[concept]),
-                    "accuracy_blank": _accuracy(blind[concept]),
+                    "accuracy_real": sum(bool(r["correct"]) for r in paired) / len(paired),
+                    "accuracy_blank": sum(
+                        same_answer(answer, r["expected"])
+                        for answer, r in zip(blank_answers, paired, strict=True)
+                    )
+                    / len(paired),
                     "tv_real_labels": total_variation(on_real, labels),
                     "tv_blank_labels": total_variation(on_blank, labels),
                     "tv_real_blank": total_variation(on_real, on_blank),

@@ -28,7 +28,7 @@ from scipy.linalg import cho_factor, cho_solve
 from scipy.stats import norm
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -161,9 +161,11 @@ def probe_in_context(
     input_types: Sequence[Any],
     kind: ProbeKind,
     settings: ProbeSettings,
+    groups: Sequence[Any] | np.ndarray | None = None,
 ) -> ProbeResult:
     """`probe` for a caller already inside `probing_context` (the layer scan's pool threads,
-    which must not touch the process-wide warning filters themselves)."""
+    which must not touch the process-wide warning filters themselves). With `groups`, examples
+    of one group (rows sharing a picture) always fall in the same fold."""
     X = np.asarray(X, dtype=np.float32)
     classes, codes = np.unique(np.asarray(y), return_inverse=True)
     if X.ndim != 2 or len(X) != len(codes):
@@ -172,7 +174,10 @@ def probe_in_context(
         raise ValueError("a probe needs at least two classes")
     if not np.isfinite(X).all():
         raise ValueError("X holds NaN or Inf; run the finite_values check on the partition")
-    splits = _splits(codes, settings)
+    group_codes = None if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    if group_codes is not None and len(np.unique(group_codes)) == len(group_codes):
+        group_codes = None  # every example its own picture: plain stratified folds
+    splits = _splits(codes, settings, group_codes)
 
     task = _cross_validate(X, codes, splits, kind, settings)
     control = _cross_validate(
@@ -188,7 +193,7 @@ def probe_in_context(
         control_accuracy=control.accuracy,
         selectivity=task.accuracy - control.accuracy,
         shuffled_accuracy=shuffled.accuracy,
-        p_value=permutation_p_value(X, codes, kind, settings, task.accuracy),
+        p_value=permutation_p_value(X, codes, kind, settings, task.accuracy, group_codes),
         z_p_value=two_proportion_z_p_value(task.correct, shuffled.correct, len(codes)),
         n=len(codes),
         classes=len(classes),
@@ -202,8 +207,20 @@ class _CrossValidation:
     correct: int  # examples predicted right, each example tested exactly once
 
 
-def _splits(codes: np.ndarray, settings: ProbeSettings) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified folds; fewer folds when the smallest class cannot fill one per fold."""
+def _splits(
+    codes: np.ndarray, settings: ProbeSettings, groups: np.ndarray | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds; fewer folds when the smallest class cannot fill one per fold. With
+    `groups`, stratified group folds: no group is split between train and test."""
+    if groups is not None:
+        n_groups = len(np.unique(groups))
+        smallest_groups = min(len(np.unique(groups[codes == c])) for c in np.unique(codes))
+        folds = max(2, min(settings.folds, n_groups, max(smallest_groups, 2)))
+        if n_groups < 2:
+            raise ValueError("a probe needs examples from at least two pictures")
+        kfold = StratifiedGroupKFold(folds, shuffle=True, random_state=settings.seed)
+        found = kfold.split(np.zeros(len(codes)), codes, groups)
+        return [(train, test) for train, test in found if len(train) and len(test)]
     smallest = int(np.bincount(codes).min())
     if smallest < 2:  # only with min_per_class=1: a singleton class cannot be stratified
         folds = min(settings.folds, len(codes))
@@ -269,6 +286,7 @@ def permutation_p_value(
     kind: ProbeKind,
     settings: ProbeSettings,
     accuracy: float,
+    groups: np.ndarray | None = None,
 ) -> float:
     """p = (1 + #{null statistic >= observed}) / (1 + permutations), NaN when disabled.
 
@@ -280,10 +298,10 @@ def permutation_p_value(
     if settings.permutations == 0:
         return float("nan")
     if settings.null == "refit":
-        null = _refit_null_accuracies(X, codes, kind, settings)
+        null = _refit_null_accuracies(X, codes, kind, settings, groups)
         exceed = int((null >= accuracy - 1e-12).sum())
     else:
-        observed, null = _ridge_null_counts(X, codes, kind, settings)
+        observed, null = _ridge_null_counts(X, codes, kind, settings, groups)
         exceed = int((null >= observed).sum())
     return (1 + exceed) / (1 + settings.permutations)
 
@@ -295,19 +313,29 @@ def _permuted(codes: np.ndarray, settings: ProbeSettings) -> Iterator[np.ndarray
 
 
 def _refit_null_accuracies(
-    X: np.ndarray, codes: np.ndarray, kind: ProbeKind, settings: ProbeSettings
+    X: np.ndarray,
+    codes: np.ndarray,
+    kind: ProbeKind,
+    settings: ProbeSettings,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
     """The probe retrained on each permutation: exact, and `permutations` times the cost."""
     return np.array(
         [
-            _cross_validate(X, permuted, _splits(permuted, settings), kind, settings).accuracy
+            _cross_validate(
+                X, permuted, _splits(permuted, settings, groups), kind, settings
+            ).accuracy
             for permuted in _permuted(codes, settings)
         ]
     )
 
 
 def _ridge_null_counts(
-    X: np.ndarray, codes: np.ndarray, kind: ProbeKind, settings: ProbeSettings
+    X: np.ndarray,
+    codes: np.ndarray,
+    kind: ProbeKind,
+    settings: ProbeSettings,
+    groups: np.ndarray | None = None,
 ) -> tuple[int, np.ndarray]:
     """Correct CV predictions of a kernel ridge classifier on the true labels and on each
     permutation, all permutations solved together.
@@ -325,10 +353,15 @@ def _ridge_null_counts(
     labellings = np.stack([codes, *_permuted(codes, settings)], axis=1)  # (n, 1 + P)
     k = int(codes.max()) + 1
     correct = np.zeros(labellings.shape[1], dtype=np.int64)
-    folds = KFold(
-        n_splits=min(settings.folds, len(codes)), shuffle=True, random_state=settings.seed
-    )
-    for train, test in folds.split(Z):
+    if groups is None:
+        folds = KFold(
+            n_splits=min(settings.folds, len(codes)), shuffle=True, random_state=settings.seed
+        ).split(Z)
+    else:  # label-free group folds: the same function of every labelling
+        folds = GroupKFold(n_splits=min(settings.folds, len(np.unique(groups)))).split(
+            Z, groups=groups
+        )
+    for train, test in folds:
         predict = _ridge_fold(Z[train], Z[test], kind, settings.ridge_alpha)
         # Blocks of labellings keep the one-hot targets near 64 MB however many classes.
         block = max(1, 2**24 // (len(train) * k))

@@ -28,11 +28,12 @@ from lens_assets.analyses.reading import (
     load_labels,
     load_vectors,
     pooled_layers,
+    row_images,
 )
 from lens_assets.resources.schemas import PROBE_RESULTS
 from lens_assets.resources.warehouse import Warehouse
 
-__all__ = ["ProbeResult", "ProbeSettings", "concept_task", "probe_layers"]
+__all__ = ["ProbeResult", "ProbeSettings", "concept_task", "picture_groups", "probe_layers"]
 
 
 def probe_layers(
@@ -58,16 +59,21 @@ def probe_layers(
     ):
         for dataset in labelled_datasets(con, model, datasets):
             labels = load_labels(con, dataset)
+            pictures = row_images(con, dataset)
             chosen = [c for c in labels if concepts is None or c in concepts]
             for layer, pooling in pooled_layers(con, model, dataset):
-                image_ids, X = load_vectors(con, model, dataset, layer, pooling)
+                keys, X = load_vectors(con, model, dataset, layer, pooling)
+                groups = picture_groups([pictures.get(key, (key,)) or (key,) for key in keys])
                 where = {"model": model, "dataset": dataset, "layer": layer, "pooling": pooling}
                 jobs = [
-                    _Job(where, concept, kind, pool.submit(probe_in_context, *task, kind, settings))
+                    _Job(
+                        where, concept, kind,
+                        pool.submit(probe_in_context, *task[:3], kind, settings, task[3]),
+                    )
                     for concept in chosen
-                    if (task := concept_task(X, image_ids, labels, concept, settings))
+                    if (task := concept_task(X, keys, labels, concept, settings, groups))
                     for kind in settings.kinds
-                ]
+                ]  # fmt: skip
                 rows.extend(job.row() for job in pending)
                 pending = jobs
         rows.extend(job.row() for job in pending)
@@ -76,21 +82,25 @@ def probe_layers(
 
 def concept_task(
     X: np.ndarray,
-    image_ids: Sequence[str],
+    row_keys: Sequence[str],
     labels: dict[str, dict[str, str]],
     concept: str,
     settings: ProbeSettings,
-) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
-    """The rows, labels and input types for one concept, or None when it cannot be probed.
+    groups: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray] | None:
+    """The vectors, labels, input types and fold groups for one concept, or None when it
+    cannot be probed.
 
-    Images without a label for the concept are dropped, then classes with fewer than
+    Rows without a label for the concept are dropped, then classes with fewer than
     `min_per_class` examples; fewer than two classes left (a constant concept) means no probe.
-    An input type is the image's whole label tuple over the dataset's concepts, so images that
-    look identical to the annotation get the same control label.
+    An input type is the row's whole label tuple over the dataset's concepts, so rows that
+    look identical to the annotation get the same control label. `groups` (one per row) keeps
+    rows that share a picture in one fold: the same image under two questions never sits in
+    both train and test.
     """
     values = labels[concept]
-    keep = np.array([image_id in values for image_id in image_ids], dtype=bool)
-    y = np.array([values.get(image_id, "") for image_id in image_ids], dtype=object)
+    keep = np.array([key in values for key in row_keys], dtype=bool)
+    y = np.array([values.get(key, "") for key in row_keys], dtype=object)
     classes, counts = np.unique(y[keep].astype(str), return_counts=True)
     frequent = set(classes[counts >= settings.min_per_class])
     keep &= np.array([value in frequent for value in y], dtype=bool)
@@ -98,11 +108,33 @@ def concept_task(
         return None
     ordered = sorted(labels)
     types = [
-        "\x1f".join(str(labels[c].get(image_id)) for c in ordered)
-        for image_id, kept in zip(image_ids, keep, strict=True)
+        "\x1f".join(str(labels[c].get(key)) for c in ordered)
+        for key, kept in zip(row_keys, keep, strict=True)
         if kept
     ]
-    return X[keep], y[keep].astype(str), types
+    group = np.arange(len(row_keys)) if groups is None else np.asarray(groups)
+    return X[keep], y[keep].astype(str), types, group[keep]
+
+
+def picture_groups(images: Sequence[Sequence[str]]) -> np.ndarray:
+    """One group per set of rows connected by a shared image (a scene asked six questions is
+    one group; so are two pairs that share a picture)."""
+    parent = list(range(len(images)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for row, ids in enumerate(images):
+        for image in ids:
+            if image in first:
+                parent[root(row)] = root(first[image])
+            else:
+                first[image] = row
+    return np.array([root(row) for row in range(len(images))])
 
 
 @dataclass

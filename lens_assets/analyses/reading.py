@@ -31,28 +31,29 @@ def load_vectors(
     pooling: str,
     prompt: str | None = None,
 ) -> tuple[list[str], np.ndarray]:
-    """Image ids (sorted) and their (n, dim) float32 vectors for one layer and pooling.
+    """Row keys (sorted) and their (n, dim) float32 vectors for one layer and pooling: one
+    vector per dataset row (a row is its images and its own prompt).
 
     The vectors come out of Arrow as one flat float32 buffer reshaped in place: no Python loop
     per row, so a 2,000 x 1,024 layer loads at the speed of Parquet decoding.
     """
     sql = """
-        SELECT image_id, vector FROM activations
+        SELECT row_key, vector FROM activations
         WHERE model = ? AND dataset = ? AND layer = ? AND pooling = ?
     """
     params: list[Any] = [model, dataset, layer, pooling]
     if prompt is not None:
         sql += " AND prompt = ?"
         params.append(prompt)
-    table = query(warehouse, sql + " ORDER BY image_id", params)
+    table = query(warehouse, sql + " ORDER BY row_key", params)
     where = f"{model} / {dataset} / {layer} / {pooling}"
-    if pc.count_distinct(table.column("image_id")).as_py() != table.num_rows:
+    if pc.count_distinct(table.column("row_key")).as_py() != table.num_rows:
         raise ValueError(
-            f"{where} holds several vectors per image (several prompts, or `tokens` rows); "
-            "pass prompt= or choose a pooled layer"
+            f"{where} holds several vectors per row (`tokens` or `mean_per_image` rows); "
+            "choose a pooling with one vector per row"
         )
     vectors = list_column_to_matrix(table.column("vector"), where)
-    return table.column("image_id").to_pylist(), vectors
+    return table.column("row_key").to_pylist(), vectors
 
 
 def query(source: Source, sql: str, params: Sequence[Any]) -> pa.Table:
@@ -79,7 +80,21 @@ def list_column_to_matrix(column: pa.ChunkedArray, where: str) -> np.ndarray:
 
 
 def load_labels(warehouse: Source, dataset: str) -> dict[str, dict[str, str]]:
-    """Ground truth as concept -> image_id -> value; NULL values are left out."""
+    """Ground truth per row as concept -> row_key -> value; NULL values are left out."""
+    table = query(
+        warehouse,
+        """
+        SELECT concept, row_key, min(value) AS value, count(DISTINCT value) AS n_values
+        FROM row_labels WHERE dataset = ? AND value IS NOT NULL
+        GROUP BY ALL ORDER BY concept, row_key
+        """,
+        [dataset],
+    )
+    return _by_concept(table, dataset, "row_key")
+
+
+def load_image_labels(warehouse: Source, dataset: str) -> dict[str, dict[str, str]]:
+    """Ground truth per image (of the one-image rows) as concept -> image_id -> value."""
     table = query(
         warehouse,
         """
@@ -89,15 +104,31 @@ def load_labels(warehouse: Source, dataset: str) -> dict[str, dict[str, str]]:
         """,
         [dataset],
     )
+    return _by_concept(table, dataset, "image_id")
+
+
+def row_images(warehouse: Source, dataset: str) -> dict[str, tuple[str, ...]]:
+    """Each row's image ids, in order: what probe folds group by."""
+    table = query(
+        warehouse,
+        "SELECT row_key, any_value(image_ids) AS image_ids FROM dataset_rows "
+        "WHERE dataset = ? GROUP BY row_key",
+        [dataset],
+    )
+    keys, images = table.column("row_key").to_pylist(), table.column("image_ids").to_pylist()
+    return {key: tuple(ids or ()) for key, ids in zip(keys, images, strict=True)}
+
+
+def _by_concept(table: pa.Table, dataset: str, key: str) -> dict[str, dict[str, str]]:
     conflicting = pc.filter(table, pc.greater(table.column("n_values"), 1))
     if conflicting.num_rows:
         first = conflicting.slice(0, 1).to_pylist()[0]
         raise ValueError(
-            f"{dataset}: image {first['image_id']} has {first['n_values']} different values "
+            f"{dataset}: {key} {first[key]} has {first['n_values']} different values "
             f"for concept {first['concept']!r} ({conflicting.num_rows} such labels)"
         )
     labels: dict[str, dict[str, str]] = {}
-    columns = (table.column(name).to_pylist() for name in ("concept", "image_id", "value"))
+    columns = (table.column(name).to_pylist() for name in ("concept", key, "value"))
     for concept, image_id, value in zip(*columns, strict=True):
         labels.setdefault(concept, {})[image_id] = value
     return labels
@@ -107,7 +138,7 @@ def labels_by_image(warehouse: Source, dataset: str) -> dict[str, dict[str, str]
     """The same ground truth the other way round, image_id -> concept -> value: what a task
     reads about one image (its correspondence points, its Stroop cues)."""
     by_image: dict[str, dict[str, str]] = {}
-    for concept, values in load_labels(warehouse, dataset).items():
+    for concept, values in load_image_labels(warehouse, dataset).items():
         for image_id, value in values.items():
             by_image.setdefault(image_id, {})[concept] = value
     return by_image
@@ -118,7 +149,7 @@ def labelled_datasets(con: Source, model: str, datasets: Sequence[str] | None) -
         con,
         """
         SELECT DISTINCT dataset FROM activations
-        WHERE model = ? AND dataset IN (SELECT DISTINCT dataset FROM image_labels)
+        WHERE model = ? AND dataset IN (SELECT DISTINCT dataset FROM row_labels)
         ORDER BY dataset
         """,
         [model],

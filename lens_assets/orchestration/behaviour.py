@@ -4,18 +4,18 @@ from dagster import AssetKey, MaterializeResult
 
 from lens_assets.analyses.answers import ANSWER_ROWS, answer_questions
 from lens_assets.analyses.behaviour import BehaviourNotSupported, require_generation
-from lens_assets.orchestration.assets import IMAGES, PROMPTS
+from lens_assets.orchestration.assets import DATASET_ROWS, IMAGES, PROMPTS
 from lens_assets.orchestration.metadata import markdown_table
 from lens_assets.orchestration.partitions import ModelStep, per_model_asset
 from lens_assets.orchestration.sources import MODEL_CONFIG
 
 ANSWERS = AssetKey("answers")
-BEHAVIOUR_VERSION = "1"
+BEHAVIOUR_VERSION = "2"  # 2: each row asked with all its images
 
 
 @per_model_asset(
     group="behaviour",
-    deps=[MODEL_CONFIG, IMAGES, PROMPTS],
+    deps=[MODEL_CONFIG, IMAGES, PROMPTS, DATASET_ROWS],
     code_version=BEHAVIOUR_VERSION,
     loads_model=True,
     description="Each model's greedy answer to every question of its datasets, normalised to "
