@@ -1,7 +1,8 @@
 """InternVL and Aya-Vision (the dynamic-tile adapter): an image's crops and thumbnail sit on the
 vision batch axis, numbered per image in the tile column (which reaches the warehouse: see
-tests/test_families.py); InternVL keeps a class token per tile, and Aya's projector output is
-channel-last.
+tests/test_families.py) whatever else is in the batch; InternVL keeps a class token per tile,
+and Aya's projector output is channel-last. A row's several images keep their own tiles and
+image tokens (the rows tests are in tests/test_rows_extraction.py).
 
 What every family does (right padding where the processors pad left included) is in
 tests/test_families.py."""
@@ -15,10 +16,19 @@ import torch
 from PIL import Image
 
 from lens_assets.capture.adapters.base import PatchGridError
+from lens_assets.capture.extraction import capture_batch
 from lens_assets.capture.families import BY_NAME
 from lens_assets.capture.loading import LoadedModel
+from lens_assets.capture.pooling import Pooled
 from lens_assets.capture.token_roles import TokenRole
-from tests.conftest import family_inputs, hooked, image_rows, sequences, token_rows
+from tests.conftest import (
+    FAMILY_PROMPTS,
+    family_inputs,
+    hooked,
+    image_rows,
+    sequences,
+    token_rows,
+)
 
 # The family images: 3 crops + thumbnail (4 tiles: square position counts), 2 crops +
 # thumbnail, and one tile (the image resized whole).
@@ -145,3 +155,78 @@ def test_patch_cells_refuse_several_tiles_even_when_the_count_is_square(
     assert count == 16  # 4 tiles x 4 tokens: a 4x4 square by coincidence
     with pytest.raises(PatchGridError, match="4 tiles"):
         adapter.patch_cells(language_layer, count, inputs, loaded.layout, 0)
+
+
+# -- rows of several images (or none) ----------------------------------------------------------
+
+
+def tiles_of(tokens: Pooled, sample: int) -> list[tuple[int, int]]:
+    """A sample's (image, tile) pairs at its `tokens` rows, each once, in order."""
+    assert tokens.tile is not None and tokens.image_index is not None
+    rows = tokens.samples == sample
+    pairs = zip(tokens.image_index[rows].tolist(), tokens.tile[rows].tolist(), strict=True)
+    return list(dict.fromkeys(pairs))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("point", [0, 1])  # the vision block and the projector
+def test_a_one_tile_image_carries_tile_0_alone_and_beside_tiled_images(
+    name: str,
+    point: int,
+    load_family: Callable[[str], LoadedModel],
+    family_images: Callable[[str], list[Image.Image]],
+) -> None:
+    """The tile column comes from the image's own tile count, not from the batch: the one-tile
+    image's rows are tile 0 when it runs alone (one vision row per sample) and beside tiled
+    images, with the same vectors."""
+    loaded, images = load_family(name), family_images(name)
+    module = BY_NAME[name].hook_points[point]
+    batched = token_rows(loaded, module, images)
+    alone = token_rows(loaded, module, images[2:], FAMILY_PROMPTS[2:])
+    assert tiles_of(alone, 0) == tiles_of(batched, 2) == [(0, 0)]
+    torch.testing.assert_close(alone.vectors, batched.vectors[batched.samples == 2])
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_rows_images_keep_their_own_tiles_and_image_tokens(
+    name: str,
+    load_family: Callable[[str], LoadedModel],
+    family_images: Callable[[str], list[Image.Image]],
+) -> None:
+    """A row of a 4-tile, a 1-tile and a 3-tile image: every vision position names its image
+    and its tile within that image, and each image's LLM positions are as many as the
+    processor gives that image alone (Aya's are one run per tile, so runs are not images)."""
+    loaded, (wide, portrait, small) = load_family(name), family_images(name)
+    row = [wide, small, portrait]
+    adapter, layout = loaded.architecture.adapter, loaded.layout
+    for module in BY_NAME[name].hook_points[:2]:
+        ((_, tokens),) = capture_batch(loaded, [row], ["Which?"], [module], ["tokens"])
+        expected = [(k, t) for k, tiles in enumerate([4, 1, 3]) for t in range(tiles)]
+        assert tiles_of(tokens, 0) == expected, module
+    inputs = adapter.prepare_on(loaded.processor, [row], ["Which?"], loaded.device, loaded.dtype)
+    index = adapter.text_image_index(inputs, adapter.text_roles(inputs, layout))[0]
+    alone = [
+        adapter.prepare_on(loaded.processor, [[image]], ["x"], loaded.device, loaded.dtype)
+        for image in row
+    ]
+    sizes = [int((a["input_ids"] == layout.image_token_id).sum()) for a in alone]
+    assert index[index >= 0].tolist() == [k for k, size in enumerate(sizes) for _ in range(size)]
+    assert (index >= 0).tolist() == (inputs["input_ids"][0] == layout.image_token_id).tolist()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_vision_rows_equal_to_the_batch_size_by_chance_still_split_per_image(
+    name: str,
+    load_family: Callable[[str], LoadedModel],
+    family_images: Callable[[str], list[Image.Image]],
+) -> None:
+    """Two text-only rows beside a 3-tile image: three vision rows for a batch of three, which
+    are all the image's tiles, not one row per sample."""
+    loaded, images = load_family(name), family_images(name)
+    block = BY_NAME[name].hook_points[0]
+    prompts = ["Name a colour.", "Which?", "Name a shape."]
+    ((_, batched),) = capture_batch(loaded, [[], [images[1]], []], prompts, [block], ["tokens"])
+    assert batched.samples.unique().tolist() == [1]
+    assert tiles_of(batched, 0) == [] and tiles_of(batched, 1) == [(0, t) for t in range(3)]
+    ((_, alone),) = capture_batch(loaded, [[images[1]]], prompts[1:2], [block], ["tokens"])
+    torch.testing.assert_close(batched.vectors, alone.vectors)

@@ -3,9 +3,15 @@
 The processor cuts each image into a grid of sub-images plus one global image and pads every
 sample to the batch's largest count with all-zero images (`pixel_attention_mask` marks them);
 the model drops an all-zero image before the vision tower, so the tower and the connector see
-only the batch's real sub-images, sample after sample. Each sub-image becomes the same number
-of `<image>` tokens in the LLM; the `<row_i_col_j>`, `<global-img>` and
-`<fake_token_around_image>` markers around them are text.
+only the batch's real sub-images, sample after sample, image after image. Each sub-image becomes
+the same number of `<image>` tokens in the LLM; the `<row_i_col_j>`, `<global-img>` and
+`<fake_token_around_image>` markers around them are text, so one image is several runs of image
+tokens, and two images may sit side by side: an image's runs end with the run after its
+`<global-img>` marker (every image has exactly one global image, last).
+
+Both processors take several images per prompt, given as one list per text (SmolVLM's reads a
+flat list as all images of one sample), and a text-only row as an empty list (its sample is
+all padding images, which the model drops) or, for a batch without images, `images=None`.
 """
 
 from __future__ import annotations
@@ -14,38 +20,58 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
+import torch
 from transformers import BatchFeature
 
 from lens_assets.capture.adapters.base import (
     ActivationShapeError,
-    Adapter,
     ModelLayout,
     PatchCells,
     PatchGridError,
     padding_side_of,
+    per_sample,
 )
+from lens_assets.capture.adapters.internvl_aya import TiledImagesAdapter
+
+
+def images_by_global_run(ids: torch.Tensor, image_id: int, global_id: int) -> list[int]:
+    """Image tokens per image where each image's last run of image tokens (its global image)
+    follows a `<global-img>` marker."""
+    is_image = ids == image_id
+    previous = torch.cat([ids.new_full((1,), -1), ids[:-1]])
+    run_start = is_image & (previous != image_id)
+    run = torch.cumsum(run_start.long(), 0) - 1  # each image token's run
+    is_global = (previous == global_id)[run_start].long()  # per run
+    image_of_run = torch.cumsum(is_global, 0) - is_global
+    return torch.bincount(image_of_run[run[is_image]], minlength=int(is_global.sum())).tolist()
 
 
 @dataclass
-class SubImageAdapter(Adapter):
-    """Maps the tower's and connector's sub-image batch back to the samples."""
+class SubImageAdapter(TiledImagesAdapter):
+    """Nested image lists in, and the tower's and connector's sub-image batch mapped back to
+    the samples and their images."""
 
     def prepare(
-        self, processor: Any, images: Sequence[Image.Image], prompts: Sequence[str]
+        self, processor: Any, images: Sequence[Any], prompts: Sequence[str]
     ) -> BatchFeature:
-        """One image list per sample: SmolVLM's processor reads a flat list as all images of
-        one sample (Idefics3's splits it by prompt), so nest it for both. Text pads on the
-        tokenizer's current side (right for extraction, left inside generation)."""
-        texts = [self.prompt_text(processor, prompt) for prompt in prompts]
-        nested = [[image] for image in images]
-        return processor(
-            images=nested,
+        """One image list per sample (see the module docstring); text pads on the tokenizer's
+        current side (right for extraction, left inside generation)."""
+        rows = per_sample(images)
+        texts = [self.prompt_text(processor, p, len(r)) for p, r in zip(prompts, rows, strict=True)]
+        inputs = processor(
+            images=rows if any(rows) else None,
             text=texts,
             padding=True,
             padding_side=padding_side_of(processor),
             return_tensors="pt",
         )
+        return self.record_image_tokens(processor, inputs)
+
+    def image_tokens(self, processor: Any, ids: torch.Tensor) -> list[int]:
+        marker = getattr(processor, "global_image_token", None)  # SmolVLM
+        marker = marker or processor.global_image_tag  # Idefics3
+        global_id = processor.tokenizer.convert_tokens_to_ids(marker)
+        return images_by_global_run(ids, int(processor.image_token_id), int(global_id))
 
     def sub_images(self, inputs: BatchFeature) -> list[int]:
         """Real sub-images per sample, by the model's own rule: an all-zero image is padding."""
@@ -71,18 +97,19 @@ class SubImageAdapter(Adapter):
     def patch_cells(
         self, name: str, count: int, inputs: BatchFeature, layout: ModelLayout, sample: int
     ) -> PatchCells:
-        """A sample's positions lie on one raster grid only when its image was not split: the
-        grid sub-images and the global image each cover the whole image at their own scale
+        """A sample's positions lie on one raster grid only when it holds one unsplit image:
+        the grid sub-images and the global image each cover the whole image at their own scale
         (and a square total would be a coincidence)."""
         sub_images = self.sub_images(inputs)[sample]
         if sub_images > 1:
             raise PatchGridError(
                 f"module {name!r} holds {sub_images} sub-images for sample {sample} (a grid "
-                "plus the global image), which do not lie on one patch grid"
+                "plus the global image, or several images), which do not lie on one patch grid"
             )
         return super().patch_cells(name, count, inputs, layout, sample)
 
 
-SUB_IMAGES = SubImageAdapter(max_images=1, text_only=False)
+# Several images per prompt (no limit in either processor) and text-only rows.
+SUB_IMAGES = SubImageAdapter(max_images=None, text_only=True)
 
-__all__ = ["SUB_IMAGES", "SubImageAdapter"]
+__all__ = ["SUB_IMAGES", "SubImageAdapter", "images_by_global_run"]
