@@ -125,7 +125,7 @@ def test_extraction_skips_a_named_pipe_it_is_given(folder: Path) -> None:
     skipped: list[extraction.Skipped] = []
     paths = [folder / "stuck.png", folder / "red.png"]
     loaded = finishes(lambda: extraction._readable(paths, skipped), folder / "stuck.png")
-    assert [Path(i.path).name for i in loaded] == ["red.png"]
+    assert [Path(r.images[0].path).name for r in loaded] == ["red.png"]
     ((path, reason),) = skipped
     assert path == str(folder / "stuck.png")
     assert "stuck.png" in reason and "not a regular file (a named pipe)" in reason
@@ -387,7 +387,8 @@ def test_extraction_stages_each_image_id_once_across_batches(copied: Path) -> No
     seen: dict[str, str] = {}
     first = extraction._readable([copied / "red.png", copied / "blue.png"], skipped, seen)
     second = extraction._readable([copied / "red-again.png"], skipped, seen)
-    assert [Path(i.path).name for i in first] == ["red.png", "blue.png"] and second == []
+    assert [Path(r.images[0].path).name for r in first] == ["red.png", "blue.png"]
+    assert second == []
     ((path, reason),) = skipped
     assert path == str(copied / "red-again.png")
     assert reason.startswith(f"{copied / 'red-again.png'}: duplicate of {copied / 'red.png'} ")

@@ -200,6 +200,7 @@ def insert_activations(
             """
             INSERT INTO activations BY NAME  -- token_index, token_role, tile: NULL
             SELECT 'tiny' AS model, 'synthetic' AS architecture, 'shapes' AS dataset, image_id,
+                   image_id AS row_key, [image_id] AS image_ids,
                    'Describe.' AS prompt, ? AS layer, ? AS pooling, ? AS dim,
                    vector::FLOAT[] AS vector
             FROM incoming
@@ -228,7 +229,7 @@ def test_probe_layers_reads_the_warehouse_and_writes_one_row_per_probe(tmp_path:
     )
     with warehouse.connect() as con:
         con.register("incoming", labels)
-        con.execute("INSERT INTO image_labels SELECT * FROM incoming")
+        con.execute("INSERT INTO row_labels SELECT dataset, image_id, concept, value FROM incoming")
 
     ids, X = load_vectors(warehouse, "tiny", "shapes", "layers.2", "mean")
     order = np.argsort(image_ids)

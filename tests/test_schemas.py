@@ -158,6 +158,7 @@ def pooled_rows(model: str, layer: str, vectors: np.ndarray) -> pa.Table:
             "architecture": ["test"] * n,
             "dataset": ["d"] * n,
             "image_id": [f"img-{i}" for i in range(n)],
+            "row_key": [f"img-{i}" for i in range(n)],
             "layer": [layer] * n,
             "pooling": ["mean"] * n,
             "dim": pa.array([dim] * n, pa.int32()),
@@ -198,6 +199,11 @@ def test_the_similarity_writers_rows_are_their_tables_columns(tmp_path: Path) ->
         {
             "activations": vectors,
             "image_labels": rows_table(schemas.IMAGE_LABELS, labels),
+            "row_labels": rows_table(
+                schemas.ROW_LABELS,
+                [{"dataset": r["dataset"], "row_key": r["image_id"], "concept": r["concept"],
+                  "value": r["value"]} for r in labels],
+            ),  # fmt: skip
             "answers": rows_table(schemas.ANSWERS, answers),
         },
     )

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from lens_assets.capture.adapters.base import image_counts
 from lens_assets.capture.adapters.forward import forward_kwargs as usable_forward_kwargs
+from lens_assets.capture.batching import BatchSizer, fitting_rows
 from lens_assets.capture.hooks import StopForward, capture
 from lens_assets.capture.loading import LoadedModel, load_model, release
 from lens_assets.capture.modules import select_modules
@@ -219,14 +220,16 @@ class ExtractionResult:
 
 
 def _readable(
-    rows: Iterable[RowInput | str | Path], skipped: list[Skipped], seen: set[str] | None = None
+    rows: Iterable[RowInput | str | Path],
+    skipped: list[Skipped],
+    seen: dict[str, str] | None = None,
 ) -> list[LoadedRow]:
     """The rows whose images can all be read, each row once. A bare path is a one-image row
     with no prompt of its own (`lens extract` over a folder), keyed by the image's content, so
     a second file with the same bytes (which would stage every vector twice) is noted in
-    `skipped`, as is a row with an unreadable image. `seen` (row keys) carries across calls."""
-    seen = set() if seen is None else seen
-    first_path: dict[str, str] = {}
+    `skipped`, as is a row with an unreadable image. `seen` (row key -> its first file) carries
+    across calls."""
+    seen = {} if seen is None else seen
     ready = []
     for row in rows:
         paths = (row,) if isinstance(row, str | Path) else row.paths
@@ -241,14 +244,11 @@ def _readable(
             row = RowInput(row_key([image_id], None), (image_id,), (str(paths[0]),))
         if row.row_key in seen:
             if len(images) == 1 and not row.prompt:
-                first = first_path.get(row.row_key, "an earlier file")
-                reason = f"{paths[0]}: {duplicate_of(first, images[0].image_id)}"
+                reason = f"{paths[0]}: {duplicate_of(seen[row.row_key], images[0].image_id)}"
                 log.warning("%s", reason)
                 skipped.append(Skipped(str(paths[0]), reason))
             continue
-        seen.add(row.row_key)
-        if images:
-            first_path[row.row_key] = str(paths[0])
+        seen[row.row_key] = str(paths[0]) if paths else ""
         ready.append(LoadedRow(row, images))
     return ready
 
@@ -265,46 +265,6 @@ def _image_rows(rows: Sequence[LoadedRow], dataset: str) -> pa.Table:
     )  # fmt: skip
 
 
-@dataclass
-class BatchSizer:
-    """The batch size a run can afford.
-
-    With a memory budget, the first batch is a single image: the bytes its hooks hold give a
-    per-image estimate, and later batches are as large as the budget allows (never above the
-    requested size). A CUDA out-of-memory error halves the size and the batch is run again.
-    """
-
-    requested: int
-    budget_bytes: int | None = None
-    oom_retries: int = 0
-    size: int = field(init=False)
-    estimated: bool = field(init=False, default=False)
-
-    def __post_init__(self) -> None:
-        self.size = 1 if self.budget_bytes else self.requested
-
-    def learn(self, bytes_per_image: float) -> None:
-        if not self.budget_bytes or self.estimated or bytes_per_image <= 0:
-            return
-        self.estimated = True
-        affordable = max(1, int(self.budget_bytes // bytes_per_image))
-        self.size = min(self.requested, affordable)
-        if affordable < self.requested:
-            log.info(
-                "batch size %d -> %d: the hooks hold %.1f MiB per image, the budget is %.1f MiB",
-                self.requested, self.size, bytes_per_image / 2**20, self.budget_bytes / 2**20,
-            )  # fmt: skip
-
-    def out_of_memory(self, error: BaseException) -> None:
-        if self.size == 1:
-            raise error
-        self.size //= 2
-        self.oom_retries += 1
-        log.warning("out of device memory; retrying the batch at size %d", self.size)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-
 def stage_dataset(
     loaded: LoadedModel,
     config: ModelConfig,
@@ -319,7 +279,13 @@ def stage_dataset(
     """Run one dataset's rows (or image files, one row each) through the hooked model, batch
     by batch, into the stage."""
     skipped: list[Skipped] = []
-    seen: set[str] = set()  # row keys: a row (a copy of a file) is staged once, across batches
+    seen: dict[str, str] = {}  # row key -> first file: a row is staged once, across batches
+    paths, unfit = fitting_rows(loaded, paths)
+    if unfit:
+        log.warning("%s x %s: %s", loaded.name, dataset, unfit)
+        if not paths:  # a one-image family and a dataset of multi-image rows: nothing to run
+            return DatasetRun(dataset, 0, 0.0, 0, [], batch_size=batch_size,
+                              requested_batch_size=batch_size)  # fmt: skip
     n_images = 0
     sizer = BatchSizer(batch_size, memory_budget)
     clock = time.perf_counter()
