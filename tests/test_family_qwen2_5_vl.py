@@ -1,6 +1,7 @@
 """Qwen2.5-VL (the windowed adapter): the vision tower runs its blocks in window order, and the
 adapter restores raster order, so block rows, merger rows and patch cells line up with the
-image tokens the LLM receives.
+image tokens the LLM receives. Rows of several images (windows never cross images) are tested
+with the other Qwen families in tests/test_family_qwen2_vl.py.
 
 What every family does is in tests/test_families.py."""
 

@@ -119,6 +119,6 @@ class WindowedVisionAdapter(PackedVisionAdapter):
         return super().vision_sequences(name, output, inputs, layout, batch_size)
 
 
-QWEN2_5_VL = WindowedVisionAdapter(vision_segments=VISION_SEGMENTS, max_images=1, text_only=False)
+QWEN2_5_VL = WindowedVisionAdapter(vision_segments=VISION_SEGMENTS)
 
 __all__ = ["QWEN2_5_VL", "WindowedLayout", "WindowedVisionAdapter", "window_order"]
