@@ -93,3 +93,31 @@ LEFT JOIN (
     FROM row_labels WHERE concept = 'label' GROUP BY ALL
 ) AS l
     ON l.row_key = a.row_key AND l.dataset = a.dataset;
+
+-- Accuracy over the rows that know their answer (a blank dataset's rows do not: the blind test
+-- scores them against the real rows that asked the same question).
+CREATE OR REPLACE VIEW answer_accuracy AS
+SELECT model, dataset, concept, count(*) AS n, avg(correct::INTEGER) AS accuracy,
+       avg((answer IS NULL)::INTEGER) AS unparsed
+FROM answers WHERE expected IS NOT NULL GROUP BY ALL;
+
+-- The answer against what the layers encode: a concept's answer accuracy beside the best probe
+-- of the same concept (a label of the rows) and of the question's own answer ("answer:<kind>",
+-- VLM-Lens's CLEVR layout: each question type's answer probed from that question's rows).
+CREATE OR REPLACE VIEW behaviour_vs_competence AS
+WITH best AS (
+    SELECT model, dataset, concept,
+           max(accuracy) AS probe_accuracy,
+           arg_max(selectivity, accuracy) AS selectivity,
+           arg_max(layer, accuracy) AS peak_layer,
+           arg_max(pooling, accuracy) AS peak_pooling
+    FROM probe_results WHERE probe = 'linear' GROUP BY ALL
+)
+SELECT a.model, a.dataset, a.concept, a.n AS questions, a.accuracy AS answer_accuracy,
+       b.probe_accuracy, b.selectivity, b.peak_layer, b.peak_pooling,
+       b.probe_accuracy - a.accuracy AS competence_gap,
+       b.concept AS probe_concept
+FROM answer_accuracy AS a
+JOIN best AS b
+    ON b.model = a.model AND b.dataset = a.dataset
+   AND (b.concept = a.concept OR b.concept = 'answer:' || a.concept);

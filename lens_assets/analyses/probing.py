@@ -24,6 +24,7 @@ from lens_assets.analyses.probe_maths import (
     probing_context,
 )
 from lens_assets.analyses.reading import (
+    answer_labels,
     labelled_datasets,
     load_labels,
     load_vectors,
@@ -43,7 +44,8 @@ def probe_layers(
     datasets: Sequence[str] | None = None,
     concepts: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Probe every labelled concept on every pooled (dataset, layer, pooling) of a model.
+    """Probe every labelled concept on every pooled (dataset, layer, pooling) of a model, and
+    every question kind's answer ("answer:<kind>", over that kind's rows).
 
     Returns one row per (dataset, layer, pooling, concept, probe kind) with the columns of the
     `probe_results` table, in a stable order (layers in natural order: layers.2 before
@@ -58,7 +60,7 @@ def probe_layers(
         ThreadPoolExecutor(settings.n_jobs) as pool,
     ):
         for dataset in labelled_datasets(con, model, datasets):
-            labels = load_labels(con, dataset)
+            labels = load_labels(con, dataset) | answer_labels(con, dataset)
             pictures = row_images(con, dataset)
             chosen = [c for c in labels if concepts is None or c in concepts]
             for layer, pooling in pooled_layers(con, model, dataset):

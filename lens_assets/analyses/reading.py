@@ -107,6 +107,27 @@ def load_image_labels(warehouse: Source, dataset: str) -> dict[str, dict[str, st
     return _by_concept(table, dataset, "image_id")
 
 
+ANSWER_CONCEPT = "answer:"  # + the question kind: what a question-type probe predicts
+
+
+def answer_labels(warehouse: Source, dataset: str) -> dict[str, dict[str, str]]:
+    """Each question kind's expected answers as a concept of its own ("answer:colour",
+    "answer:count", ...): VLM-Lens's CLEVR layout probes every question type's answer from the
+    activations of that question's rows."""
+    table = query(
+        warehouse,
+        "SELECT kind, row_key, any_value(answer) AS answer FROM dataset_rows "
+        "WHERE dataset = ? AND answer IS NOT NULL AND kind IS NOT NULL GROUP BY ALL "
+        "ORDER BY kind, row_key",
+        [dataset],
+    )
+    labels: dict[str, dict[str, str]] = {}
+    columns = (table.column(name).to_pylist() for name in ("kind", "row_key", "answer"))
+    for kind, key, answer in zip(*columns, strict=True):
+        labels.setdefault(ANSWER_CONCEPT + kind, {})[key] = answer
+    return labels
+
+
 def row_images(warehouse: Source, dataset: str) -> dict[str, tuple[str, ...]]:
     """Each row's image ids, in order: what probe folds group by."""
     table = query(
@@ -149,7 +170,10 @@ def labelled_datasets(con: Source, model: str, datasets: Sequence[str] | None) -
         con,
         """
         SELECT DISTINCT dataset FROM activations
-        WHERE model = ? AND dataset IN (SELECT DISTINCT dataset FROM row_labels)
+        WHERE model = ? AND dataset IN (
+            SELECT DISTINCT dataset FROM row_labels
+            UNION SELECT DISTINCT dataset FROM dataset_rows WHERE answer IS NOT NULL
+        )
         ORDER BY dataset
         """,
         [model],
