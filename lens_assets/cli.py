@@ -15,6 +15,7 @@ from lens_assets.tables import format_table
 
 if TYPE_CHECKING:
     from lens_assets.capture.extraction import Skipped
+    from lens_assets.data.rows import RowInput
 
 WAREHOUSE_OPTION = click.option(
     "--warehouse",
@@ -113,16 +114,16 @@ def extract(
     config = _config(config_path)
     warehouse = Warehouse.at(warehouse_root)
     name = _run(lambda: checked_dataset_name(model or model_name(config_path)))
-    dataset_name, paths, refused = _run(
+    dataset_name, rows, refused = _run(
         lambda: _extract_images(config, config_path, input_dir, dataset, warehouse)
     )
-    paths = paths[:limit] if limit else paths
+    rows = rows[:limit] if limit else rows
     result = _run(
         lambda: extract_to_warehouse(
             config,
             name,
             warehouse,
-            {dataset_name: paths},
+            {dataset_name: rows},
             batch_size=batch_size,
             device=device,
             dtype=dtype,
@@ -133,10 +134,10 @@ def extract(
         )
     )
     click.echo(
-        f"{result.model}: {result.n_images} images x {len(result.modules)} modules -> "
+        f"{result.model}: {result.n_images} rows x {len(result.modules)} modules -> "
         f"{result.written} rows written to {dataset_name}; the model now holds {result.rows} "
         f"rows in {warehouse.root} ({result.seconds:.2f} s, "
-        f"{result.seconds / result.n_images * 1000:.1f} ms/image, "
+        f"{result.seconds / max(result.n_images, 1) * 1000:.1f} ms/row, "
         f"peak {result.peak_memory_bytes / 2**20:.0f} MiB)"
     )
     for skip in result.skipped:
@@ -162,38 +163,72 @@ def _record_in_dagster(
 
 
 def _extract_images(config, config_path: str, input_dir: str | None, dataset: str | None,
-                    warehouse) -> tuple[str, list[str | Path], list[Skipped]]:  # fmt: skip
-    """The images `lens extract` runs on: --input-dir, else `input_dir`, else VLM-Lens's
-    `dataset:` block (a Hugging Face dataset, its images written under the warehouse); with
-    the dataset's name and the files refused on the way."""
+                    warehouse) -> tuple[str, list[RowInput], list[Skipped]]:  # fmt: skip
+    """The rows `lens extract` runs on: --input-dir, else `input_dir` (one image per row, the
+    config's prompt), else VLM-Lens's `dataset:` block (a Hugging Face dataset, each row with
+    its own prompt and label, its images written under the warehouse); with the dataset's name
+    and the files refused on the way. The rows are recorded in `dataset_rows` and
+    `row_labels`, so the `tensors` view and the probes read their prompts and labels."""
     from lens_assets.capture.extraction import Skipped
+    from lens_assets.data.collected import DatasetImages
     from lens_assets.data.datasets import checked_dataset_name, collect_images, vlm_lens_dataset
     from lens_assets.data.files import join
-    from lens_assets.data.images import folder_images_within
+    from lens_assets.data.images import (
+        ImageReadError,
+        content_id,
+        duplicate_of,
+        folder_images_within,
+        read_image_file,
+    )
+    from lens_assets.data.rows import RowInput
+    from lens_assets.resources import schemas
 
     folder = input_dir or config.input_dir
     if folder is not None:
         name = checked_dataset_name(dataset or Path(folder).resolve().name)
         paths, refused = folder_images_within(folder)
         skipped = [Skipped(str(path), reason) for path, reason in refused]
-        for skip in skipped:
-            click.echo(f"skipped: {skip.reason}", err=True)
         if not paths:
             raise FileNotFoundError(f"no image files in {folder}")
-        return name, paths, skipped
-    if config.dataset:
+        collected = DatasetImages(name)
+        files: dict[str, str] = {}
+        for path in paths:
+            try:
+                image_id = content_id(read_image_file(path))
+            except ImageReadError as error:
+                skipped.append(Skipped(str(path), str(error)))
+                continue
+            if image_id in files:  # a copy: its bytes are run once, under the first file
+                skipped.append(
+                    Skipped(str(path), f"{path}: {duplicate_of(files[image_id], image_id)}")
+                )
+                continue
+            files[image_id] = str(path)
+            collected.add_row([image_id])
+        rows = [RowInput(r.row_key, r.image_ids, (files[r.image_ids[0]],)) for r in collected.items]
+    elif config.dataset:
         name = checked_dataset_name(dataset or f"{model_name(config_path)}-dataset")
         collected = collect_images(
             name, vlm_lens_dataset(config.dataset), join(warehouse.location.files_root, "datasets")
         )
         skipped = [Skipped(error["path"], error["error"]) for error in collected.errors]
-        for skip in skipped:
-            click.echo(f"skipped: {skip.reason}", err=True)
-        return name, [row["path"] for row in collected.rows], skipped
-    raise ConfigError(
-        f"{config_path} names no images: add `input_dir: FOLDER` (or a VLM-Lens `dataset:` block) "
-        "or pass --input-dir"
-    )
+        rows = [
+            RowInput(r.row_key, r.image_ids,
+                     tuple(str(collected.path_of(i)) for i in r.image_ids), r.prompt)
+            for r in collected.items
+        ]  # fmt: skip
+    else:
+        raise ConfigError(
+            f"{config_path} names no images: add `input_dir: FOLDER` (or a VLM-Lens `dataset:` "
+            "block) or pass --input-dir"
+        )
+    for skip in skipped:
+        click.echo(f"skipped: {skip.reason}", err=True)
+    warehouse.replace_rows("dataset = ?", [name], {
+        "dataset_rows": schemas.rows_table(schemas.DATASET_ROWS, collected.row_records),
+        "row_labels": schemas.rows_table(schemas.ROW_LABELS, collected.row_label_records),
+    })  # fmt: skip
+    return name, rows, skipped
 
 
 @main.command()

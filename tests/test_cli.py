@@ -62,7 +62,7 @@ def test_extract_writes_rows_and_a_run(llava_config: Path, tmp_path: Path) -> No
         "--warehouse", str(warehouse),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "3 images x 3 modules" in result.stdout
+    assert "3 rows x 3 modules" in result.stdout
     counts = lens(
         "sql", "SELECT layer, pooling, count(*) AS n FROM activations GROUP BY ALL ORDER BY ALL",
         "--format", "json", "--warehouse", str(warehouse),
@@ -95,7 +95,7 @@ def test_extract_reports_what_this_run_wrote_and_what_the_model_holds(
                   "--warehouse", str(warehouse))  # fmt: skip
     assert second.exit_code == 0, second.output
     # 2 images x 3 modules x 2 poolings; the first dataset's 18 rows stay.
-    assert "2 images x 3 modules -> 12 rows written to second; the model now holds 30 rows" in (
+    assert "2 rows x 3 modules -> 12 rows written to second; the model now holds 30 rows" in (
         second.stdout
     )
 
@@ -152,7 +152,7 @@ def test_extract_refuses_an_input_dir_link_pointing_outside(
     result = lens("extract", str(llava_config), "--input-dir", str(folder),
                   "--warehouse", str(warehouse))  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "1 images x 3 modules" in result.stdout
+    assert "1 rows x 3 modules" in result.stdout
     assert f"skipped: refused: {folder / 'a.png'} resolves to {first.resolve()}" in result.stderr
 
 
@@ -420,3 +420,31 @@ def test_a_dagster_home_of_the_users_own_is_left_as_it_is(
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "mine"))
     assert dagster_home(tmp_path / "wh") == (tmp_path / "mine").resolve()
     assert not (tmp_path / "mine" / "dagster.yaml").exists()
+
+
+def test_extract_runs_each_dataset_row_with_its_own_question_and_label(
+    tmp_path: Path, tiny_dir: Path, image_dir: Path
+) -> None:
+    """A VLM-Lens dataset asking one image a "yes" and a "no" question is two rows: each
+    prompt reaches the model, and the `tensors` view gives each its own prompt and label."""
+    datasets = pytest.importorskip("datasets")
+    image = sorted(str(p) for p in image_dir.glob("*.png"))[0]
+    data = datasets.Dataset.from_dict(
+        {"image": [image, image], "prompt": ["Is it red?", "Is it a cube?"],
+         "label": ["yes", "no"]}
+    )  # fmt: skip
+    data.cast_column("image", datasets.Image()).save_to_disk(str(tmp_path / "local"))
+    config = tmp_path / "llava-questions.yaml"
+    config.write_text(
+        f"architecture: llava\nmodel_path: {tiny_dir / 'llava'}\n"
+        f"dataset:\n  - local_dataset_path: {tmp_path / 'local'}\n"
+        "modules:\n  - model.language_model.layers.1\npooling_method: last\n"
+    )
+    warehouse = tmp_path / "wh"
+    assert lens("extract", str(config), "--warehouse", str(warehouse)).exit_code == 0
+    rows = lens("sql", "SELECT prompt, label FROM tensors ORDER BY prompt", "--format", "csv",
+                "--warehouse", str(warehouse))  # fmt: skip
+    assert rows.stdout.splitlines()[1:] == ["Is it a cube?,no", "Is it red?,yes"]
+    vectors = lens("sql", "SELECT count(DISTINCT tensor) AS n, count(DISTINCT image_path) AS m "
+                   "FROM tensors", "--format", "csv", "--warehouse", str(warehouse))  # fmt: skip
+    assert vectors.stdout.splitlines()[1] == "2,1"

@@ -416,7 +416,7 @@ def test_lens_extract_input_dir_extracts_a_copy_once(
     result = lens("extract", str(config), "--input-dir", str(copied), "--batch-size", "1",
                   "--device", "cpu")  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "2 images x 1 modules" in result.stdout
+    assert "2 rows x 1 modules" in result.stdout
     duplicate = f"skipped: {copied / 'red.png'}: duplicate of {copied / 'red-again.png'} "
     assert duplicate in result.stderr
     per_image = lens("sql", "SELECT count(*) AS n FROM activations GROUP BY image_id",

@@ -182,7 +182,7 @@ def test_lens_extract_with_the_grant_stores_rows_with_image_roles(
         "extract", str(config), "--batch-size", "2", "--device", "cpu", "--warehouse", warehouse
     )
     assert result.exit_code == 0, result.output
-    assert "5 images x 3 modules" in result.stdout
+    assert "5 rows x 3 modules" in result.stdout
     # AutoConfig, the model class and AutoProcessor all got the grant: each file was imported.
     assert generic.code_that_ran() == [
         "configuration_lens_tiny",
