@@ -310,13 +310,14 @@ def test_configured_patching_study_reads_pairs_from_the_warehouse(
         for concept, value in zip(("word", "font", "background"), combos[image_id], strict=True):
             labels.append({"image_id": image_id, "dataset": "stroop", "concept": concept,
                            "value": value})  # fmt: skip
-        prompts.append({"image_id": image_id, "dataset": "stroop", "prompt_id": 0,
-                        "prompt": question, "answer": background, "kind": "attribute",
-                        "concept": "background"})  # fmt: skip
+        prompts.append({"dataset": "stroop", "row_key": f"row-{image_id}",
+                        "position": len(prompts), "image_ids": [image_id], "prompt": question,
+                        "answer": background, "choices": None, "split": None,
+                        "kind": "attribute", "concept": "background"})  # fmt: skip
     warehouse.replace_dataset_rows(
         ["stroop"],
         {name: pa.Table.from_pylist(rows) for name, rows in
-         (("images", images), ("image_labels", labels), ("prompts", prompts))},
+         (("images", images), ("image_labels", labels), ("dataset_rows", prompts))},
     )  # fmt: skip
     last = _decoder_layers(loaded)[-1]
     settings = PatchingSettings(layers=[last], positions=["all"], max_pairs=4)
