@@ -380,6 +380,8 @@ def test_concept_similarity_measures_the_stroop_cues_per_layer(project: Project)
 def test_vision_vs_vlm_solves_the_visual_tasks_at_every_layer_beside_the_answers(
     project: Project,
 ) -> None:
+    """Each row's task solved from every layer's per-image patch features, and the VLM asked
+    the row's own question with all its images (a dual encoder is not asked)."""
     datasets = project.configs / "datasets"
     (datasets / "correspondence.yaml").write_text("kind: correspondence\nsize: 4\n")
     (datasets / "odd.yaml").write_text("kind: odd_one_out\nsize: 4\npanel_size: 48\n")
@@ -399,26 +401,35 @@ def test_vision_vs_vlm_solves_the_visual_tasks_at_every_layer_beside_the_answers
         *[
             ("tiny-llava", dataset, task, stage, layers)
             for dataset, task in (("correspondence", "correspondence"), ("odd", "odd_one_out"))
-            for stage, layers in (("llm", 2), ("projector", 1), ("vision", 2))
+            for stage, layers in (("llm", 2), ("projector", 1), ("vision", 2), ("vlm", 1))
         ],
     ]
     assert [(r["model"], r["dataset"], r["task"], r["stage"], r["layers"]) for r in counts] == (
         expected
     )
+    # Each item is one dataset row, under its first image.
+    (unmatched,) = rows(
+        "SELECT count(*) AS n FROM vision_vs_vlm_items AS v WHERE NOT EXISTS (SELECT 1 FROM "
+        "dataset_rows AS r WHERE r.dataset = v.dataset AND r.image_ids[1] = v.image_id)"
+    )
+    assert unmatched["n"] == 0
     summary = rows("SELECT * FROM vision_vs_vlm ORDER BY model, dataset, layer_order")
     llava = [r for r in summary if r["model"] == "tiny-llava" and r["dataset"] == "odd"]
-    assert [r["stage"] for r in llava] == ["vision", "vision", "projector", "llm", "llm"]
+    assert [r["stage"] for r in llava] == ["vision", "vision", "projector", "llm", "llm", "vlm"]
+    # The VLM's own answers agree with the answers asset, which asks the same row questions.
     (answered,) = rows(
-        "SELECT avg(correct::INTEGER) AS accuracy FROM answers "
+        "SELECT avg(correct::INTEGER) AS accuracy, min(len(image_ids)) AS images FROM answers "
         "WHERE model = 'tiny-llava' AND dataset = 'odd'"
     )
-    assert all(r["vlm_accuracy"] == pytest.approx(answered["accuracy"]) for r in llava)
-    assert all(r["vlm_accuracy"] is None for r in summary if r["model"] == "tiny-clip")
+    assert answered["images"] == 4
+    assert llava[-1]["feature_accuracy"] == pytest.approx(answered["accuracy"])
+    assert all(r["stage"] != "vlm" for r in summary if r["model"] == "tiny-clip")
     assert all(r["chance"] == 0.25 and r["items"] == 4 for r in summary)
     picture = project.warehouse.root / "reports" / "tiny-llava" / "vision_vs_vlm.png"
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     event = project.instance.get_latest_materialization_event(dg.AssetKey("vision_vs_vlm"))
-    assert "accuracy_by_layer" in event.asset_materialization.metadata
+    metadata = event.asset_materialization.metadata
+    assert "accuracy_by_layer" in metadata and "vlm_not_asked" in metadata
 
 
 def test_interpretability_fills_its_five_tables_and_skips_a_dual_encoder(

@@ -1,77 +1,242 @@
-"""Vision against VLM: the visual tasks solved from each layer's features, item by item.
+"""Vision against VLM: the visual tasks solved from each layer's features, item by item, beside
+the VLM's own answer to the same question.
 
-For every dataset whose labels describe a correspondence or odd-one-out task, the model's
-images go through once with every block of its layer stacks hooked; each layer's patch features
-solve each item (see `visual_tasks`), and one row per (layer, item) records the choice. The
-`vision_vs_vlm` view sets the accuracy per layer beside the model's own answers and chance.
+An item is one dataset row whose labels describe a correspondence, odd-one-out or art-style task
+(see `visual_tasks`): its images in order, its own question, its answer and choices. Two things
+are read off each item:
+
+- the readouts: every image of the row goes through the model with every block of its layer
+  stacks hooked, one image per forward pass (each with the model config's prompt), so each
+  image gets its own patch grid per layer, with patch centres in that image's pixels; the
+  task is solved per layer from those grids (REF's patch in the reference image against the
+  candidates' patches in the other, each view's mean feature against the others', each
+  candidate image against the reference). LLM-layer readouts thus see each image on its own,
+  not beside the row's other images;
+- the VLM: the row's own question, with ALL the row's images in one prompt (as the study asks
+  it), answered greedily and normalised to a choice letter. A family that takes fewer images
+  per prompt than the row has, a model that cannot generate (a dual encoder) or a row without
+  a question of its own is not asked: no answer row is written and the reason is returned (and
+  logged), never an answer to some other question.
+
+One row per (layer, item) records the readout's choice (stages vision, projector, llm), and one
+row per item the VLM's (stage `vlm`, layer `answer`, after the last layer). The
+`vision_vs_vlm` view sets the accuracy per layer beside chance.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+from PIL import Image
 
-from lens_assets.analyses.patches import PatchGrid, StackLayer, patch_grids, stack_layers
-from lens_assets.analyses.reading import labels_by_image
-from lens_assets.analyses.visual_tasks import (
-    LETTERS,
-    CorrespondenceItem,
-    OddOneOutItem,
-    correspondence_items,
-    odd_one_out_items,
-    solve_correspondence,
-    solve_odd_one_out,
-    task_of,
+from lens_assets.analyses.behaviour import (
+    BehaviourNotSupported,
+    generate_answers,
+    normalise_answer,
+    require_generation,
 )
+from lens_assets.analyses.patches import PatchGrid, StackLayer, patch_grids, stack_layers
+from lens_assets.analyses.visual_tasks import Item, TaskLabelError, solve, task_item, task_of
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.data.images import load_image
 from lens_assets.resources.schemas import VISION_VS_VLM_ITEMS, rows_table
 from lens_assets.resources.warehouse import Warehouse
 
-Item = CorrespondenceItem | OddOneOutItem
+log = logging.getLogger(__name__)
+
+VLM_STAGE, VLM_LAYER = "vlm", "answer"  # the rows holding the VLM's own answers
+ANSWER_TOKENS = 5  # as the answers asset asks: room for "The answer is B"
 
 
-def task_datasets(warehouse: Warehouse, datasets: Sequence[str]) -> dict[str, str]:
-    """The datasets among `datasets` that hold a visual task, and which task."""
-    found = {}
-    for dataset in datasets:
-        task = task_of(labels_by_image(warehouse, dataset))
-        if task is not None:
-            found[dataset] = task
+@dataclass(frozen=True)
+class TaskRow:
+    """One dataset row that is an item of a visual task."""
+
+    dataset: str
+    row_key: str
+    position: int
+    task: str
+    item: Item
+    image_ids: tuple[str, ...]
+    paths: tuple[str, ...]
+    prompt: str | None  # the row's own question (None: it has none)
+    choices: tuple[str, ...] | None
+
+
+@dataclass
+class Solved:
+    """The rows of `vision_vs_vlm_items`, and why the VLM was not asked where it was not."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def table(self) -> pa.Table:
+        return rows_table(VISION_VS_VLM_ITEMS, self.rows)
+
+
+def task_rows(warehouse: Warehouse, dataset: str) -> list[TaskRow]:
+    """The dataset's rows that are visual-task items, in the dataset's order."""
+    rows = warehouse.fetch_arrow(
+        "SELECT row_key, position, image_ids, prompt, choices FROM dataset_rows "
+        "WHERE dataset = ? ORDER BY position",
+        [dataset],
+    ).to_pylist()
+    labels: dict[str, dict[str, str]] = {}
+    for label in warehouse.fetch_arrow(
+        "SELECT row_key, concept, min(value) AS value FROM row_labels "
+        "WHERE dataset = ? AND value IS NOT NULL GROUP BY ALL",
+        [dataset],
+    ).to_pylist():
+        labels.setdefault(label["row_key"], {})[label["concept"]] = label["value"]
+    paths = {
+        image["image_id"]: image["path"]
+        for image in warehouse.fetch_arrow(
+            "SELECT image_id, min(path) AS path FROM images WHERE dataset = ? GROUP BY ALL",
+            [dataset],
+        ).to_pylist()
+    }
+    found = []
+    for row in rows:
+        mine = labels.get(row["row_key"], {})
+        task = task_of(mine)
+        if task is None:
+            continue
+        ids = tuple(row["image_ids"] or ())
+        try:
+            item = task_item(mine, len(ids), str(row["position"]))
+        except TaskLabelError as error:
+            raise TaskLabelError(f"dataset {dataset}, row {row['position']}: {error}") from None
+        assert item is not None
+        missing = [image_id for image_id in ids if image_id not in paths]
+        if missing:
+            raise TaskLabelError(
+                f"dataset {dataset}, row {row['position']}: image {missing[0]} is not in `images`"
+            )
+        found.append(
+            TaskRow(
+                dataset, row["row_key"], row["position"], task, item, ids,
+                tuple(paths[image_id] for image_id in ids), row["prompt"] or None,
+                tuple(row["choices"]) if row["choices"] else None,
+            )
+        )  # fmt: skip
     return found
 
 
-def _images_of(item: Item) -> tuple[str, ...]:
-    if isinstance(item, CorrespondenceItem):
-        return item.reference, item.target
-    return (item.image,)
+def task_datasets(warehouse: Warehouse, datasets: Sequence[str]) -> dict[str, list[str]]:
+    """The datasets among `datasets` that hold visual-task items, and which tasks."""
+    found = {}
+    for dataset in datasets:
+        tasks = sorted({row.task for row in task_rows(warehouse, dataset)})
+        if tasks:
+            found[dataset] = tasks
+    return found
 
 
-def _solve(item: Item, grids: dict[str, dict[str, PatchGrid]], layer: str) -> str | None:
-    """The item's choice at `layer`, or None where a view has no image positions there."""
-    if isinstance(item, CorrespondenceItem):
-        reference, target = grids[item.reference].get(layer), grids[item.target].get(layer)
-        if reference is None or target is None:
-            return None
-        return solve_correspondence(reference, target, item)
-    grid = grids[item.image].get(layer)
-    return None if grid is None else solve_odd_one_out(grid, item)
+# -- the VLM's answer ------------------------------------------------------------------------
 
 
-def _batches(items: Sequence[Item], batch_size: int) -> Iterator[list[Item]]:
-    """Whole items per batch (a correspondence pair never splits), about `batch_size` images."""
-    batch: list[Item] = []
+def unaskable(loaded: LoadedModel, row: TaskRow) -> str | None:
+    """Why the VLM cannot be asked this row's question as the study asks it (all the row's
+    images in one prompt), or None when it can."""
+    try:
+        require_generation(loaded)
+    except BehaviourNotSupported as reason:
+        return str(reason)
+    most = loaded.architecture.adapter.max_images
+    if most is not None and len(row.image_ids) > most:
+        return (
+            f"model {loaded.name!r} (architecture {loaded.architecture.name!r}) takes at most "
+            f"{most} image(s) per prompt and a {row.task} question shows {len(row.image_ids)} "
+            "together; it is not asked (one image at a time is not the task's question)"
+        )
+    if row.prompt is None:
+        return f"a {row.task} row of {row.dataset} has no question of its own"
+    return None
+
+
+def vlm_choice(text: str | None, row: TaskRow) -> str | None:
+    """The choice letter a free-text answer names (through the row's choices where it spells
+    them its own way, "(A)" say), or None when it names none or several."""
+    letters = row.item.letters
+    vocabulary = (
+        list(row.choices) if row.choices and len(row.choices) == len(letters) else list(letters)
+    )
+    said = normalise_answer(text, vocabulary)
+    return None if said is None else letters[vocabulary.index(said)]
+
+
+def ask_vlm(
+    loaded: LoadedModel,
+    rows: Sequence[TaskRow],
+    pictures: Sequence[Sequence[Image.Image]],
+    batch_size: int,
+) -> list[str | None]:
+    """The VLM's choice per row: the row's question with all its images in one prompt."""
+    texts = generate_answers(
+        loaded,
+        [list(images) for images in pictures],
+        [row.prompt or "" for row in rows],
+        max_new_tokens=ANSWER_TOKENS,
+        batch_size=max(batch_size, 1),
+    )
+    return [vlm_choice(text, row) for text, row in zip(texts, rows, strict=True)]
+
+
+# -- the readouts ----------------------------------------------------------------------------
+
+
+def _batches(rows: Sequence[TaskRow], batch_size: int) -> Iterator[list[TaskRow]]:
+    """Whole rows per batch (a row's images never split), about `batch_size` images."""
+    batch: list[TaskRow] = []
     images = 0
-    for item in items:
-        if batch and images + len(_images_of(item)) > max(batch_size, 2):
+    for row in rows:
+        if batch and images + len(row.image_ids) > batch_size:
             yield batch
             batch, images = [], 0
-        batch.append(item)
-        images += len(_images_of(item))
+        batch.append(row)
+        images += len(row.image_ids)
     if batch:
         yield batch
+
+
+def row_grids(
+    loaded: LoadedModel,
+    pictures: Sequence[Sequence[Image.Image]],
+    prompt: str,
+    layers: Sequence[str],
+) -> list[list[dict[str, PatchGrid]]]:
+    """Per row, per image of the row: the patch grid of each layer that holds image positions
+    (every image its own one-image forward pass, all in one batch)."""
+    flat = [image for images in pictures for image in images]
+    grids = patch_grids(loaded, flat, prompt, layers) if flat else []
+    out, start = [], 0
+    for images in pictures:
+        out.append(grids[start : start + len(images)])
+        start += len(images)
+    return out
+
+
+def _row(loaded: LoadedModel, row: TaskRow, layer: StackLayer | None, order: int,
+         choice: str | None) -> dict[str, Any]:  # fmt: skip
+    return {
+        "model": loaded.name,
+        "dataset": row.dataset,
+        "task": row.task,
+        "stage": VLM_STAGE if layer is None else layer.stage,
+        "layer": VLM_LAYER if layer is None else layer.name,
+        "layer_order": order,
+        "item": row.item.item,
+        "image_id": row.image_ids[0],
+        "choice": choice,
+        "answer": row.item.answer,
+        "correct": choice == row.item.answer,
+        "options": len(row.item.letters),
+    }
 
 
 def solve_dataset(
@@ -81,50 +246,34 @@ def solve_dataset(
     prompt: str,
     batch_size: int,
     layers: Sequence[StackLayer] | None = None,
-) -> list[dict[str, Any]]:
-    """One row per (layer, item) of one dataset."""
-    labels = labels_by_image(warehouse, dataset)
-    task = task_of(labels)
-    if task is None:
-        return []
-    items: list[Item] = list(
-        correspondence_items(labels) if task == "correspondence" else odd_one_out_items(labels)
-    )
-    found = warehouse.fetch_arrow(
-        "SELECT image_id, any_value(path) AS path FROM images WHERE dataset = ? GROUP BY ALL",
-        [dataset],
-    ).to_pylist()
-    paths = {row["image_id"]: row["path"] for row in found}
+) -> Solved:
+    """One row per (layer, item) of one dataset, and one per item the VLM was asked."""
+    rows = task_rows(warehouse, dataset)
+    solved = Solved()
+    if not rows:
+        return solved
     layers = list(layers or stack_layers(loaded.model, loaded.architecture.adapter.is_vision))
     names = [layer.name for layer in layers]
-    order = {name: index for index, name in enumerate(names)}
-    rows: list[dict[str, Any]] = []
-    for batch in _batches(items, batch_size):
-        ids = [image_id for item in batch for image_id in _images_of(item)]
-        pictures = [load_image(paths[image_id]).image for image_id in ids]
-        grids = dict(zip(ids, patch_grids(loaded, pictures, prompt, names), strict=True))
-        for layer in layers:
-            for item in batch:
-                choice = _solve(item, grids, layer.name)
-                if choice is None:
-                    continue
-                rows.append(
-                    {
-                        "model": loaded.name,
-                        "dataset": dataset,
-                        "task": task,
-                        "stage": layer.stage,
-                        "layer": layer.name,
-                        "layer_order": order[layer.name],
-                        "item": item.item,
-                        "image_id": _images_of(item)[-1],
-                        "choice": choice,
-                        "answer": item.answer,
-                        "correct": choice == item.answer,
-                        "options": len(LETTERS),
-                    }
-                )
-    return rows
+    gaps = {row.row_key: unaskable(loaded, row) for row in rows}
+    for reason, count in Counter(g for g in gaps.values() if g is not None).items():
+        note = f"{dataset}: {count} of {len(rows)} items not asked of the VLM: {reason}"
+        log.info("%s: %s", loaded.name, note)
+        solved.skipped.append(note)
+    for batch in _batches(rows, max(batch_size, 1)):
+        pictures = [[load_image(path).image for path in row.paths] for row in batch]
+        grids = row_grids(loaded, pictures, prompt, names)
+        for order, layer in enumerate(layers):
+            for row, per_image in zip(batch, grids, strict=True):
+                choice = solve(row.item, [grid.get(layer.name) for grid in per_image])
+                if choice is not None:
+                    solved.rows.append(_row(loaded, row, layer, order, choice))
+        asked = [(row, images) for row, images in zip(batch, pictures, strict=True)
+                 if gaps[row.row_key] is None]  # fmt: skip
+        if asked:
+            choices = ask_vlm(loaded, [r for r, _ in asked], [i for _, i in asked], len(asked))
+            for (row, _), choice in zip(asked, choices, strict=True):
+                solved.rows.append(_row(loaded, row, None, len(layers), choice))
+    return solved
 
 
 def vision_vs_vlm_table(
@@ -133,12 +282,13 @@ def vision_vs_vlm_table(
     datasets: Sequence[str],
     prompt: str,
     batch_size: int,
-) -> pa.Table:
-    """Every visual-task dataset among `datasets`, solved at every stack layer."""
+) -> Solved:
+    """Every visual-task item among `datasets`, solved at every stack layer and asked of the
+    VLM where it can be asked."""
     layers = stack_layers(loaded.model, loaded.architecture.adapter.is_vision)
-    rows = [
-        row
-        for dataset in datasets
-        for row in solve_dataset(loaded, warehouse, dataset, prompt, batch_size, layers)
-    ]
-    return rows_table(VISION_VS_VLM_ITEMS, rows)
+    solved = Solved()
+    for dataset in datasets:
+        part = solve_dataset(loaded, warehouse, dataset, prompt, batch_size, layers)
+        solved.rows.extend(part.rows)
+        solved.skipped.extend(part.skipped)
+    return solved

@@ -1,41 +1,58 @@
-"""Vision against VLM: visual tasks solved from every layer's features, beside the answers."""
+"""Vision against VLM: visual tasks solved from every layer's features, beside the VLM's own
+answer to the same multi-image question."""
 
-from dagster import MaterializeResult
+from typing import Any
+
+from dagster import MaterializeResult, MetadataValue
 
 from lens_assets.analyses.reports import vision_vs_vlm_by_layer
-from lens_assets.analyses.vision_vs_vlm import vision_vs_vlm_table
-from lens_assets.orchestration.assets import IMAGE_LABELS, IMAGES
-from lens_assets.orchestration.behaviour import answers
+from lens_assets.analyses.vision_vs_vlm import VLM_STAGE, vision_vs_vlm_table
+from lens_assets.orchestration.assets import DATASET_ROWS, IMAGES, ROW_LABELS
 from lens_assets.orchestration.metadata import markdown_table, picture_metadata
 from lens_assets.orchestration.partitions import ModelStep, per_model_asset
 from lens_assets.orchestration.sources import MODEL_CONFIG
 
-VISION_VS_VLM_VERSION = "1"
+VISION_VS_VLM_VERSION = "2"  # 2: items are dataset rows; the VLM is asked the row's question
+
+
+def by_layer(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The view's rows per layer, each with the VLM's accuracy on the same items from this
+    asset's own answer rows (stage `vlm`), None where the VLM was not asked."""
+    vlm = {(r["dataset"], r["task"]): r["feature_accuracy"] for r in summary
+           if r["stage"] == VLM_STAGE}  # fmt: skip
+    return [
+        {**r, "vlm_accuracy": vlm.get((r["dataset"], r["task"]))}
+        for r in summary
+        if r["stage"] != VLM_STAGE
+    ]
 
 
 @per_model_asset(
     group="analyses",
-    deps=[MODEL_CONFIG, IMAGES, IMAGE_LABELS, answers],
+    deps=[MODEL_CONFIG, IMAGES, DATASET_ROWS, ROW_LABELS],
     code_version=VISION_VS_VLM_VERSION,
     loads_model=True,
-    description="Correspondence and odd-one-out items solved from the patch features of every "
-    "vision-tower block, projector and LLM layer, beside the model's own answer and chance "
+    description="Correspondence, odd-one-out and art-style rows solved from the per-image patch "
+    "features of every vision-tower block, projector and LLM layer, beside the VLM's own answer "
+    "to the row's question asked with all its images in one prompt, and chance "
     "(table vision_vs_vlm_items, view vision_vs_vlm).",
 )
 def vision_vs_vlm(step: ModelStep) -> MaterializeResult:
     name = step.name
     with step.warehouse.session() as wh:
         with step.load(wh) as loaded:
-            table = vision_vs_vlm_table(
+            solved = vision_vs_vlm_table(
                 loaded, wh, step.datasets(), step.config.prompt or "", step.batch_size
             )
+        table = solved.table()
         wh.replace_model_rows("vision_vs_vlm_items", name, table)
-        summary = wh.fetch_arrow(
-            "SELECT dataset, task, stage, layer, layer_order, items, feature_accuracy, "
-            "vlm_accuracy, chance FROM vision_vs_vlm WHERE model = ? ORDER BY dataset, "
-            "layer_order",
-            [name],
-        ).to_pylist()
+        summary = by_layer(
+            wh.fetch_arrow(
+                "SELECT dataset, task, stage, layer, layer_order, items, feature_accuracy, "
+                "chance FROM vision_vs_vlm WHERE model = ? ORDER BY dataset, task, layer_order",
+                [name],
+            ).to_pylist()
+        )
         picture = vision_vs_vlm_by_layer(
             summary, name, wh.root / "reports" / name / "vision_vs_vlm.png"
         )
@@ -45,10 +62,13 @@ def vision_vs_vlm(step: ModelStep) -> MaterializeResult:
         for row in summary
     ]  # fmt: skip
     step.context.log.info(f"{name}: {table.num_rows} item solutions")
+    for reason in solved.skipped:
+        step.context.log.info(f"{name}: {reason}")
     return MaterializeResult(
         metadata={
             "rows": table.num_rows,
             "by_layer": markdown_table(shown),
+            "vlm_not_asked": MetadataValue.json(solved.skipped),
             **picture_metadata("accuracy_by_layer", picture, "accuracy by layer"),
         }
     )
