@@ -243,6 +243,8 @@ ATTENTION_MAPS = pa.schema(
         ("grid_cols", _INT),
         ("weights", pa.list_(_FLOAT)),
         ("image_share", _DOUBLE),
+        ("row_key", _TEXT),
+        ("image_index", _INT),
     ]
 )
 LOGIT_LENS = pa.schema(

@@ -32,6 +32,9 @@ ALTER TABLE activations ALTER COLUMN image_id DROP NOT NULL;
 ALTER TABLE answers ADD COLUMN IF NOT EXISTS row_key VARCHAR;
 ALTER TABLE answers ADD COLUMN IF NOT EXISTS image_ids VARCHAR[];
 ALTER TABLE answers ALTER COLUMN image_id DROP NOT NULL;
+-- Attention to each image of a row: one map per (row, image, layer, head).
+ALTER TABLE attention_maps ADD COLUMN IF NOT EXISTS row_key VARCHAR;
+ALTER TABLE attention_maps ADD COLUMN IF NOT EXISTS image_index INTEGER;
 
 -- Upgrade in place: every image of an image-keyed warehouse was one row with no prompt of its
 -- own (the model config's prompt was asked), and every question about an image one row more.

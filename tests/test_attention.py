@@ -288,3 +288,29 @@ def test_overlay_renders_the_head_mean_map_over_the_image(tmp_path: Path) -> Non
     )
     with Image.open(out) as picture:
         assert picture.format == "PNG" and picture.width > 100
+
+
+@pytest.mark.parametrize("architecture", ["llava", "qwen2-vl"])
+def test_a_two_image_row_gets_one_map_per_image_and_their_shares_add_up(
+    architecture: str, load_tiny: Callable[[str], LoadedModel], images: list[Image.Image]
+) -> None:
+    """Attention to each image's tokens: a row of two images gives each its own map (on its
+    own grid where the family lays one out), and their shares are the attention on the row's
+    image tokens."""
+    loaded = load_tiny(architecture)
+    row = [[images[1], images[3]]]
+    capture = answer_attention(loaded, row, PROMPTS[:1], [LAYER_1])
+    image = capture.inputs["input_ids"][0].cpu() == loaded.layout.image_token_id
+    total = (capture.weights[LAYER_1][0] * image).sum(dim=-1)  # (heads,)
+    table = attention_maps(
+        loaded, row, PROMPTS[:1], [LAYER_1], image_ids=[["a", "b"]], row_keys=["r"]
+    ).to_pylist()
+    assert {(r["image_id"], r["image_index"]) for r in table} == {("a", 0), ("b", 1)}
+    assert {r["row_key"] for r in table} == {"r"}
+    for head in range(len(total)):
+        shares = [r["image_share"] for r in table if r["head"] == head]
+        assert sum(shares) == pytest.approx(float(total[head]), abs=1e-5)
+        assert all(share > 0 for share in shares)
+    first, second = (next(r for r in table if r["image_index"] == k) for k in (0, 1))
+    assert len(first["weights"]) == int((capture.image_index[0] == 0).sum())
+    assert len(second["weights"]) == int((capture.image_index[0] == 1).sum())

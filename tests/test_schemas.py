@@ -201,9 +201,16 @@ def test_the_similarity_writers_rows_are_their_tables_columns(tmp_path: Path) ->
             "image_labels": rows_table(schemas.IMAGE_LABELS, labels),
             "row_labels": rows_table(
                 schemas.ROW_LABELS,
-                [{"dataset": r["dataset"], "row_key": r["image_id"], "concept": r["concept"],
-                  "value": r["value"]} for r in labels],
-            ),  # fmt: skip
+                [
+                    {
+                        "dataset": r["dataset"],
+                        "row_key": r["image_id"],
+                        "concept": r["concept"],
+                        "value": r["value"],
+                    }
+                    for r in labels
+                ],
+            ),
             "answers": rows_table(schemas.ANSWERS, answers),
         },
     )

@@ -29,7 +29,7 @@ from PIL import Image
 from torch import nn
 from transformers import BatchFeature
 
-from lens_assets.capture.adapters.base import PatchGridError
+from lens_assets.capture.adapters.base import Adapter, PatchGridError, image_counts, per_sample
 from lens_assets.capture.hooks import StopForward, watch_outputs
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.capture.modules import natural_key, select_modules
@@ -68,6 +68,7 @@ class AnswerAttention:
     roles: torch.Tensor  # (batch, keys) TokenRole values
     answer: torch.Tensor  # (batch,) the answer position of each sample
     inputs: BatchFeature
+    image_index: torch.Tensor | None = None  # (batch, keys): which of the row's images, or -1
 
 
 def answer_positions(inputs: BatchFeature) -> torch.Tensor:
@@ -203,16 +204,22 @@ def answer_attention(
         adapter.forward(model, inputs, kwargs)
     watch.require("select decoder layers the image and prompt pass through")
     roles = adapter.text_roles(inputs, loaded.layout)
+    index = adapter.text_image_index(inputs, roles)
     return AnswerAttention(
         list(selected), {layer: rows[layer].cpu() for layer in selected}, roles.cpu(),
-        answer.cpu(), inputs,
+        answer.cpu(), inputs, index.cpu(),
     )  # fmt: skip
 
 
 def image_grid(
-    loaded: LoadedModel, capture: AnswerAttention, layer: str, sample: int
+    loaded: LoadedModel,
+    capture: AnswerAttention,
+    layer: str,
+    sample: int,
+    image_index: int | None = None,
 ) -> tuple[np.ndarray, int | None, int | None, np.ndarray]:
-    """A sample's answer-position attention at `layer` on its image's patch grid.
+    """A sample's answer-position attention at `layer` on its image's patch grid; with
+    `image_index`, on that one of the row's images (its share is the attention on its tokens).
 
     Returns (maps, rows, cols, image_share): maps is (heads, rows, cols), or (heads, image
     tokens) in sequence order with rows and cols None where the adapter cannot place the
@@ -220,12 +227,17 @@ def image_grid(
     """
     weights = capture.weights[layer][sample].numpy()  # (heads, keys)
     image = (capture.roles[sample] == TokenRole.IMAGE).numpy()
+    if image_index is not None and capture.image_index is not None:
+        image &= (capture.image_index[sample] == image_index).numpy()
     on_image = weights[:, image]
     share = on_image.sum(axis=1, dtype=np.float64)
     if not image.any():
         return on_image, None, None, share
     adapter = loaded.architecture.adapter
     try:
+        several = image_counts(capture.inputs, len(capture.answer))[sample] > 1
+        if several and not _grid_per_image(adapter):
+            raise PatchGridError("a row of several images: kept in token order per image")
         cells = adapter.patch_cells(layer, int(image.sum()), capture.inputs, loaded.layout, sample)
     except PatchGridError as reason:
         log.info("%s: attention of sample %d kept in token order: %s", layer, sample, reason)
@@ -241,39 +253,59 @@ def _batches(count: int, batch_size: int) -> Iterator[slice]:
         yield slice(start, min(start + batch_size, count))
 
 
+def _grid_per_image(adapter: Any) -> bool:
+    """Whether the adapter lays one image of a several-image row on its grid from its token
+    count alone (the generic square grid); others keep such rows in token order."""
+    return type(adapter).patch_cells is Adapter.patch_cells
+
+
 def attention_maps(
     loaded: LoadedModel,
-    images: Sequence[Image.Image],
+    images: Sequence[Any],
     prompts: Sequence[str],
     layers: Sequence[str],
-    image_ids: Sequence[str | None] | None = None,
+    image_ids: Sequence[Any] | None = None,
     batch_size: int = 8,
     forward_kwargs: dict[str, Any] | None = None,
+    row_keys: Sequence[str | None] | None = None,
 ) -> pa.Table:
-    """Rows of `attention_maps`: one per (image and prompt, selected layer, head)."""
+    """Rows of `attention_maps`: one per (row, image of the row, selected layer, head). A row
+    is an image and its prompt, or its list of images (`image_ids` then holds each row's list
+    of ids): each image of the row gets its own map and its own share of the attention."""
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts; pair them one to one")
-    ids = list(image_ids) if image_ids is not None else [None] * len(images)
+    pictures = per_sample(images)
+    ids = [
+        list(i) if isinstance(i, list | tuple) else [i]
+        for i in (image_ids if image_ids is not None else [None] * len(images))
+    ]
+    keys = list(row_keys) if row_keys is not None else [None] * len(images)
     records: list[dict[str, Any]] = []
     for part in _batches(len(images), batch_size):
-        capture = answer_attention(loaded, images[part], prompts[part], layers, forward_kwargs)
-        for offset, (image_id, prompt) in enumerate(zip(ids[part], prompts[part], strict=True)):
+        capture = answer_attention(loaded, pictures[part], prompts[part], layers, forward_kwargs)
+        for offset, prompt in enumerate(prompts[part]):
+            row = part.start + offset
+            shown = range(len(pictures[row])) if len(pictures[row]) > 1 else [None]
             for layer in capture.layers:
-                maps, rows, cols, share = image_grid(loaded, capture, layer, offset)
-                for head in range(maps.shape[0]):
-                    records.append(
-                        {
-                            "model": loaded.name,
-                            "image_id": image_id,
-                            "prompt": prompt,
-                            "layer": layer,
-                            "head": head,
-                            "grid_rows": rows,
-                            "grid_cols": cols,
-                            "weights": maps[head].reshape(-1),
-                            "image_share": float(share[head]),
-                        }
-                    )
+                for k in shown:
+                    maps, rows, cols, share = image_grid(loaded, capture, layer, offset, k)
+                    image_id = ids[row][k or 0] if ids[row] else None
+                    for head in range(maps.shape[0]):
+                        records.append(
+                            {
+                                "model": loaded.name,
+                                "image_id": image_id,
+                                "prompt": prompt,
+                                "layer": layer,
+                                "head": head,
+                                "grid_rows": rows,
+                                "grid_cols": cols,
+                                "weights": maps[head].reshape(-1),
+                                "image_share": float(share[head]),
+                                "row_key": keys[row],
+                                "image_index": 0 if k is None else k,
+                            }
+                        )
     return pa.Table.from_pylist(records, schema=ATTENTION_MAP_ROWS)
 
 
