@@ -124,3 +124,19 @@ FROM answer_accuracy AS a
 JOIN best AS b
     ON b.model = a.model AND b.dataset = a.dataset
    AND (b.concept = a.concept OR b.concept = 'answer:' || a.concept);
+
+-- Vision against VLM over rows: each layer's accuracy from per-image features beside the VLM's
+-- own answer to the row's question asked with all its images in one prompt (the items' `vlm`
+-- rows), and chance. vlm_accuracy is NULL where the VLM was not asked (a dual encoder, or a
+-- family that takes one image per prompt).
+CREATE OR REPLACE VIEW vision_vs_vlm AS
+WITH vlm AS (
+    SELECT model, dataset, task, avg(correct::INTEGER) AS vlm_accuracy
+    FROM vision_vs_vlm_items WHERE stage = 'vlm' GROUP BY ALL
+)
+SELECT s.model, s.dataset, s.task, s.stage, s.layer, s.layer_order, count(*) AS items,
+       avg(s.correct::INTEGER) AS feature_accuracy, any_value(v.vlm_accuracy) AS vlm_accuracy,
+       avg(1.0 / s.options) AS chance
+FROM vision_vs_vlm_items AS s LEFT JOIN vlm AS v USING (model, dataset, task)
+WHERE s.stage <> 'vlm'
+GROUP BY s.model, s.dataset, s.task, s.stage, s.layer, s.layer_order;

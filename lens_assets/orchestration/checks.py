@@ -43,7 +43,7 @@ def _check(name: str, finding: Callable[[Warehouse, str], integrity.Finding], do
 
 
 ACTIVATION_CHECKS: list[AssetChecksDefinition] = [
-    _check("row_count", integrity.row_counts, "Rows = images x layers x poolings."),
+    _check("row_count", integrity.row_counts, "Rows = dataset rows x layers x poolings."),
     _check("finite_values", integrity.finite_values, "No NaN or Inf in any vector."),
     _check("one_dim_per_layer", integrity.one_dimension_per_layer, "One width per layer."),
 ]

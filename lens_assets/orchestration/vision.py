@@ -1,30 +1,16 @@
 """Vision against VLM: visual tasks solved from every layer's features, beside the VLM's own
 answer to the same multi-image question."""
 
-from typing import Any
-
 from dagster import MaterializeResult, MetadataValue
 
 from lens_assets.analyses.reports import vision_vs_vlm_by_layer
-from lens_assets.analyses.vision_vs_vlm import VLM_STAGE, vision_vs_vlm_table
+from lens_assets.analyses.vision_vs_vlm import vision_vs_vlm_table
 from lens_assets.orchestration.assets import DATASET_ROWS, IMAGES, ROW_LABELS
 from lens_assets.orchestration.metadata import markdown_table, picture_metadata
 from lens_assets.orchestration.partitions import ModelStep, per_model_asset
 from lens_assets.orchestration.sources import MODEL_CONFIG
 
 VISION_VS_VLM_VERSION = "2"  # 2: items are dataset rows; the VLM is asked the row's question
-
-
-def by_layer(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The view's rows per layer, each with the VLM's accuracy on the same items from this
-    asset's own answer rows (stage `vlm`), None where the VLM was not asked."""
-    vlm = {(r["dataset"], r["task"]): r["feature_accuracy"] for r in summary
-           if r["stage"] == VLM_STAGE}  # fmt: skip
-    return [
-        {**r, "vlm_accuracy": vlm.get((r["dataset"], r["task"]))}
-        for r in summary
-        if r["stage"] != VLM_STAGE
-    ]
 
 
 @per_model_asset(
@@ -46,13 +32,12 @@ def vision_vs_vlm(step: ModelStep) -> MaterializeResult:
             )
         table = solved.table()
         wh.replace_model_rows("vision_vs_vlm_items", name, table)
-        summary = by_layer(
-            wh.fetch_arrow(
-                "SELECT dataset, task, stage, layer, layer_order, items, feature_accuracy, "
-                "chance FROM vision_vs_vlm WHERE model = ? ORDER BY dataset, task, layer_order",
-                [name],
-            ).to_pylist()
-        )
+        summary = wh.fetch_arrow(
+            "SELECT dataset, task, stage, layer, layer_order, items, feature_accuracy, "
+            "vlm_accuracy, chance FROM vision_vs_vlm WHERE model = ? "
+            "ORDER BY dataset, task, layer_order",
+            [name],
+        ).to_pylist()
         picture = vision_vs_vlm_by_layer(
             summary, name, wh.root / "reports" / name / "vision_vs_vlm.png"
         )
