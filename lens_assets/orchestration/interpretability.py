@@ -46,7 +46,7 @@ from lens_assets.capture.modules import select_modules, short_layer
 from lens_assets.catalog import settings_version
 from lens_assets.config import configs_dir
 from lens_assets.data.images import load_image
-from lens_assets.orchestration.assets import IMAGE_LABELS, IMAGES, PROMPTS
+from lens_assets.orchestration.assets import DATASET_ROWS, IMAGE_LABELS, IMAGES, PROMPTS
 from lens_assets.orchestration.metadata import markdown_image, markdown_table
 from lens_assets.orchestration.partitions import ModelStep, per_model_asset
 from lens_assets.orchestration.sources import MODEL_CONFIG
@@ -82,9 +82,9 @@ def settings() -> InterpretabilitySettings:
 
 @per_model_asset(
     group="interpretability",
-    deps=[MODEL_CONFIG, IMAGES, PROMPTS, IMAGE_LABELS],
+    deps=[MODEL_CONFIG, IMAGES, PROMPTS, IMAGE_LABELS, DATASET_ROWS],
     # The settings file is part of the code: editing it makes every model stale.
-    code_version=f"1-{settings_version(SETTINGS_FILE)}",
+    code_version=f"2-{settings_version(SETTINGS_FILE)}",
     loads_model=True,
     description=DESCRIPTIONS,  # five assets, one step: the model loads once for all of them
 )
@@ -155,7 +155,10 @@ def analyse(
     ids = [q["image_id"] for q in questions]
     names = loaded.module_names
     attention_layers = select_modules(names, chosen.attention.layers)
-    attention = attention_maps(loaded, images, prompts, attention_layers, ids, batch_size)
+    keys = [q.get("row_key") for q in questions]
+    attention = attention_maps(
+        loaded, images, prompts, attention_layers, ids, batch_size, row_keys=keys
+    )
     lens = logit_lens(
         loaded, images, prompts, [q["expected"] for q in questions], ids,
         top_k=chosen.logit_lens.top_k, batch_size=batch_size,
