@@ -39,7 +39,8 @@ def test_schema_comes_from_the_sql_folder(warehouse: Warehouse) -> None:
     assert "tensors" in views
     assert columns == [
         "model", "architecture", "dataset", "image_id", "prompt", "layer", "pooling",
-        "token_index", "token_role", "dim", "vector", "tile",
+        "token_index", "token_role", "dim", "vector", "tile", "row_key", "image_ids",
+        "image_index",
     ]  # fmt: skip
 
 
