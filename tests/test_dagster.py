@@ -366,7 +366,8 @@ def test_concept_similarity_measures_the_stroop_cues_per_layer(project: Project)
     )
     assert sorted(curve) == ["background", "font", "word"]
     assert (project.warehouse.root / "reports" / "tiny-llava" / "dominance.png").is_file()
-    # CLIP's text tower sees one prompt for every image: a constant layer is skipped, not fatal
+    # Each Stroop row asks its own question, so CLIP's text tower reads four different prompts
+    # and is measured beside the image tower
     clip_layers = (
         project.warehouse.fetch_arrow(
             "SELECT DISTINCT layer FROM concept_dominance WHERE model = 'tiny-clip' ORDER BY 1"
@@ -374,7 +375,9 @@ def test_concept_similarity_measures_the_stroop_cues_per_layer(project: Project)
         .column(0)
         .to_pylist()
     )
-    assert clip_layers == ["vision_model.encoder.layers.1", "visual_projection"]
+    assert clip_layers == [
+        "text_model.encoder.layers.1", "vision_model.encoder.layers.1", "visual_projection",
+    ]  # fmt: skip
 
 
 def test_vision_vs_vlm_solves_the_visual_tasks_at_every_layer_beside_the_answers(

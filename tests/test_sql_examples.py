@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from lens_assets.resources.warehouse import Warehouse
 
-from lens_assets.analyses.reading import load_labels, load_vectors
+from lens_assets.analyses.reading import load_image_labels, load_vectors
 from lens_assets.orchestration.materialize import materialize_missing
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +54,16 @@ def run(warehouse: Warehouse, number: int) -> list[dict]:
 
 
 def vectors(warehouse: Warehouse, model: str, layer: str, pooling: str):
-    return load_vectors(warehouse, model, "shapes", layer, pooling)
+    """Image ids and their vectors: the shapes set asks each image one question, so each row
+    is one image."""
+    keys, X = load_vectors(warehouse, model, "shapes", layer, pooling)
+    pairs = warehouse.fetch_arrow(
+        "SELECT DISTINCT row_key, image_id FROM activations WHERE model = ?", [model]
+    ).to_pylist()
+    image_of = {pair["row_key"]: pair["image_id"] for pair in pairs}
+    ids = [image_of[key] for key in keys]
+    assert len(set(ids)) == len(ids), "one row per image"
+    return ids, X
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -113,7 +122,7 @@ def test_3_cosine_between_two_images(warehouse: Warehouse) -> None:
 
 def test_4_mean_norm_per_colour(warehouse: Warehouse) -> None:
     ids, X = vectors(warehouse, LLAVA, "model.vision_tower.encoder.layers.1", "mean_image")
-    colours = load_labels(warehouse, "shapes")["colour"]
+    colours = load_image_labels(warehouse, "shapes")["colour"]
     norms = np.linalg.norm(X.astype(np.float64), axis=1)
     expected = {
         colour: float(np.mean([n for i, n in zip(ids, norms, strict=True) if colours[i] == colour]))
@@ -194,7 +203,7 @@ def test_the_demos_red_square_query_leaves_the_red_square_out(warehouse: Warehou
 
     (query,) = [sql for title, sql in EXAMPLE_QUERIES if "red square" in title]
     ids, X = vectors(warehouse, LLAVA, "model.language_model.norm", "last")
-    red = sorted(image for image, colour in load_labels(warehouse, "shapes")["colour"].items()
+    red = sorted(image for image, colour in load_image_labels(warehouse, "shapes")["colour"].items()
                  if colour == "red")  # fmt: skip
     expected = _nearest_others(X, ids, ids.index(red[0]), 3)
     rows = warehouse.fetch_arrow(query).to_pylist()

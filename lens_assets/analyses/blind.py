@@ -51,7 +51,7 @@ def blind_test_rows(
                     "blank_dataset": blank,
                     "concept": concept,
                     "n_real": len(paired),
-                    "n_blank": len(blind[concept]),
+                    "n_blank": len(paired),  # real questions with a blank answer beside them
                     "accuracy_real": sum(bool(r["correct"]) for r in paired) / len(paired),
                     "accuracy_blank": sum(
                         same_answer(answer, r["expected"])

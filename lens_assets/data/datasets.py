@@ -302,8 +302,8 @@ def collect_manifest(config: ManifestDataset, out: DatasetImages, _: Path, __: A
         column = next((c for c in ("image_paths", "image_path") if c in row), None)
         if column is None and not row.get("prompt"):
             raise ConfigError(
-                f"manifest {manifest} row {number}: no `image_path` (or `image_paths`) and no "
-                "`prompt`; a row needs images, a question, or both"
+                f"manifest {manifest} row {number} needs an `image_path` column (or "
+                f"`image_paths`), a `prompt`, or both; its columns are {', '.join(row)}"
             )
         ids = _manifest_images(_path_list(row.pop(column, None)), root, out)
         if ids is None:
