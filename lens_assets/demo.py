@@ -13,24 +13,24 @@ EXAMPLE_QUERIES = (
         "FROM activations GROUP BY ALL ORDER BY ALL",
     ),
     (
-        "Images most like the first red square (itself left out), by cosine similarity of "
-        "tiny-llava's final layer",
-        "WITH q AS (SELECT a.image_id, a.vector FROM activations a "
+        "Images most like the first red square under the same question (itself left out), by "
+        "cosine similarity of tiny-llava's final layer",
+        "WITH q AS (SELECT a.image_id, a.prompt, a.vector FROM activations a "
         "JOIN image_labels l USING (image_id, dataset) "
         "WHERE a.model = 'tiny-llava' AND a.layer = 'model.language_model.norm' "
         "AND a.pooling = 'last' AND l.concept = 'colour' AND l.value = 'red' "
-        "ORDER BY a.image_id LIMIT 1) "
-        "SELECT i.path, round(list_cosine_similarity(a.vector, q.vector), 4) AS cosine "
+        "ORDER BY a.image_id, a.prompt LIMIT 1) "
+        "SELECT i.path, a.prompt, round(list_cosine_similarity(a.vector, q.vector), 4) AS cosine "
         "FROM activations a CROSS JOIN q "
         "JOIN images i ON i.image_id = a.image_id AND i.dataset = a.dataset "
         "WHERE a.model = 'tiny-llava' AND a.layer = 'model.language_model.norm' "
-        "AND a.pooling = 'last' AND a.image_id <> q.image_id "
+        "AND a.pooling = 'last' AND a.image_id <> q.image_id AND a.prompt = q.prompt "
         "ORDER BY cosine DESC, i.path LIMIT 3",
     ),
     (
         "The efficiency table",
-        "SELECT model, dataset, n_images, batch_size, round(seconds, 3) AS seconds, "
-        "round(per_image_seconds * 1000, 2) AS ms_per_image, "
+        "SELECT model, dataset, n_images AS rows, batch_size, round(seconds, 3) AS seconds, "
+        "round(per_image_seconds * 1000, 2) AS ms_per_row, "
         "peak_memory_bytes // 1048576 AS peak_mib FROM runs ORDER BY started_at, model, dataset",
     ),
 )

@@ -254,6 +254,11 @@ def test_demo_runs_end_to_end_from_a_fresh_warehouse(tmp_path: Path) -> None:
     assert datasets.stdout.splitlines()[1:] == [
         "blank-clevr", "clevr-lite", "correspondence", "odd-one-out", "stroop",
     ]  # fmt: skip
+    # rows, not images: the odd one out is one row of four images, asked in one prompt
+    widest = lens("sql", "SELECT max(len(image_ids)) AS n FROM activations "
+                  "WHERE model = 'tiny-llava' AND dataset = 'odd-one-out'", "--format", "csv",
+                  "--warehouse", str(tmp_path / "demo-wh"))  # fmt: skip
+    assert widest.stdout.splitlines()[1] == "4"
     solved = lens("sql", "SELECT DISTINCT model FROM vision_vs_vlm ORDER BY 1", "--format", "csv",
                   "--warehouse", str(tmp_path / "demo-wh"))  # fmt: skip
     assert solved.stdout.splitlines()[1:] == ["tiny-clip", "tiny-llava", "tiny-qwen2-vl"]

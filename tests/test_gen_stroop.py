@@ -208,3 +208,15 @@ def test_same_seed_same_bytes_other_seed_differs(samples) -> None:
     assert [png(s.image) for s in other] != [png(s.image) for s in samples]
     combos = {(s.labels["word"], s.labels["font"], s.labels["background"]) for s in samples}
     assert combos != {(s.labels["word"], s.labels["font"], s.labels["background"]) for s in other}
+
+
+def test_a_dataset_may_ask_only_some_questions_each_a_row(tmp_path: Path) -> None:
+    from lens_assets.data.datasets import collect_images, parse_dataset_config
+
+    config = parse_dataset_config({"kind": "stroop", "size": 6, "questions": ["stroop"]}, "t")
+    collected = collect_images("stroop", config, tmp_path)
+    assert len(collected.items) == 6
+    assert {row.prompt for row in collected.items} == {
+        "Describe the color in this image in one word."
+    }
+    assert all(row.answer == row.labels["font"] for row in collected.items)

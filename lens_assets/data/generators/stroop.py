@@ -52,7 +52,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -105,6 +105,11 @@ class Params(BaseModel):
     classes: list[Congruence] = Field(default_factory=lambda: list(CLASSES))
     width: int = Field(160, ge=32, le=2048)
     height: int = Field(96, ge=32, le=2048)
+    # Which questions each image is asked, each its own row: one per cue, and VLM-Lens's
+    # Stroop prompt ("stroop"). Fewer questions, fewer forward passes.
+    questions: list[Literal["font", "background", "word", "stroop"]] = Field(
+        default_factory=lambda: ["font", "background", "word", "stroop"], min_length=1
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Params:
@@ -341,15 +346,21 @@ def render(word: str, font: str, background: str, params: Params) -> Image.Image
     return image
 
 
-def questions(combo: Combo) -> list[Question]:
+def questions(combo: Combo, asked: Sequence[str] = ("font", "background", "word", "stroop")
+              ) -> list[Question]:  # fmt: skip
     """One question per cue, so behaviour can be scored against each cue separately."""
-    return [
-        Question("What is the font colour of the word?", combo.font, "attribute", "font"),
-        Question("What is the background colour?", combo.background, "attribute", "background"),
-        Question("What word is written?", combo.word, "attribute", "word"),
+    every = {
+        "font": Question("What is the font colour of the word?", combo.font, "attribute", "font"),
+        "background": Question(
+            "What is the background colour?", combo.background, "attribute", "background"
+        ),
+        "word": Question("What word is written?", combo.word, "attribute", "word"),
         # VLM-Lens's Stroop prompt; naming the ink (font) colour is the Stroop task.
-        Question("Describe the color in this image in one word.", combo.font, "stroop", "font"),
-    ]
+        "stroop": Question(
+            "Describe the color in this image in one word.", combo.font, "stroop", "font"
+        ),
+    }
+    return [every[name] for name in asked]
 
 
 def generate(params: Params, size: int, seed: int) -> Iterator[Sample]:
@@ -364,5 +375,5 @@ def generate(params: Params, size: int, seed: int) -> Iterator[Sample]:
                 "background": combo.background,
                 "congruence": combo.congruence,
             },
-            questions=questions(combo),
+            questions=questions(combo, params.questions),
         )
