@@ -1,6 +1,6 @@
 """MiniCPM-V 4.6 (the packed-views adapter): an image's source view and slices are packed into
 one patch sequence, folded 2x2 inside the tower and 2x2 again by the merger, and come back one
-sequence per image with a tile per view.
+sequence per image with a tile per view; a row of several images gets each image's views back.
 
 What every family does (right padding included) is in tests/test_families.py."""
 
@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from lens_assets.capture.adapters.base import PatchGridError
+from lens_assets.capture.extraction import capture_batch
 from lens_assets.capture.families import BY_NAME
 from lens_assets.capture.hooks import output_tensor
 from lens_assets.capture.loading import LoadedModel
@@ -76,3 +77,32 @@ def test_minicpm_single_view_image_lies_on_its_folded_grid_and_a_sliced_one_does
     assert (cells.rows, cells.cols) == (rows // 4, cols // 4)
     with pytest.raises(PatchGridError):
         adapter.patch_cells(MERGER, counts[2], run.inputs, loaded.layout, 2)
+
+
+def test_minicpm_a_rows_views_are_assigned_to_its_images(
+    load_family: Callable[[str], LoadedModel],
+    family_images: Callable[[str], list[Image.Image]],
+) -> None:
+    """A row of a one-view image and a sliced one, beside a text-only row: every view lands on
+    its own image as a tile, and each image's image tokens (a run per view) are its own."""
+    loaded, images = load_family("minicpm-v"), family_images("minicpm-v")
+    adapter = loaded.architecture.adapter
+    rows = [[], [images[0], images[2]]]
+    inputs = adapter.prepare_on(loaded.processor, rows, ["Hi", "Same?"], "cpu", torch.float32)
+    alone = [
+        image_token_counts(
+            loaded, adapter.prepare_on(loaded.processor, [[i]], ["x"], "cpu", torch.float32)
+        )[0]
+        for i in (images[0], images[2])
+    ]
+    index = adapter.text_image_index(inputs, adapter.text_roles(inputs, loaded.layout))
+    labels = index[1][index[1] >= 0].tolist()
+    assert [labels.count(k) for k in range(2)] == alone
+    assert not (index[0] >= 0).any()
+    views = len(inputs["target_sizes"])
+    ((_, merged),) = capture_batch(loaded, rows, ["Hi", "Same?"], [MERGER], ["tokens"])
+    assert merged.image_index is not None and merged.tile is not None
+    assert set(merged.samples.tolist()) == {1}
+    assert [int((merged.image_index == k).sum()) for k in range(2)] == alone
+    tiles = [len(set(merged.tile[merged.image_index == k].tolist())) for k in range(2)]
+    assert tiles == [1, views - 1]

@@ -1,7 +1,7 @@
 """PerceptionLM (the packed-tiles adapter): a thumbnail and the tiles of each image are packed
 on one vision batch axis and split back per image, each tile starting with a class token that
-the projector drops; tiles never lie on one patch grid, and building without timm names the
-extra to install.
+the projector drops; a row's images keep their own tiles and runs of image tokens; tiles never
+lie on one patch grid, and building without timm names the extra to install.
 
 What every family does is in tests/test_families.py."""
 
@@ -12,11 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from lens_assets.capture.adapters.base import PatchGridError
+from lens_assets.capture.extraction import capture_batch
 from lens_assets.capture.families import BY_NAME, MissingExtraError
 from lens_assets.capture.loading import LoadedModel
+from lens_assets.capture.pooling import Pooled
 from lens_assets.capture.tiny import build_tiny
 from lens_assets.capture.token_roles import TokenRole
 from tests.conftest import FAMILY_PROMPTS, family_inputs, hooked, missing_modules, token_rows
@@ -82,3 +85,31 @@ def test_building_perception_lm_without_timm_fails_with_the_extra(
     with pytest.raises(MissingExtraError, match=r'pip install -e "\.\[perception-lm\]"'):
         build_tiny("perception-lm", tmp_path / "plm")
     assert not (tmp_path / "plm").exists()
+
+
+def test_a_rows_images_keep_their_own_tiles_and_image_tokens(
+    load_family: Callable[[str], LoadedModel],
+    family_images: Callable[[str], list[Image.Image]],
+) -> None:
+    """The template puts a row's `<|image|>` placeholders side by side, so the images' runs of
+    image tokens touch; each image's share is its tiles times the tokens per tile."""
+    loaded, images = load_family("perception-lm"), family_images("perception-lm")
+    adapter = loaded.architecture.adapter
+    rows = [images[1:], [], images[:1]]  # 7 + 5 tiles, none, 7 tiles
+    inputs = adapter.prepare_on(loaded.processor, rows, ["a", "b", "c"], "cpu", torch.float32)
+    assert tuple(inputs["pixel_values"].shape[:2]) == (1, 19)
+    assert adapter.sample_tiles(inputs, loaded.layout) == [12, 0, 7]
+    index = adapter.text_image_index(inputs, adapter.text_roles(inputs, loaded.layout))
+    labels = index[0][index[0] >= 0].tolist()
+    assert [labels.count(k) for k in range(2)] == [7 * 4, 5 * 4]
+    assert not (index[1] >= 0).any()
+    tokens = token_rows_of(loaded, BLOCK, rows)
+    mine = tokens.samples == 0
+    assert tokens.image_index is not None and tokens.tile is not None
+    tiles = [len(set(tokens.tile[mine & (tokens.image_index == k)].tolist())) for k in range(2)]
+    assert tiles == [7, 5]
+
+
+def token_rows_of(loaded: LoadedModel, module: str, rows: list[list[Image.Image]]) -> Pooled:
+    ((_, tokens),) = capture_batch(loaded, rows, ["x"] * len(rows), [module], ["tokens"])
+    return tokens

@@ -11,6 +11,13 @@ What differs from the generic path:
   instruction is always padded on the right, as its positions count from its first token.
 * Query tokens summarise the whole image, so no Q-Former or LLM image position sits on one
   patch of the image.
+* One image per prompt: the processor prepends one image's queries to every text and the
+  model fills them from one image per sample, so a row of several images is refused.
+* A row without an image runs the language model on the prompt alone: the processor then
+  adds no queries, and since the full forward always runs the Q-Former on pixels, a batch
+  without images calls the language model itself, on the embeddings the full forward would
+  give it. In a mixed batch only the rows with an image get queries and pixels; the model
+  fills the queries row by row, so text-only rows see their prompt alone there too.
 """
 
 from __future__ import annotations
@@ -33,7 +40,11 @@ from lens_assets.capture.adapters.base import (
     PatchCells,
     PatchGridError,
     Sequences,
+    image_counts,
+    padding_side_of,
+    per_sample,
 )
+from lens_assets.capture.adapters.forward import forward_parameters
 from lens_assets.capture.token_roles import TokenRole
 
 QUERY_SEGMENTS = frozenset({"qformer", "language_projection"})
@@ -51,6 +62,31 @@ class QueryAdapter(Adapter):
     """Reads BLIP-2 and InstructBLIP back: Q-Former outputs per image, the prompt as given."""
 
     def prepare(
+        self, processor: Any, images: Sequence[Any], prompts: Sequence[str]
+    ) -> BatchFeature:
+        rows = per_sample(images)
+        if all(rows):
+            return self._prepare_images(processor, [row[0] for row in rows], prompts)
+        side = padding_side_of(processor)
+        text_only = processor(text=list(prompts), padding=True, padding_side=side)
+        if not any(rows):
+            return BatchFeature(_llm_keys(text_only), tensor_type="pt")
+        # A mixed batch: the image rows as the processor makes them, the others as text alone,
+        # each sample's tokens padded again to one length.
+        shown = [i for i, row in enumerate(rows) if row]
+        inputs = self._prepare_images(
+            processor, [rows[i][0] for i in shown], [prompts[i] for i in shown]
+        )
+        tokens = [list(ids) for ids in text_only["input_ids"]]
+        for at, sample in enumerate(shown):
+            mask = inputs["attention_mask"][at].bool()
+            tokens[sample] = inputs["input_ids"][at][mask].tolist()
+        pad = processor.tokenizer.pad_token_id
+        ids, mask = _pad(tokens, 0 if pad is None else pad, side)
+        inputs["input_ids"], inputs["attention_mask"] = ids, mask
+        return inputs
+
+    def _prepare_images(
         self, processor: Any, images: Sequence[Image.Image], prompts: Sequence[str]
     ) -> BatchFeature:
         inputs = super().prepare(processor, images, prompts)
@@ -63,6 +99,17 @@ class QueryAdapter(Adapter):
             inputs["qformer_input_ids"] = inputs["qformer_input_ids"].gather(1, order)
             inputs["qformer_attention_mask"] = mask.gather(1, order)
         return inputs
+
+    def forward(self, model: nn.Module, inputs: BatchFeature, extra: dict[str, Any]) -> Any:
+        if "pixel_values" in inputs:
+            return super().forward(model, inputs, extra)
+        language_model: Any = model.language_model
+        known = forward_parameters(language_model)
+        usable = {k: v for k, v in extra.items() if known is None or k in known}
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+        return language_model(
+            inputs_embeds=embeds, attention_mask=inputs.get("attention_mask"), **usable
+        )
 
     def layout(self, model: nn.Module) -> QueryLayout:
         generic = super().layout(model)
@@ -90,9 +137,9 @@ class QueryAdapter(Adapter):
         if (
             "qformer" not in name.split(".")
             or output.dim() != 3
-            or output.shape[0] != batch_size
-            or output.shape[1] <= queries
             or instruction is None
+            or output.shape[0] != instruction.shape[0]  # one row per image
+            or output.shape[1] <= queries
         ):
             return super().vision_sequences(name, output, inputs, layout, batch_size)
         if output.shape[1] != queries + instruction.shape[1]:
@@ -104,7 +151,14 @@ class QueryAdapter(Adapter):
         roles = torch.full(output.shape[:2], TokenRole.TEXT, device=output.device)
         roles[:, :queries] = TokenRole.IMAGE
         roles[:, queries:][instruction.to(output.device) == 0] = TokenRole.PAD
-        return Sequences(output, roles)
+        if output.shape[0] == batch_size:
+            return Sequences(output, roles)
+        # A mixed batch: the Q-Former ran on the rows with an image only.
+        shown = [i for i, n in enumerate(image_counts(inputs, batch_size)) if n]
+        hidden = output.new_zeros((batch_size, *output.shape[1:]))
+        spread = torch.full(hidden.shape[:2], TokenRole.PAD, device=output.device)
+        hidden[shown], spread[shown] = output, roles
+        return Sequences(hidden, spread)
 
     def patch_cells(
         self, name: str, count: int, inputs: BatchFeature, layout: ModelLayout, sample: int
@@ -118,4 +172,23 @@ class QueryAdapter(Adapter):
         return super().patch_cells(name, count, inputs, layout, sample)
 
 
-BLIP = QueryAdapter(vision_segments=VISION_SEGMENTS | QUERY_SEGMENTS, max_images=1, text_only=False)
+def _llm_keys(encoding: Any) -> dict[str, Any]:
+    """The language model's inputs of a processor's text encoding (no Q-Former instruction,
+    which only runs with an image)."""
+    return {k: encoding[k] for k in ("input_ids", "attention_mask") if k in encoding}
+
+
+def _pad(tokens: list[list[int]], pad: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists padded to one length on `side`, with their attention mask."""
+    longest = max(len(t) for t in tokens)
+    ids = torch.full((len(tokens), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(tokens), longest), dtype=torch.long)
+    for row, sample in enumerate(tokens):
+        where = slice(longest - len(sample), longest) if side == "left" else slice(0, len(sample))
+        ids[row, where] = torch.as_tensor(sample, dtype=torch.long)
+        mask[row, where] = 1
+    return ids, mask
+
+
+# One image per prompt (see the module docstring); text-only rows run the language model alone.
+BLIP = QueryAdapter(vision_segments=VISION_SEGMENTS | QUERY_SEGMENTS, max_images=1)

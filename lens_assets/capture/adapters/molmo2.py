@@ -10,6 +10,11 @@ image with tile 0 for the low-res view and 1 for the high-res one. The LLM's ima
 the `<im_patch>` positions (`config.image_token_id`); `<im_col>` row ends and the image start
 and end markers are text.
 
+The processor takes several images per prompt (a flat list, one `<|image|>` placeholder each);
+a row's images keep their order on every axis, so a sample's images are the next entries of
+`image_num_crops` and `image_grids`. Each image's `<im_patch>` tokens come in many runs (the
+`<im_col>` row ends break them), so the runs are assigned to images by `image_grids`.
+
 The two views and the crop overlaps do not lie on one patch grid, so no position is placed
 on the image's pixels (`patch_cells` declines).
 """
@@ -28,7 +33,8 @@ from lens_assets.capture.adapters.base import (
     PatchCells,
     PatchGridError,
     Sequences,
-    join_tiles,
+    image_counts,
+    join_images,
 )
 from lens_assets.capture.token_roles import TokenRole
 
@@ -36,6 +42,22 @@ from lens_assets.capture.token_roles import TokenRole
 @dataclass
 class CropsAndPooledTokensAdapter(Adapter):
     """Joins Molmo2's crops per image and splits its packed image tokens per image."""
+
+    def image_token_sizes(
+        self, inputs: BatchFeature, sample: int, positions: torch.Tensor, count: int
+    ) -> list[int]:
+        """Each image's `<im_patch>` tokens: its low-res plus its high-res grid."""
+        grids = inputs.get("image_grids")
+        if grids is None:
+            return super().image_token_sizes(inputs, sample, positions, count)
+        first = sum(image_counts(inputs, len(inputs["input_ids"]))[:sample])
+        sizes = [a * b + c * d for a, b, c, d in grids[first : first + count].tolist()]
+        if len(sizes) != count or sum(sizes) != len(positions):
+            raise ActivationShapeError(
+                f"sample {sample} has {len(positions)} image tokens, but its image grids hold "
+                f"{sizes}"
+            )
+        return sizes
 
     def vision_sequences(
         self,
@@ -47,26 +69,22 @@ class CropsAndPooledTokensAdapter(Adapter):
     ) -> Sequences:
         crops = inputs.get("image_num_crops")
         grids = inputs.get("image_grids")
+        counts = image_counts(inputs, batch_size)
         if output.dim() == 3 and crops is not None and output.shape[0] == int(crops.sum()):
-            return join_tiles(output, self._per_sample(crops.tolist(), batch_size), has_cls=False)
+            joined = join_images(output, counts, crops.tolist(), has_cls=False)
+            if joined.tiles is None:  # every image one crop: still a tile column, all 0
+                assert joined.image_index is not None
+                joined.tiles = torch.where(joined.image_index >= 0, 0, -1)
+            return joined
         if output.dim() == 2 and grids is not None:
             views = [(int(a) * int(b), int(c) * int(d)) for a, b, c, d in grids.tolist()]
             if output.shape[0] == sum(low + high for low, high in views):
-                return _split_views(output, self._per_sample(views, batch_size))
+                return _split_views(output, views, counts)
             raise ActivationShapeError(
                 f"module {name!r} produced {output.shape[0]} rows for image grids "
                 f"{grids.tolist()}, which hold {sum(low + high for low, high in views)} tokens"
             )
         return super().vision_sequences(name, output, inputs, layout, batch_size)
-
-    @staticmethod
-    def _per_sample(values: list, batch_size: int) -> list:
-        if len(values) != batch_size:
-            raise ActivationShapeError(
-                f"{len(values)} images in a batch of {batch_size} samples; one image per sample "
-                "is expected"
-            )
-        return values
 
     def patch_cells(
         self, name: str, count: int, inputs: BatchFeature, layout: ModelLayout, sample: int
@@ -77,20 +95,38 @@ class CropsAndPooledTokensAdapter(Adapter):
         )
 
 
-def _split_views(packed: torch.Tensor, views: list[tuple[int, int]]) -> Sequences:
-    """Per image its low-res then high-res tokens, padded to the longest; tile = view."""
-    longest = max(low + high for low, high in views)
-    hidden = packed.new_zeros((len(views), longest, packed.shape[-1]))
-    roles = torch.full((len(views), longest), TokenRole.PAD, device=packed.device)
-    tiles = torch.full((len(views), longest), -1, device=packed.device, dtype=torch.long)
-    start = 0
-    for sample, (low, high) in enumerate(views):
-        hidden[sample, : low + high] = packed[start : start + low + high]
-        roles[sample, : low + high] = TokenRole.IMAGE
-        tiles[sample, :low] = 0
-        tiles[sample, low : low + high] = 1
-        start += low + high
-    return Sequences(hidden, roles, tiles)
+def _split_views(
+    packed: torch.Tensor, views: list[tuple[int, int]], counts: list[int]
+) -> Sequences:
+    """Per sample its images' low-res then high-res tokens, image after image, padded to the
+    longest; tile = view (0 low-res, 1 high-res), image_index = the row's image."""
+    if sum(counts) != len(views):
+        raise ActivationShapeError(
+            f"{len(views)} image grids in a batch whose samples hold {counts} images"
+        )
+    lengths, start = [], 0
+    for count in counts:
+        lengths.append(sum(low + high for low, high in views[start : start + count]))
+        start += count
+    longest = max(lengths, default=0)
+    hidden = packed.new_zeros((len(counts), longest, packed.shape[-1]))
+    roles = torch.full((len(counts), longest), TokenRole.PAD, device=packed.device)
+    tiles = torch.full((len(counts), longest), -1, device=packed.device, dtype=torch.long)
+    index = torch.full_like(tiles, -1)
+    row, image = 0, 0
+    for sample, count in enumerate(counts):
+        position = 0
+        for k in range(count):
+            low, high = views[image]
+            end = position + low + high
+            hidden[sample, position:end] = packed[row : row + low + high]
+            roles[sample, position:end] = TokenRole.IMAGE
+            tiles[sample, position : position + low] = 0
+            tiles[sample, position + low : end] = 1
+            index[sample, position:end] = k
+            row, image, position = row + low + high, image + 1, end
+    return Sequences(hidden, roles, tiles, index)
 
 
-MOLMO2 = CropsAndPooledTokensAdapter(max_images=1, text_only=False)
+# The processor takes several images per prompt and runs without any (text only).
+MOLMO2 = CropsAndPooledTokensAdapter()
