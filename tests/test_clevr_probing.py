@@ -83,9 +83,13 @@ def test_every_question_types_answer_is_probed_at_every_layer(
     concepts = {r["concept"] for r in probed}
     assert {"answer:count", "answer:exists", "answer:colour"} <= concepts
     assert {r["layer"] for r in probed} == set(LAYERS)
-    n = clevr_warehouse.fetch_arrow(
-        "SELECT max(n) AS n FROM probe_results WHERE concept = 'answer:exists'"
-    ).column(0)[0].as_py()
+    n = (
+        clevr_warehouse.fetch_arrow(
+            "SELECT max(n) AS n FROM probe_results WHERE concept = 'answer:exists'"
+        )
+        .column(0)[0]
+        .as_py()
+    )
     assert n == 8  # one row per scene asks whether something exists
 
 

@@ -60,8 +60,7 @@ def answerable(loaded: LoadedModel, questions: list[dict[str, Any]]) -> list[dic
     kept = [
         q
         for q in questions
-        if (most is None or len(q["image_ids"]) <= most)
-        and (adapter.text_only or q["image_ids"])
+        if (most is None or len(q["image_ids"]) <= most) and (adapter.text_only or q["image_ids"])
     ]
     if len(kept) < len(questions):
         log.warning(
