@@ -154,3 +154,19 @@ def test_label_token_is_the_word_as_written_after_the_prompt(
     bare = tokenizer("cube", add_special_tokens=False)["input_ids"][0]
     assert with_space != bare  # " c" and "c" in the tiny vocabularies: the rules differ
     assert answer_token_id(loaded, PROMPTS[0], "cube") == (with_space if spaced else bare)
+
+
+@pytest.mark.parametrize("architecture", ["llava", "qwen2-vl"])
+def test_a_row_of_two_images_is_read_as_asked_and_batches_exactly(
+    architecture: str, load_tiny: Callable[[str], LoadedModel], images: list[Image.Image]
+) -> None:
+    """The logit lens reads a row with all its images in one prompt: its readout beside a
+    one-image row equals its readout alone, and it is the model's own final logits."""
+    loaded = load_tiny(architecture)
+    rows = [[images[1], images[3]], [images[0]]]
+    together = layer_logits(loaded, rows, PROMPTS)
+    alone = layer_logits(loaded, rows[:1], PROMPTS[:1])
+    torch.testing.assert_close(together.logits[:, 0], alone.logits[:, 0], rtol=1e-4, atol=1e-4)
+    output, answers = own_outputs(loaded, rows[:1], PROMPTS[:1])
+    final = output.logits[0, answers[0]].float()
+    torch.testing.assert_close(alone.logits[-1, 0], final, rtol=1e-4, atol=1e-4)

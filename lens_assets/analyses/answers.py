@@ -60,14 +60,15 @@ def answerable(loaded: LoadedModel, questions: list[dict[str, Any]]) -> list[dic
     kept = [
         q
         for q in questions
-        if (most is None or len(q["image_ids"]) <= most) and (adapter.text_only or q["image_ids"])
+        if (most is None or len(q["image_ids"]) <= most)
+        and (q["image_ids"] or (adapter.text_only and adapter.generates_text_only))
     ]
     if len(kept) < len(questions):
         log.warning(
             "%s: %d of %d questions left unasked: this family takes %s image(s) per prompt%s",
             loaded.name, len(questions) - len(kept), len(questions),
             "any number of" if most is None else f"at most {most}",
-            "" if adapter.text_only else " and needs one",
+            "" if adapter.text_only and adapter.generates_text_only else " and needs one",
         )  # fmt: skip
     return kept
 

@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 from dagster import AssetKey, MaterializeResult, MetadataValue
 
-from lens_assets.analyses.answers import questions_with_answers
+from lens_assets.analyses.answers import answerable, questions_of
 from lens_assets.analyses.attention import (
     ATTENTION_MAP_ROWS,
     attention_maps,
@@ -93,11 +93,13 @@ def interpretability(step: ModelStep) -> Iterator[MaterializeResult]:
     chosen = settings()
     with step.warehouse.session() as wh:
         datasets = [d for d in modelled if d in chosen.datasets]
-        questions = pick_questions(
-            questions_with_answers(wh, datasets) if datasets else [],
-            chosen.concept,
-            chosen.max_items,
-        )
+        asked = [
+            {**q, "image_id": q["image_ids"][0] if q["image_ids"] else None,
+             "path": q["paths"][0] if q["paths"] else None}
+            for q in (questions_of(wh, datasets) if datasets else [])
+            if q["expected"] is not None and q["image_ids"]
+        ]  # fmt: skip
+        questions = pick_questions(asked, chosen.concept, chosen.max_items)
         if not questions:  # decided before the model is loaded: nothing to pay for
             reason = f"no questions about {chosen.concept!r} in datasets {chosen.datasets}"
             yield from _skipped(wh, name, reason)
@@ -107,6 +109,10 @@ def interpretability(step: ModelStep) -> Iterator[MaterializeResult]:
                 require_generation(loaded)  # every analysis reads the answer token's logit
             except BehaviourNotSupported as reason:
                 yield from _skipped(wh, name, str(reason))
+                return
+            questions = answerable(loaded, questions)  # as many images as the family takes
+            if not questions:
+                yield from _skipped(wh, name, f"{name} takes none of the rows' questions")
                 return
             tables, heatmaps = analyse(loaded, wh, questions, chosen, step.batch_size)
             pictures = render(loaded, tables, heatmaps, questions, wh.root / "reports" / name)
@@ -149,47 +155,54 @@ def analyse(
     chosen: InterpretabilitySettings,
     batch_size: int,
 ) -> tuple[dict[str, pa.Table], list[Attribution]]:
-    """The five tables, and the first question's heatmaps (for the picture)."""
-    images = [load_image(q["path"]).image for q in questions]
+    """The five tables, and the first one-image question's heatmaps (for the picture).
+
+    Attention and the logit lens read every row as it was asked, all its images in one
+    prompt; Grad-CAM and head ablation read the one-image rows (their maps are per image)."""
+    pictures = {path: load_image(path).image for q in questions for path in q["paths"]}
+    images = [[pictures[path] for path in q["paths"]] for q in questions]
     prompts = [q["prompt"] for q in questions]
     ids = [q["image_id"] for q in questions]
     names = loaded.module_names
     attention_layers = select_modules(names, chosen.attention.layers)
     keys = [q.get("row_key") for q in questions]
     attention = attention_maps(
-        loaded, images, prompts, attention_layers, ids, batch_size, row_keys=keys
-    )
+        loaded, images, prompts, attention_layers, [q["image_ids"] for q in questions],
+        batch_size, row_keys=keys,
+    )  # fmt: skip
     lens = logit_lens(
         loaded, images, prompts, [q["expected"] for q in questions], ids,
         top_k=chosen.logit_lens.top_k, batch_size=batch_size,
     )  # fmt: skip
+    single = [q for q in questions if len(q["image_ids"]) == 1]
+    one_image = [pictures[q["paths"][0]] for q in single]
     cam_layer = (
         select_modules(names, [chosen.attribution.layer])[0]
         if chosen.attribution.layer
         else gradcam_layer(loaded)
     )
     found = [
-        attribute(loaded, image, prompt, layers=[cam_layer])
-        for image, prompt in zip(images, prompts, strict=True)
+        attribute(loaded, image, q["prompt"], layers=[cam_layer])
+        for image, q in zip(one_image, single, strict=True)
     ]
     attributions = pa.Table.from_pylist(
         [
             row
-            for heatmaps, image_id, prompt in zip(found, ids, prompts, strict=True)
-            for row in attribution_rows(loaded.name, heatmaps, prompt, image_id)
+            for heatmaps, q in zip(found, single, strict=True)
+            for row in attribution_rows(loaded.name, heatmaps, q["prompt"], q["image_id"])
         ],
         schema=ATTRIBUTION_ROWS,
     )
     ablated = ablation_effects(
         loaded,
-        images,
-        prompts,
-        ids,
+        one_image,
+        [q["prompt"] for q in single],
+        [q["image_id"] for q in single],
         chosen.ablation,
-        datasets=[q["dataset"] for q in questions],
-        answers=[q["expected"] for q in questions],
+        datasets=[q["dataset"] for q in single],
+        answers=[q["expected"] for q in single],
     )
-    dataset_of = {q["image_id"]: q["dataset"] for q in questions}
+    dataset_of = {image: q["dataset"] for q in questions for image in q["image_ids"]}
     tables = {
         "attention_maps": attention,
         "logit_lens": lens,
@@ -202,7 +215,7 @@ def analyse(
         else _with_dataset(rows, [dataset_of.get(i) for i in rows.column("image_id").to_pylist()])
         for table, rows in tables.items()
     }  # fmt: skip
-    return with_datasets, found[0]
+    return with_datasets, found[0] if found else []
 
 
 def render(
@@ -215,7 +228,10 @@ def render(
     """The pictures the UI shows: the first question's attention overlay per layer and its
     heatmaps, and curves by layer."""
     pictures: dict[str, list[Path]] = {}
-    first = questions[0]
+    single = [q for q in questions if len(q["image_ids"]) == 1]
+    if not single:  # overlays are drawn over one image
+        return pictures
+    first = single[0]
     image = load_image(first["path"]).image
     box = frame_box(getattr(loaded.processor, "image_processor", None), image.width, image.height)
     attention = tables["attention_maps"]

@@ -102,6 +102,9 @@ class Adapter:
     # or adapter takes a single image per prompt.
     max_images: int | None = None
     text_only: bool = True  # whether a row without images can be run
+    # whether `generate` answers a row without images (BLIP-2's needs pixels even when its
+    # forward pass runs text alone)
+    generates_text_only: bool = True
 
     # -- loading ---------------------------------------------------------------------------
     def load(self, path: str, kwargs: dict[str, Any], trust_remote_code: bool) -> tuple[Any, Any]:

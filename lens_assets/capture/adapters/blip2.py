@@ -191,4 +191,6 @@ def _pad(tokens: list[list[int]], pad: int, side: str) -> tuple[torch.Tensor, to
 
 
 # One image per prompt (see the module docstring); text-only rows run the language model alone.
-BLIP = QueryAdapter(vision_segments=VISION_SEGMENTS | QUERY_SEGMENTS, max_images=1)
+BLIP = QueryAdapter(
+    vision_segments=VISION_SEGMENTS | QUERY_SEGMENTS, max_images=1, generates_text_only=False
+)
