@@ -253,14 +253,14 @@ def test_cogvlm_adapter_extracts_through_the_remote_interface(
     # The LLM's image role sits exactly on the positions CogVLM marks as vision (token type 1):
     # every patch plus boi and eoi.
     llm = tokens["model.layers.1"]
-    sample, _, role, _ = llm.positions()
+    sample, _, role, _, _ = llm.positions()
     for index in range(3):
         expected = int((inputs["token_type_ids"][index] == 1).sum())
         assert expected == PATCHES + 2
         assert int(((sample == index) & (role == TokenRole.IMAGE)).sum()) == expected
     # The vision tower has its class token first; the projection has dropped it.
     tower = tokens["model.vision.transformer.layers.1"]
-    _, index, role, _ = tower.positions()
+    _, index, role, _, _ = tower.positions()
     assert (index[role == TokenRole.CLS] == 0).all()
     assert int((role == TokenRole.CLS).sum()) == 3
     assert int((role == TokenRole.IMAGE).sum()) == 3 * PATCHES
@@ -392,3 +392,22 @@ def test_glamm_roles_expand_the_image_placeholder() -> None:
         [text, text, image, image, image, text, text],
         [text, image, image, image, text, pad, pad],
     ]
+
+
+def test_cogvlm_runs_a_text_only_row_beside_an_image_row_exactly(
+    load_cogvlm: Callable[[], LoadedModel], images: list[Image.Image]
+) -> None:
+    """A row without images is CogVLM's text-only chat (token type 0 throughout, no pixels);
+    beside an image row it gives what it gives alone, and it has no image positions."""
+    loaded = load_cogvlm()
+    poolings = ["mean_text", "last", "tokens"]
+    rows, prompts = [[], [images[0]]], ["Name a colour.", PROMPTS[0]]
+    together = capture_batch(loaded, rows, prompts, COGVLM_MODULES, poolings)
+    alone = capture_batch(loaded, rows[:1], prompts[:1], COGVLM_MODULES, poolings)
+    assert {name for name, _ in alone} == {"model.layers.1"}  # the tower does not run
+    for name, single in alone:
+        (batched,) = [p for n, p in together if n == name and p.pooling == single.pooling]
+        keep = batched.samples == 0
+        torch.testing.assert_close(batched.vectors[keep], single.vectors, atol=1e-5, rtol=1e-4)
+        if single.token_role is not None:
+            assert TokenRole.IMAGE not in single.token_role.tolist()

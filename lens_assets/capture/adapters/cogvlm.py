@@ -9,11 +9,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import nn
 from transformers import BatchFeature
 
-from lens_assets.capture.adapters.base import VISION_SEGMENTS, Adapter, ModelLayout, token_roles
+from lens_assets.capture.adapters.base import (
+    VISION_SEGMENTS,
+    Adapter,
+    ModelLayout,
+    per_sample,
+    token_roles,
+)
 from lens_assets.capture.adapters.remote_code import (
     RemoteProcessor,
     load_auto_model,
@@ -59,14 +64,16 @@ class CogVLMAdapter(Adapter):
         return ModelLayout(cls_towers=towers)
 
     def prepare(
-        self, processor: Any, images: Sequence[Image.Image], prompts: Sequence[str]
+        self, processor: Any, images: Sequence[Any], prompts: Sequence[str]
     ) -> BatchFeature:
+        """A row without images is built with `images=None`, as the model card's text-only
+        chat is: token type 0 throughout, no pixels; a batch of such rows passes no images."""
         tokenizer = processor.tokenizer
         built = [
             processor.model.build_conversation_input_ids(
-                tokenizer, query=prompt, history=[], images=[image]
+                tokenizer, query=prompt, history=[], images=row or None
             )
-            for image, prompt in zip(images, prompts, strict=True)
+            for row, prompt in zip(per_sample(images), prompts, strict=True)
         ]
         side = getattr(tokenizer, "padding_side", "right")
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -77,12 +84,16 @@ class CogVLMAdapter(Adapter):
                     [b["token_type_ids"] for b in built], LANGUAGE_TOKEN_TYPE, side
                 ),
                 "attention_mask": pad_stack([b["attention_mask"] for b in built], 0, side),
-                "images": [list(b["images"]) for b in built],
+                "images": [list(b["images"]) for b in built]
+                if any(len(b["images"]) for b in built)
+                else None,
             }
         )
 
     def forward(self, model: nn.Module, inputs: BatchFeature, extra: dict[str, Any]) -> Any:
         dtype = model_dtype(model)
+        if inputs.get("images") is None:  # text only: the language model alone
+            return model(**{k: v for k, v in inputs.items() if k != "images"}, **extra)
         images = [[image.to(dtype) for image in sample] for sample in inputs["images"]]
         return model(**{**inputs, "images": images}, **extra)
 
@@ -92,4 +103,5 @@ class CogVLMAdapter(Adapter):
         )
 
 
-COGVLM = CogVLMAdapter(max_images=1, text_only=False)
+# One image per conversation (its template has one image slot); text-only rows run.
+COGVLM = CogVLMAdapter(max_images=1)
