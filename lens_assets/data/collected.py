@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lens_assets.data.images import ImageReadError, content_id, decode, duplicate_of
+from lens_assets.data.images import (
+    ImageReadError,
+    content_id,
+    decode,
+    duplicate_of,
+    read_image_file,
+)
 from lens_assets.data.rows import MAX_IMAGES_PER_ROW, DatasetRow, clean_labels
 
 
@@ -125,3 +131,13 @@ class DatasetImages:
             for position, row in enumerate(self.items)
             if row.prompt and row.image_ids
         ]  # fmt: skip
+
+
+def read_or_record(path: Path, out: DatasetImages) -> bytes | None:
+    """The file's bytes, or None with the reason recorded (only a regular file under the size
+    cap is read: a named pipe among the images must not hang the run)."""
+    try:
+        return read_image_file(path)
+    except ImageReadError as error:
+        out.error(path, str(error))
+        return None
