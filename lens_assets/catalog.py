@@ -124,12 +124,18 @@ def _folder_images(folder: Path) -> list[Path]:
 
 
 def _named(manifest: Path) -> list[Path]:
-    """The images a manifest names, as the collector finds them (beside the manifest)."""
-    from lens_assets.data.datasets import _manifest_rows
+    """The images a manifest names, as the collector finds them (beside the manifest): each
+    row's `image_path`, or every one of its `image_paths`."""
+    from lens_assets.data.tabular import image_names, manifest_rows
 
     manifest = manifest.resolve()
-    rows = _manifest_rows(manifest) if _regular(manifest) else []
-    return [manifest.parent / str(row["image_path"]) for row in rows if row.get("image_path")]
+    rows = manifest_rows(manifest) if _regular(manifest) else []
+    return [
+        manifest.parent / name
+        for row in rows
+        for column in ("image_paths", "image_path")
+        for name in image_names(row.get(column))
+    ]
 
 
 def _tree(folder: Path) -> list[Path]:

@@ -16,7 +16,7 @@ from lens_assets.data.kinds import HfDataset, ManifestDataset
 from lens_assets.data.rows import choices_of
 
 
-def _manifest_rows(path: Path) -> list[dict[str, Any]]:
+def manifest_rows(path: Path) -> list[dict[str, Any]]:
     import pyarrow.csv as pv
     import pyarrow.json as pj
     import pyarrow.parquet as pq
@@ -36,7 +36,7 @@ def _manifest_rows(path: Path) -> list[dict[str, Any]]:
 ROW_COLUMNS = ("prompt", "answer", "choices", "split", "kind", "concept")
 
 
-def _path_list(value: Any) -> list[str]:
+def image_names(value: Any) -> list[str]:
     """A row's image files: one name, a list, or names separated by `|` (a CSV cell); none
     for a text-only row."""
     if value is None or value != value or value == "":
@@ -51,14 +51,14 @@ def collect_manifest(config: ManifestDataset, out: DatasetImages, _: Path, __: A
     if not manifest.is_file():
         raise ConfigError(f"manifest {manifest} does not exist")
     root = manifest.parent
-    for number, row in enumerate(_manifest_rows(manifest), start=1):
+    for number, row in enumerate(manifest_rows(manifest), start=1):
         column = next((c for c in ("image_paths", "image_path") if c in row), None)
         if column is None and not row.get("prompt"):
             raise ConfigError(
                 f"manifest {manifest} row {number} needs an `image_path` column (or "
                 f"`image_paths`), a `prompt`, or both; its columns are {', '.join(row)}"
             )
-        ids = _manifest_images(_path_list(row.pop(column, None)), root, out)
+        ids = _manifest_images(image_names(row.pop(column, None)), root, out)
         if ids is None:
             continue
         _add_tabular_row(out, ids, row, config.split)
