@@ -346,3 +346,19 @@ def test_configured_ablation_fills_the_dataset_and_sample_columns(load_tiny: Loa
         ("y", "stroop", "mean", [0]),
     ]
     assert all(r["layer"] == _decoder_layers(loaded)[0] and r["max_abs_diff"] > 0 for r in rows)
+
+
+def test_head_ablation_reads_a_row_of_two_images_in_one_prompt(load_tiny: Loader) -> None:
+    """A two-image row is ablated as it is asked: its run sees both images' tokens, and the
+    ablation changes its answer logit as it does for a one-image row."""
+    loaded = load_tiny("llava")
+    pair = _stroop_pair()
+    settings = AblationSettings(mode="zero", heads={"**language_model.layers.0": [0, 1]})
+    table = ablation_effects(
+        loaded, [[pair.clean, pair.corrupted], pair.clean], [PROMPT] * 2, ["row", "one"],
+        settings,
+    )  # fmt: skip
+    rows = {r["sample_id"]: r for r in table.to_pylist()}
+    assert set(rows) == {"row", "one"}
+    assert all(r["max_abs_diff"] > 0 for r in rows.values())
+    assert rows["row"]["base_logit"] != pytest.approx(rows["one"]["base_logit"])

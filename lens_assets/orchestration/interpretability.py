@@ -157,8 +157,8 @@ def analyse(
 ) -> tuple[dict[str, pa.Table], list[Attribution]]:
     """The five tables, and the first one-image question's heatmaps (for the picture).
 
-    Attention and the logit lens read every row as it was asked, all its images in one
-    prompt; Grad-CAM and head ablation read the one-image rows (their maps are per image)."""
+    Attention, the logit lens and head ablation read every row as it was asked, all its images
+    in one prompt; Grad-CAM reads the one-image rows (its maps are per image)."""
     pictures = {path: load_image(path).image for q in questions for path in q["paths"]}
     images = [[pictures[path] for path in q["paths"]] for q in questions]
     prompts = [q["prompt"] for q in questions]
@@ -193,14 +193,14 @@ def analyse(
         ],
         schema=ATTRIBUTION_ROWS,
     )
-    ablated = ablation_effects(
+    ablated = ablation_effects(  # a row's images in one prompt, as it was asked
         loaded,
-        one_image,
-        [q["prompt"] for q in single],
-        [q["image_id"] for q in single],
+        [row[0] if len(row) == 1 else row for row in images],
+        prompts,
+        ids,
         chosen.ablation,
-        datasets=[q["dataset"] for q in single],
-        answers=[q["expected"] for q in single],
+        datasets=[q["dataset"] for q in questions],
+        answers=[q["expected"] for q in questions],
     )
     dataset_of = {image: q["dataset"] for q in questions for image in q["image_ids"]}
     tables = {

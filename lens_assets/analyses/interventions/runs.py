@@ -27,10 +27,11 @@ class InterventionError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One (image, prompt) input; `answer` picks the answer token (see `answer_token_id`)."""
+    """One (image, prompt) input, or a row's images and its prompt; `answer` picks the answer
+    token (see `answer_token_id`)."""
 
     sample_id: str
-    image: Image.Image
+    image: Image.Image | Sequence[Image.Image]
     prompt: str
     answer: str | int | None = None
 
@@ -38,8 +39,11 @@ class Sample:
 # -- inputs and plain runs -------------------------------------------------------------------
 
 
-def prepare_input(loaded: LoadedModel, image: Image.Image, prompt: str) -> BatchFeature:
-    """One sample's processor inputs on the model's device, as extraction builds them."""
+def prepare_input(
+    loaded: LoadedModel, image: Image.Image | Sequence[Image.Image], prompt: str
+) -> BatchFeature:
+    """One sample's processor inputs on the model's device, as extraction builds them: one
+    image, or a row's images in one prompt."""
     adapter = loaded.architecture.adapter
     return adapter.prepare_on(loaded.processor, [image], [prompt], loaded.device, loaded.dtype)
 
