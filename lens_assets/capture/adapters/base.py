@@ -273,10 +273,21 @@ class Adapter:
         self, inputs: BatchFeature, sample: int, positions: torch.Tensor, count: int
     ) -> list[int]:
         """How many of a sample's image positions (`positions`, in order) each of its `count`
-        images has. The generic rule: images separated by text (runs of image tokens, one run
-        per image), else images of equal size (one run of `count` equal parts). A family whose
-        images give unequal, adjacent runs overrides this."""
-        return split_runs(positions, count)
+        images has: as the adapter's `prepare` recorded them from the processor
+        (`lens_image_tokens`, per sample), else the generic rule: images separated by text
+        (runs of image tokens, one run per image), else images of equal size (one run of
+        `count` equal parts). A family whose images give unequal, adjacent runs records them or
+        overrides this."""
+        tokens = getattr(inputs, "lens_image_tokens", None)
+        if tokens is None:
+            return split_runs(positions, count)
+        sizes = list(tokens[sample])
+        if len(sizes) != count or sum(sizes) != len(positions):
+            raise ActivationShapeError(
+                f"sample {sample} holds {count} image(s) and {len(positions)} image positions, "
+                f"but the processor gave its images {sizes} image tokens"
+            )
+        return sizes
 
     def vision_sequences(
         self,

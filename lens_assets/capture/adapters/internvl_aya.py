@@ -63,20 +63,6 @@ class TiledImagesAdapter(Adapter):
         inputs.lens_image_tokens = [self.image_tokens(processor, sample) for sample in ids]
         return inputs
 
-    def image_token_sizes(
-        self, inputs: BatchFeature, sample: int, positions: torch.Tensor, count: int
-    ) -> list[int]:
-        tokens = getattr(inputs, "lens_image_tokens", None)
-        if tokens is None:  # inputs prepared elsewhere: the generic rule
-            return super().image_token_sizes(inputs, sample, positions, count)
-        sizes = list(tokens[sample])
-        if len(sizes) != count or sum(sizes) != len(positions):
-            raise ActivationShapeError(
-                f"sample {sample} holds {count} image(s) and {len(positions)} image positions, "
-                f"but its image markers give {sizes} image tokens per image"
-            )
-        return sizes
-
     def image_tiles(self, rows: int, inputs: BatchFeature, batch_size: int) -> list[int] | None:
         """Tiles per image over the batch (sample by sample), from each image's share of the
         image tokens; None where the inputs do not say (prepared elsewhere)."""

@@ -84,22 +84,6 @@ class AnyresTileAdapter(Adapter):
             return_tensors="pt",
         )
 
-    def image_token_sizes(
-        self, inputs: BatchFeature, sample: int, positions: torch.Tensor, count: int
-    ) -> list[int]:
-        """Each image's run of image tokens as the processor made it (unequal for images of
-        different sizes, and adjacent where the template puts nothing between them)."""
-        tokens = getattr(inputs, "lens_image_tokens", None)
-        if tokens is None:  # inputs prepared elsewhere: the generic rule
-            return super().image_token_sizes(inputs, sample, positions, count)
-        sizes = list(tokens[sample])
-        if len(sizes) != count or sum(sizes) != len(positions):
-            raise ActivationShapeError(
-                f"sample {sample} holds {count} image(s) and {len(positions)} image positions, "
-                f"but the processor expanded its images into {sizes} image tokens"
-            )
-        return sizes
-
     # -- vision outputs --------------------------------------------------------------------
     def images_per_sample(self, inputs: BatchFeature, batch_size: int) -> list[int]:
         """How many images each sample holds: as prepared, else as OneVision's processor

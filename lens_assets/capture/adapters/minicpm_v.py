@@ -120,21 +120,6 @@ class PackedViewsAdapter(Adapter):
             start += count
         return counts
 
-    def image_token_sizes(
-        self, inputs: BatchFeature, sample: int, positions: torch.Tensor, count: int
-    ) -> list[int]:
-        """Each image's image tokens as the processor expanded its placeholder."""
-        tokens = getattr(inputs, "lens_image_tokens", None)
-        if tokens is None:  # inputs prepared elsewhere: the generic rule
-            return super().image_token_sizes(inputs, sample, positions, count)
-        sizes = list(tokens[sample])
-        if len(sizes) != count or sum(sizes) != len(positions):
-            raise ActivationShapeError(
-                f"sample {sample} holds {count} image(s) and {len(positions)} image positions, "
-                f"but the processor expanded its images into {sizes} image tokens"
-            )
-        return sizes
-
     def vision_sequences(
         self,
         name: str,
