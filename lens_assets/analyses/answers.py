@@ -82,7 +82,8 @@ def answer_questions(
 ) -> pa.Table:
     """Greedy answers to every question, scored where the row knows its answer; one row per
     dataset row asked."""
-    questions = answerable(loaded, questions_of(warehouse, datasets))
+    every = questions_of(warehouse, datasets)  # the vocabularies cover the unasked rows too
+    questions = answerable(loaded, every)
     if not questions:
         return ANSWER_ROWS.empty_table()
     paths = {path for q in questions for path in q["paths"]}
@@ -94,7 +95,7 @@ def answer_questions(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
     )
-    vocabularies = _vocabularies(questions_of(warehouse, datasets))
+    vocabularies = _vocabularies(every)
     by_concept: dict[str, set[str]] = defaultdict(set)
     for (_, concept), words in vocabularies.items():
         by_concept[concept].update(words)
