@@ -40,6 +40,7 @@ from lens_assets.analyses.interventions import (
     patch_outputs,
     patching_effects,
     prepare_pair,
+    prepare_input,
     recovery,
     rows_table,
     run_logits,
@@ -362,3 +363,46 @@ def test_head_ablation_reads_a_row_of_two_images_in_one_prompt(load_tiny: Loader
     assert set(rows) == {"row", "one"}
     assert all(r["max_abs_diff"] > 0 for r in rows.values())
     assert rows["row"]["base_logit"] != pytest.approx(rows["one"]["base_logit"])
+
+
+def test_configured_patching_pairs_two_image_rows(
+    load_tiny: Loader, warehouse: Warehouse, tmp_path: Path
+) -> None:
+    """Rows of two images each (a reference and a candidate) are patched as they are asked:
+    the pair is two rows with as many images, labelled on the row, and patching the last layer
+    everywhere recovers the clean row's logit on its expected answer."""
+    loaded = load_tiny("llava")
+    question = "Which background does the second picture have?"
+    combos = {"p": ("red", "blue"), "q": ("red", "green")}  # row -> (word, second background)
+    images, rows, labels = [], [], []
+    for key, (word, background) in combos.items():
+        ids = [f"{key}1", f"{key}2"]
+        for image_id, ground in zip(ids, ("white", background), strict=True):
+            path = tmp_path / f"{image_id}.png"
+            render(word, word, ground, STROOP).save(path)
+            images.append({"image_id": image_id, "dataset": "pairs", "path": str(path)})
+        rows.append({"dataset": "pairs", "row_key": f"row-{key}", "position": len(rows),
+                     "image_ids": ids, "prompt": question, "answer": background,
+                     "choices": None, "split": None, "kind": "attribute",
+                     "concept": "background"})  # fmt: skip
+        labels += [{"dataset": "pairs", "row_key": f"row-{key}", "concept": concept,
+                    "value": value} for concept, value in (("word", word),
+                                                          ("background", background))]  # fmt: skip
+    warehouse.replace_dataset_rows(
+        ["pairs"],
+        {name: pa.Table.from_pylist(table) for name, table in
+         (("images", images), ("dataset_rows", rows), ("row_labels", labels))},
+    )  # fmt: skip
+    last = _decoder_layers(loaded)[-1]
+    settings = PatchingSettings(dataset="pairs", layers=[last], positions=["all", "image"])
+    found = patching_effects(loaded, warehouse, settings).to_pylist()
+    assert [(r["pair_id"], r["positions"]) for r in found] == [
+        ("p1+p2>q1+q2", "all"),
+        ("p1+p2>q1+q2", "image"),
+    ]
+    assert found[0]["answer_token"] == answer_token_id(loaded, question, "blue")
+    assert found[0]["recovery"] == pytest.approx(1.0, abs=1e-4)
+    # Image positions of both pictures are patched: twice one picture's image tokens.
+    one = prepare_input(loaded, render("red", "red", "blue", STROOP), question)
+    tokens = int((one["input_ids"] == loaded.layout.image_token_id).sum())
+    assert found[1]["patched_positions"] == 2 * tokens

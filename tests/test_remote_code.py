@@ -411,3 +411,168 @@ def test_cogvlm_runs_a_text_only_row_beside_an_image_row_exactly(
         torch.testing.assert_close(batched.vectors[keep], single.vectors, atol=1e-5, rtol=1e-4)
         if single.token_role is not None:
             assert TokenRole.IMAGE not in single.token_role.tolist()
+
+
+# -- text-only rows of the families whose code is not in the tests -----------------------------
+# Fakes that keep only the input contract of each family's public processor or model code.
+
+
+class _ChatTokenizer:
+    pad_token_id = 0
+
+    def apply_chat_template(self, messages: list[dict[str, str]], **_: Any) -> str:
+        return f"<user>{messages[0]['content']}<assistant>"
+
+
+class _MiniCPMProcessor:
+    """MiniCPM-V 2.6's processor: one slice per image, its query tokens between bounds; with
+    `images=None` it only tokenizes."""
+
+    tokenizer = _ChatTokenizer()
+
+    def __call__(self, texts: list[str], images: Any, return_tensors: str) -> dict[str, Any]:
+        n_images = len(images[0]) if images else 0
+        assert texts[0].count("(<image>./</image>)") == n_images
+        length = len(texts[0].split())
+        ids = torch.arange(1, 5 + length).reshape(1, -1)
+        if images is None:
+            return {"input_ids": ids}
+        return {
+            "input_ids": ids,
+            "pixel_values": [[torch.zeros(3, 4, 4)]],
+            "tgt_sizes": [torch.tensor([[2, 2]])],
+            "image_bound": [torch.tensor([[1, 3]])],
+        }
+
+
+def test_minicpm_runs_a_text_only_row_without_slices_or_placeholder() -> None:
+    picture = Image.new("RGB", (8, 8))
+    inputs = MINICPM.prepare_on(
+        _MiniCPMProcessor(), [[picture], []], ["What colour?", "Name a colour."],
+        torch.device("cpu"), torch.float32,
+    )  # fmt: skip
+    assert [len(p) for p in inputs["pixel_values"]] == [1, 0]
+    assert inputs["image_bound"][1].shape == (0, 2)
+    roles = MINICPM.text_roles(inputs, ModelLayout())
+    assert TokenRole.IMAGE in roles[0].tolist() and TokenRole.IMAGE not in roles[1].tolist()
+    vpm = MINICPM.sequences("vpm.encoder.layers.0", torch.randn(1, 4, 5), inputs, ModelLayout(), 2)
+    assert vpm.roles is not None and set(vpm.roles[1].tolist()) == {TokenRole.PAD}
+
+
+class _MolmoProcessor:
+    """Molmo v1's `process`: two crops of three patches per image; without images only ids."""
+
+    def process(self, images: Any, text: str) -> dict[str, Any]:
+        ids = torch.arange(1, 6 + len(text.split()))
+        if images is None:
+            return {"input_ids": ids}
+        return {
+            "input_ids": ids,
+            "images": torch.zeros(2, 3, 4),
+            "image_input_idx": torch.tensor([[1, 2, 3], [4, 5, -1]]),
+            "image_masks": torch.ones(2, 3),
+        }
+
+
+def test_molmo_runs_a_text_only_row_as_padding_crops_beside_an_image_row() -> None:
+    picture = Image.new("RGB", (8, 8))
+    prompts = ["What colour?", "Name a colour."]
+    inputs = MOLMO.prepare_on(
+        _MolmoProcessor(), [[picture], []], prompts, torch.device("cpu"), torch.float32
+    )
+    assert inputs["images"].shape == (2, 2, 3, 4)
+    assert bool((inputs["images"][1] == -1).all())
+    assert bool((inputs["image_input_idx"][1] == -1).all())
+    roles = MOLMO.text_roles(inputs, ModelLayout())
+    assert roles[0].tolist().count(TokenRole.IMAGE) == 5
+    assert TokenRole.IMAGE not in roles[1].tolist()
+    vit = MOLMO.sequences("model.vision_backbone.image_vit", torch.randn(4, 3, 5), inputs,
+                          ModelLayout(), 2)  # fmt: skip
+    assert vit.roles is not None and set(vit.roles[1].tolist()) == {TokenRole.PAD}
+    alone = MOLMO.prepare_on(
+        _MolmoProcessor(), [[]], prompts[1:], torch.device("cpu"), torch.float32
+    )
+    assert "images" not in alone
+    assert TokenRole.IMAGE not in MOLMO.text_roles(alone, ModelLayout()).tolist()[0]
+
+
+class _WordTokenizer:
+    pad_token_id = 0
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> SimpleNamespace:
+        ids = [len(word) + 10 for word in text.split()]
+        return SimpleNamespace(input_ids=([1] if add_special_tokens else []) + ids)
+
+
+class _PixelProcessor:
+    def __call__(self, images: list[Image.Image], return_tensors: str) -> dict[str, torch.Tensor]:
+        return {"pixel_values": torch.stack([torch.full((3, 4, 4), float(sum(i.getpixel((0, 0)))))
+                                             for i in images])}  # fmt: skip
+
+
+def test_glamm_runs_a_text_only_row_without_the_image_sentence() -> None:
+    """LLaVA-1 takes one image per sample, so a text-only row beside an image row holds a
+    black stand-in, marked padding in the vision modules; its tokens are not expanded."""
+    from lens_assets.capture.adapters.remote_code import RemoteProcessor
+
+    processor = RemoteProcessor(_WordTokenizer(), image_processor=_PixelProcessor())
+    assert "picture" not in GLAMM.prompt_text(processor, "Name a colour.", 0)
+    picture = Image.new("RGB", (8, 8), (200, 10, 10))
+    inputs = GLAMM.prepare_on(processor, [[picture], []], ["What colour?", "Name a colour."],
+                              torch.device("cpu"), torch.float32)  # fmt: skip
+    ids = inputs["input_ids"]
+    assert (ids[0] == IMAGE_TOKEN_INDEX).sum() == 1 and (ids[1] == IMAGE_TOKEN_INDEX).sum() == 0
+    assert inputs["images"][1].abs().sum() == 0  # the stand-in is black
+    roles = GLAMM.text_roles(inputs, SplicedLayout(image_positions=3))
+    assert roles[0].tolist().count(TokenRole.IMAGE) == 3
+    assert TokenRole.IMAGE not in roles[1].tolist()
+    real = int(inputs["attention_mask"][1].sum())
+    assert roles[1, :real].tolist() == [TokenRole.TEXT] * real
+    tower = GLAMM.sequences("model.vision_tower.encoder.layers.0", torch.randn(2, 5, 6), inputs,
+                            ModelLayout(), 2)  # fmt: skip
+    assert tower.roles is not None and set(tower.roles[1].tolist()) == {TokenRole.PAD}
+    assert TokenRole.IMAGE in tower.roles[0].tolist()
+    alone = GLAMM.prepare_on(processor, [[]], ["Name a colour."], torch.device("cpu"),
+                             torch.float32)  # fmt: skip
+    assert "images" not in alone
+
+
+class _XComposer25(torch.nn.Module):
+    """InternLM-XComposer-2.5's input builder: `interleav_wrap_chat(query, images, ...)` gives
+    the embeddings and the image mask; an empty image list gives text alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 6)
+        self.tokenizer = _WordTokenizer()
+        self.seen: dict[str, Any] = {}
+
+    def vis_processor(self, picture: Image.Image) -> torch.Tensor:
+        return torch.zeros(3, 4, 4)
+
+    def interleav_wrap_chat(self, query: str, image: list[torch.Tensor], history: list[Any],
+                            meta_instruction: str, hd_num: int = 24) -> Any:  # fmt: skip
+        ids = torch.tensor(self.tokenizer(query).input_ids)
+        text = self.embed(ids)
+        pictures = [torch.ones(4, 6) for _ in image]
+        embeds = torch.cat([*pictures, text])[None]
+        mask = torch.cat([torch.ones(4 * len(image)), torch.zeros(len(ids))])[None]
+        return {"inputs_embeds": embeds}, mask
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                im_mask: torch.Tensor) -> Any:  # fmt: skip
+        self.seen = {"embeds": inputs_embeds, "mask": attention_mask, "im_mask": im_mask}
+        return SimpleNamespace(logits=inputs_embeds)
+
+
+def test_xcomposer_runs_a_text_only_row_through_chat_s_path_without_an_image() -> None:
+    model = _XComposer25()
+    picture = Image.new("RGB", (8, 8))
+    prompts = ["What colour?", "Name a colour please."]
+    inputs = XCOMPOSER.prepare_on(None, [[picture], []], prompts, torch.device("cpu"),
+                                  torch.float32)  # fmt: skip
+    XCOMPOSER.forward(model, inputs, {})
+    assert model.seen["im_mask"][0].sum() == 4 and model.seen["im_mask"][1].sum() == 0
+    roles = XCOMPOSER.text_roles(inputs, ModelLayout())
+    assert TokenRole.IMAGE not in roles[1].tolist()
+    assert int(inputs["attention_mask"][1].sum()) == 1 + len(prompts[1].split())

@@ -124,13 +124,3 @@ def answer_questions(
         ],
         schema=ANSWER_ROWS,
     )
-
-
-def questions_with_answers(warehouse: Warehouse, datasets: Sequence[str]) -> list[dict[str, Any]]:
-    """The one-image rows with a known answer, with their image's id and file: what the
-    single-image studies (interventions, the interpretability tables) ask about."""
-    return [
-        {**q, "image_id": q["image_ids"][0], "path": q["paths"][0]}
-        for q in questions_of(warehouse, datasets)
-        if q["expected"] is not None and len(q["image_ids"]) == 1
-    ]

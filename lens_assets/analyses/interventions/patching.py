@@ -45,18 +45,22 @@ PATCHING_ROWS = PATCHING_EFFECTS  # the name the orchestration layer imports
 
 @dataclass(frozen=True)
 class PatchPair:
-    """A clean and a corrupted image under the same prompt, e.g. one Stroop word on two
-    backgrounds. `answer` None means the clean run's own top token."""
+    """A clean and a corrupted input under the same prompt, e.g. one Stroop word on two
+    backgrounds: one image each, or a row's images each (as many on both sides). `answer`
+    None means the clean run's own top token."""
 
     pair_id: str
-    clean: Image.Image
-    corrupted: Image.Image
+    clean: Image.Image | Sequence[Image.Image]
+    corrupted: Image.Image | Sequence[Image.Image]
     prompt: str
     answer: str | int | None = None
 
 
 def prepare_pair(
-    loaded: LoadedModel, clean: Image.Image, corrupted: Image.Image, prompt: str
+    loaded: LoadedModel,
+    clean: Image.Image | Sequence[Image.Image],
+    corrupted: Image.Image | Sequence[Image.Image],
+    prompt: str,
 ) -> tuple[BatchFeature, BatchFeature]:
     """The clean and corrupted inputs, checked to line up position by position.
 

@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 from PIL import Image
 
-from lens_assets.analyses.answers import questions_with_answers
+from lens_assets.analyses.answers import questions_of
 from lens_assets.analyses.interpretability import (
     AblationSettings,
     PatchingSettings,
@@ -28,7 +28,7 @@ from lens_assets.analyses.interventions.patching import (
     activation_patching,
 )
 from lens_assets.analyses.interventions.runs import InterventionError, Sample, rows_table
-from lens_assets.analyses.reading import labels_by_image
+from lens_assets.analyses.reading import labels_by_image, load_labels, row_images
 from lens_assets.capture.hooks import HookPointError
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.data.images import load_image
@@ -37,51 +37,77 @@ from lens_assets.resources.warehouse import Warehouse
 log = logging.getLogger(__name__)
 
 
+def row_labels_of(warehouse: Warehouse, dataset: str) -> dict[str, dict[str, str]]:
+    """row_key -> concept -> value: a row's own labels, over the labels of its image where it
+    has exactly one (a Stroop question row carries its picture's word, ink and background)."""
+    by_image = labels_by_image(warehouse, dataset)
+    labels = {
+        key: dict(by_image.get(images[0], {})) if len(images) == 1 else {}
+        for key, images in row_images(warehouse, dataset).items()
+    }
+    for concept, values in load_labels(warehouse, dataset).items():
+        for key, value in values.items():
+            labels.setdefault(key, {})[concept] = value
+    return labels
+
+
 def patch_pairs(
     labels: Mapping[str, Mapping[str, str]],
     questions: Sequence[Mapping[str, Any]],
     settings: PatchingSettings,
-) -> list[tuple[str, str, Mapping[str, Any]]]:
-    """(clean image id, corrupted image id, the clean image's question) per pair.
+) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """(clean row, corrupted row) per pair, both `answers.questions_of` rows.
 
-    `labels` is image id -> concept -> value; `questions` are `answers.questions_with_answers`
-    rows. Pairs agree on `settings.same` and differ on `settings.differ`; the question is the
-    one about `settings.concept` (first by prompt id), asked of both images, and its expected
-    answer for the clean image is the answer token read. Pairs whose clean image has no such
-    question are left out.
+    `labels` is row_key -> concept -> value. Candidates are the rows asking about
+    `settings.concept` with a known answer; pairs agree on `settings.same`, differ on
+    `settings.differ` and hold as many images, so their sequences can line up. The clean
+    row's question is asked of both; its expected answer is the answer token read.
     """
-    asked: dict[str, Mapping[str, Any]] = {}
-    for question in questions:
-        if question.get("concept") == settings.concept:
-            asked.setdefault(question["image_id"], question)
-    candidates = {image: values for image, values in labels.items() if image in asked}
-    chosen = clean_corrupted_pairs(candidates, settings.same, settings.differ, settings.max_pairs)
-    return [(clean, corrupted, asked[clean]) for clean, corrupted in chosen]
+    asked = {
+        q["row_key"]: q
+        for q in questions
+        if q.get("concept") == settings.concept and q.get("expected") is not None
+    }
+    by_count: dict[int, dict[str, Mapping[str, str]]] = {}
+    for key, question in asked.items():
+        by_count.setdefault(len(question["image_ids"]), {})[key] = labels.get(key, {})
+    chosen = sorted(
+        pair
+        for count, candidates in by_count.items()
+        if count > 0
+        for pair in clean_corrupted_pairs(
+            dict(candidates), settings.same, settings.differ, settings.max_pairs
+        )
+    )[: settings.max_pairs]
+    return [(asked[clean], asked[corrupted]) for clean, corrupted in chosen]
+
+
+def pair_id(clean: Mapping[str, Any], corrupted: Mapping[str, Any]) -> str:
+    """'clean>corrupted' in image ids ('a>b'; a two-image row reads 'a+b>c+d')."""
+    return f"{'+'.join(clean['image_ids'])}>{'+'.join(corrupted['image_ids'])}"
 
 
 def patching_effects(
     loaded: LoadedModel, warehouse: Warehouse, settings: PatchingSettings
 ) -> pa.Table:
-    """The configured patching study as `patching_effects` rows (pair_id 'clean>corrupted').
+    """The configured patching study as `patching_effects` rows, one pair of dataset rows at a
+    time, every image of a row in its one prompt.
 
-    Images, labels and questions come from the warehouse's `settings.dataset`. A pair whose
-    images do not line up position by position (different image-token counts), or whose
-    hook point did not run, is skipped with a warning, so one odd image does not cost the
-    whole study.
+    Rows, labels and questions come from the warehouse's `settings.dataset`. A pair whose
+    rows do not line up position by position (different image-token counts), or whose hook
+    point did not run, is skipped with a warning, so one odd row does not cost the study.
     """
     dataset = settings.dataset
-    labels = labels_by_image(warehouse, dataset)
-    questions = questions_with_answers(warehouse, [dataset])
-    paths = {q["image_id"]: q["path"] for q in questions}
+    labels = row_labels_of(warehouse, dataset)
+    questions = [q for q in questions_of(warehouse, [dataset]) if q["image_ids"]]
     rows: list[dict[str, Any]] = []
-    for clean, corrupted, question in patch_pairs(labels, questions, settings):
-        corrupted_path = paths.get(corrupted) or _stored_path(warehouse, dataset, corrupted)
+    for clean, corrupted in patch_pairs(labels, questions, settings):
         pair = PatchPair(
-            f"{clean}>{corrupted}",
-            load_image(question["path"]).image,
-            load_image(corrupted_path).image,
-            question["prompt"],
-            question["expected"],
+            pair_id(clean, corrupted),
+            [load_image(path).image for path in clean["paths"]],
+            [load_image(path).image for path in corrupted["paths"]],
+            clean["prompt"],
+            clean["expected"],
         )
         try:
             rows += activation_patching(
@@ -90,18 +116,6 @@ def patching_effects(
         except (InterventionError, HookPointError) as error:
             log.warning("pair %s skipped: %s", pair.pair_id, error)
     return rows_table(rows, PATCHING_EFFECTS)
-
-
-def _stored_path(warehouse: Warehouse, dataset: str, image_id: str) -> str:
-    """An image's stored path (for a corrupted image that has no question of its own)."""
-    rows = warehouse.fetch_arrow(
-        "SELECT any_value(path) FROM images WHERE dataset = ? AND image_id = ?",
-        [dataset, image_id],
-    )
-    path = rows.column(0)[0].as_py() if rows.num_rows else None
-    if path is None:
-        raise InterventionError(f"image {image_id!r} of dataset {dataset!r} is not stored")
-    return str(path)
 
 
 def ablation_effects(

@@ -17,6 +17,9 @@ from lens_assets.capture.adapters.base import (
     ActivationShapeError,
     Adapter,
     ModelLayout,
+    Sequences,
+    image_counts,
+    per_sample,
     token_roles,
 )
 from lens_assets.capture.adapters.remote_code import RemoteProcessor, pad_stack
@@ -49,7 +52,8 @@ class GLaMMAdapter(Adapter):
     `<image>` turned into id -200, CLIP pixel values from the checkpoint's `vision_tower`, and
     the LLaVA forward (`past_key_values=None` keeps GLaMM off its segmentation path). The LLM
     sees the image's features where the -200 was, so text roles expand that position. `lens
-    modules` does not work for GLaMM (its classes are not transformers auto classes).
+    modules` does not work for GLaMM (its classes are not transformers auto classes). A
+    text-only row is the same turn without the image sentence and placeholder.
     """
 
     model_class: str = "AutoModelForCausalLM"
@@ -101,29 +105,36 @@ class GLaMMAdapter(Adapter):
 
     def prompt_text(self, processor: Any, prompt: str, n_images: int = 1) -> str:
         image = "The <im_start><image><im_end> provides an overview of the picture.\n"
-        return f"{GLAMM_SYSTEM} USER: {image}{prompt} ASSISTANT:"
+        return f"{GLAMM_SYSTEM} USER: {image if n_images else ''}{prompt} ASSISTANT:"
 
     def prepare(
-        self, processor: Any, images: Sequence[Image.Image], prompts: Sequence[str]
+        self, processor: Any, images: Sequence[Any], prompts: Sequence[str]
     ) -> BatchFeature:
         tokenizer = processor.tokenizer
+        rows = per_sample(images)
         ids = []
-        for prompt in prompts:
-            before, after = self.prompt_text(processor, prompt).split("<image>")
+        for row, prompt in zip(rows, prompts, strict=True):
+            text = self.prompt_text(processor, prompt, len(row))
+            if not row:  # a text-only row: the plain llava_v1 turn
+                ids.append(torch.tensor(tokenizer(text).input_ids))
+                continue
+            before, after = text.split("<image>")
             head = tokenizer(before).input_ids  # with BOS, as LLaVA's tokenizer_image_token
             tail = tokenizer(after, add_special_tokens=False).input_ids
             ids.append(torch.tensor([*head, IMAGE_TOKEN_INDEX, *tail]))
-        input_ids = pad_stack(ids, tokenizer.pad_token_id)
-        pixels = processor.image_processor(
-            [image.convert("RGB") for image in images], return_tensors="pt"
-        )["pixel_values"]
-        return BatchFeature(
-            data={
-                "input_ids": input_ids,
-                "attention_mask": pad_stack([torch.ones_like(row) for row in ids], 0),
-                "images": pixels,
-            }
-        )
+        data = {
+            "input_ids": pad_stack(ids, tokenizer.pad_token_id),
+            "attention_mask": pad_stack([torch.ones_like(row) for row in ids], 0),
+        }
+        if any(rows):
+            # LLaVA-1 takes one image per sample, even from a sample without a placeholder
+            # (it skips that one's features): a text-only row holds a black stand-in, which
+            # the vision modules' readback marks as padding.
+            pictures = [row[0].convert("RGB") if row else _stand_in(rows) for row in rows]
+            data["images"] = processor.image_processor(pictures, return_tensors="pt")[
+                "pixel_values"
+            ]
+        return BatchFeature(data=data)
 
     def forward(self, model: nn.Module, inputs: BatchFeature, extra: dict[str, Any]) -> Any:
         return model(**inputs, past_key_values=None, **extra)
@@ -135,14 +146,42 @@ class GLaMMAdapter(Adapter):
         rows = []
         for sample in range(len(ids)):
             where = (ids[sample] == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
-            if len(where) != 1:
+            if len(where) > 1:
                 raise ActivationShapeError(
                     f"sample {sample} has {len(where)} image placeholders, GLaMM's prompt one"
                 )
+            if not where:  # a text-only row: its tokens as they are
+                rows.append(short[sample])
+                continue
             at = where[0]
             image = short.new_full((count,), TokenRole.IMAGE)
             rows.append(torch.cat([short[sample, :at], image, short[sample, at + 1 :]]))
-        return torch.stack(rows)
+        # LLaVA-1 pads the spliced embeddings on the right to the longest sample.
+        longest = max(len(row) for row in rows)
+        return torch.stack(
+            [torch.cat([row, row.new_full((longest - len(row),), TokenRole.PAD)]) for row in rows]
+        )
+
+    def vision_sequences(
+        self,
+        name: str,
+        output: torch.Tensor,
+        inputs: BatchFeature,
+        layout: ModelLayout,
+        batch_size: int,
+    ) -> Sequences:
+        sequences = super().vision_sequences(name, output, inputs, layout, batch_size)
+        counts = image_counts(inputs, batch_size)
+        if sequences.roles is not None and 0 in counts:
+            stand_ins = torch.tensor([count == 0 for count in counts], device=output.device)
+            sequences.roles[stand_ins] = TokenRole.PAD  # the black stand-ins of text-only rows
+        return sequences
 
 
-GLAMM = GLaMMAdapter(max_images=1, text_only=False)
+def _stand_in(rows: Sequence[Sequence[Image.Image]]) -> Image.Image:
+    """A black picture the size of the batch's first image."""
+    first = next(row[0] for row in rows if row)
+    return Image.new("RGB", first.size)
+
+
+GLAMM = GLaMMAdapter(max_images=1)

@@ -21,6 +21,7 @@ from lens_assets.capture.adapters.base import (
     Adapter,
     ModelLayout,
     Sequences,
+    per_sample,
     token_roles,
 )
 from lens_assets.capture.adapters.remote_code import (
@@ -46,7 +47,8 @@ class XComposerAdapter(Adapter):
     on the right and the model runs on `inputs_embeds` with `im_mask`. That all happens in the
     forward pass, under the hooks, one image at a time, so a vision module's hook keeps only
     the last image of a batch: vision modules need `batch_size: 1` (an error says so). The
-    4KHD variant's HD preprocessing is not reproduced.
+    4KHD variant's HD preprocessing is not reproduced. A text-only row takes `chat`'s path
+    without an image and has no image positions.
     """
 
     model_class: str = "AutoModel"
@@ -73,8 +75,13 @@ class XComposerAdapter(Adapter):
         takes_query_first = next(iter(inspect.signature(wrap).parameters)) == "query"
         device, dtype = next(model.parameters()).device, model_dtype(model)
         embeds, image_masks = [], []
-        for image, prompt in zip(inputs["images"], inputs["prompts"], strict=True):
-            picture = image.convert("RGB")
+        for row, prompt in zip(per_sample(inputs["images"]), inputs["prompts"], strict=True):
+            if not row:  # a text-only row: `chat`'s own path without an image
+                embed, image_mask = _text_only(remote, wrap, takes_query_first, prompt, meta)
+                embeds.append(embed.to(device))
+                image_masks.append(image_mask.to(device))
+                continue
+            picture = row[0].convert("RGB")
             if tiling is not None:
                 picture = tiling(picture, hd_num=self.hd_num)
             pixels = remote.vis_processor(picture).unsqueeze(0).to(device, dtype)
@@ -124,4 +131,17 @@ class XComposerAdapter(Adapter):
         return [rows]  # one image: every row is one of its HD tiles
 
 
-XCOMPOSER = XComposerAdapter(max_images=1, text_only=False)
+def _text_only(
+    remote: Any, wrap: Any, takes_query_first: bool, prompt: str, meta: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embeddings, image mask) of a prompt without an image, as `chat` builds it: 2.5 wraps
+    an empty image list; 2-VL tokenizes with `build_inputs` and embeds the ids."""
+    if takes_query_first:
+        wrapped = wrap(prompt, [], history=[], meta_instruction=meta)
+        return wrapped[0]["inputs_embeds"][0], wrapped[1][0].bool()
+    ids = remote.build_inputs(remote.tokenizer, prompt, [], meta)["input_ids"]
+    embeds = remote.get_input_embeddings()(ids.to(remote.device))[0]
+    return embeds, torch.zeros(embeds.shape[0], dtype=torch.bool)
+
+
+XCOMPOSER = XComposerAdapter(max_images=1)

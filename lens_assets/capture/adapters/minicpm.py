@@ -20,6 +20,7 @@ from lens_assets.capture.adapters.base import (
     ModelLayout,
     Sequences,
     join_tiles,
+    per_sample,
     token_roles,
 )
 from lens_assets.capture.adapters.remote_code import load_auto_model, model_dtype, pad_stack
@@ -39,7 +40,10 @@ class MiniCPMAdapter(Adapter):
     position_ids, pixel_values (per sample, per slice), tgt_sizes and image_bound. The vision
     tower (`vpm`) and the resampler see every slice of every image on their batch axis; slices
     are joined per image with a tile column, and the padding patches of smaller slices are
-    marked pad. MiniCPM-V 2.0 and 2.5 predate this processor interface and are not covered.
+    marked pad. A text-only row is tokenized alone and has no slices. The processor takes
+    several images per prompt, but its slices cannot be told apart per image from what it
+    returns, so a row holds at most one image here. MiniCPM-V 2.0 and 2.5 predate this
+    processor interface and are not covered.
     """
 
     model_class: str = "AutoModel"
@@ -53,17 +57,18 @@ class MiniCPMAdapter(Adapter):
         return model, processor
 
     def prompt_text(self, processor: Any, prompt: str, n_images: int = 1) -> str:
-        messages = [{"role": "user", "content": f"{self.image_placeholder}\n{prompt}"}]
+        content = f"{self.image_placeholder * n_images}\n{prompt}" if n_images else prompt
+        messages = [{"role": "user", "content": content}]
         return processor.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
 
     def prepare(
-        self, processor: Any, images: Sequence[Image.Image], prompts: Sequence[str]
+        self, processor: Any, images: Sequence[Any], prompts: Sequence[str]
     ) -> BatchFeature:
         rows = [
-            processor([self.prompt_text(processor, prompt)], [[image]], return_tensors="pt")
-            for image, prompt in zip(images, prompts, strict=True)
+            self._sample(processor, row, prompt)
+            for row, prompt in zip(per_sample(images), prompts, strict=True)
         ]
         ids = [row["input_ids"][0].long() for row in rows]
         pad_id = processor.tokenizer.pad_token_id
@@ -79,6 +84,17 @@ class MiniCPMAdapter(Adapter):
                 "image_bound": [row["image_bound"][0] for row in rows],
             }
         )
+
+    def _sample(self, processor: Any, images: list[Image.Image], prompt: str) -> dict[str, Any]:
+        """One sample through the processor, as `chat` builds it. A text-only row goes in
+        without images (the processor then only tokenizes) and gets no slices, no target sizes
+        and no image bounds, which the model's embedding step reads as "no image"."""
+        text = self.prompt_text(processor, prompt, len(images))
+        if images:
+            return processor([text], [images], return_tensors="pt")
+        ids = processor([text], None, return_tensors="pt")["input_ids"]
+        none = torch.zeros((0, 2), dtype=torch.long)
+        return {"input_ids": ids, "pixel_values": [[]], "tgt_sizes": [none], "image_bound": [none]}
 
     def forward(self, model: nn.Module, inputs: BatchFeature, extra: dict[str, Any]) -> Any:
         dtype = model_dtype(model)
@@ -132,4 +148,4 @@ def _under(name: str, prefix: str) -> bool:
     return any(part == prefix for part in name.split("."))
 
 
-MINICPM = MiniCPMAdapter(max_images=1, text_only=False)
+MINICPM = MiniCPMAdapter(max_images=1)

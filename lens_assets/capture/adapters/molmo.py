@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import nn
 from transformers import AutoProcessor, BatchFeature
 
@@ -19,6 +18,7 @@ from lens_assets.capture.adapters.base import (
     ModelLayout,
     Sequences,
     join_tiles,
+    per_sample,
     token_roles,
 )
 from lens_assets.capture.adapters.remote_code import load_auto_model, pad_stack, present
@@ -35,7 +35,8 @@ class MolmoAdapter(Adapter):
     mask), crops included. The image role goes on the positions `image_input_idx` names. The
     ViT (`vision_backbone.image_vit`, class token first) sees every crop of every image on its
     batch axis and the projector outputs (batch, crops, tokens, dim); both are joined per image
-    with a tile column, padding crops left out.
+    with a tile column, padding crops left out. A text-only row is processed without images
+    (the processor then only tokenizes) and holds nothing but padding crops in a batch.
     """
 
     model_class: str = "AutoModelForCausalLM"
@@ -50,22 +51,28 @@ class MolmoAdapter(Adapter):
         return ModelLayout(cls_towers=present(model, ("model.vision_backbone.image_vit",)))
 
     def prepare(
-        self, processor: Any, images: Sequence[Image.Image], prompts: Sequence[str]
+        self, processor: Any, images: Sequence[Any], prompts: Sequence[str]
     ) -> BatchFeature:
         rows = [
-            processor.process(images=[image], text=prompt)
-            for image, prompt in zip(images, prompts, strict=True)
+            processor.process(images=row or None, text=prompt)
+            for row, prompt in zip(per_sample(images), prompts, strict=True)
         ]
         input_ids = pad_stack([torch.as_tensor(row["input_ids"]) for row in rows], -1)
         data = {"input_ids": input_ids, "attention_mask": (input_ids != -1).long()}
         for key in ("images", "image_input_idx", "image_masks"):
-            if all(row.get(key) is not None for row in rows):
-                data[key] = pad_stack([torch.as_tensor(row[key]) for row in rows], -1)
+            present_in = [torch.as_tensor(row[key]) for row in rows if row.get(key) is not None]
+            if present_in:  # a text-only row has none: no crops, all padding (-1)
+                empty = present_in[0].new_full((0, *present_in[0].shape[1:]), -1)
+                values = [torch.as_tensor(row[key]) if row.get(key) is not None else empty
+                          for row in rows]  # fmt: skip
+                data[key] = pad_stack(values, -1)
         return BatchFeature(data=data)
 
     def text_roles(self, inputs: BatchFeature, layout: ModelLayout) -> torch.Tensor:
         ids = inputs["input_ids"]
         image = torch.zeros_like(ids, dtype=torch.bool)
+        if inputs.get("image_input_idx") is None:  # a batch of text-only rows
+            return token_roles(inputs.get("attention_mask"), image)
         index = inputs["image_input_idx"].reshape(len(ids), -1).long()
         valid = index >= 0
         rows = torch.arange(len(ids), device=ids.device)[:, None].expand_as(index)
@@ -95,4 +102,4 @@ class MolmoAdapter(Adapter):
         return join_tiles(kept, real.sum(dim=1).tolist(), has_cls)
 
 
-MOLMO = MolmoAdapter(max_images=1, text_only=False)
+MOLMO = MolmoAdapter(max_images=1)
