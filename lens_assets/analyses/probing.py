@@ -34,7 +34,14 @@ from lens_assets.analyses.reading import (
 from lens_assets.resources.schemas import PROBE_RESULTS
 from lens_assets.resources.warehouse import Warehouse
 
-__all__ = ["ProbeResult", "ProbeSettings", "concept_task", "picture_groups", "probe_layers"]
+__all__ = [
+    "ProbeResult",
+    "ProbeSettings",
+    "concept_task",
+    "picture_groups",
+    "probe_layers",
+    "probed_concepts",
+]
 
 
 def probe_layers(
@@ -62,7 +69,7 @@ def probe_layers(
         for dataset in labelled_datasets(con, model, datasets):
             labels = load_labels(con, dataset) | answer_labels(con, dataset)
             pictures = row_images(con, dataset)
-            chosen = [c for c in labels if concepts is None or c in concepts]
+            chosen = probed_concepts(con, dataset, labels, concepts)
             for layer, pooling in pooled_layers(con, model, dataset):
                 keys, X = load_vectors(con, model, dataset, layer, pooling)
                 groups = picture_groups([pictures.get(key, (key,)) or (key,) for key in keys])
@@ -80,6 +87,17 @@ def probe_layers(
                 pending = jobs
         rows.extend(job.row() for job in pending)
     return rows
+
+
+def probed_concepts(
+    warehouse: Any,
+    dataset: str,
+    labels: dict[str, dict[str, str]],
+    requested: Sequence[str] | None = None,
+) -> list[str]:
+    """Which of a dataset's labelled concepts are probed: those asked for (None: every one).
+    Every probing protocol chooses its concepts here."""
+    return [c for c in labels if requested is None or c in requested]
 
 
 def concept_task(
