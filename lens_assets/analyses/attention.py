@@ -365,33 +365,29 @@ def render_attention_overlay(
     box: tuple[float, float, float, float] | None = None,
     title: str | None = None,
 ) -> Path:
-    """The map over the image as a translucent heat map, one patch per cell.
+    """The map over the image as a translucent heat map, one patch per cell, in the pictures'
+    conventions (`figures`).
 
     `box` (x0, y0, x1, y1 pixels) is the part of the image the model saw
     (`patches.frame_box`: the centre after a crop); the whole image by default.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from lens_assets.analyses.figures import plt, save, styled
 
     x0, y0, x1, y1 = box if box is not None else (0.0, 0.0, *map(float, image.size))
-    figure, axis = plt.subplots(figsize=(5.6, 4.2 * image.height / max(image.width, 1) + 0.6))
-    axis.imshow(image, extent=(0, image.width, image.height, 0))
-    shown = axis.imshow(
-        grid, extent=(x0, x1, y1, y0), cmap="inferno", alpha=0.55, interpolation="nearest"
-    )
-    axis.set_xlim(0, image.width)
-    axis.set_ylim(image.height, 0)
-    axis.axis("off")
-    figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04, label="attention")
-    if title:
-        axis.set_title(title, fontsize=8, wrap=True)
-    figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=90)
-    plt.close(figure)
-    return out
+    aspect = image.height / max(image.width, 1)
+    with styled():
+        figure, axis = plt.subplots(figsize=(5.0, 4.2 * aspect + 0.8), layout="constrained")
+        axis.imshow(image, extent=(0, image.width, image.height, 0))
+        shown = axis.imshow(
+            grid, extent=(x0, x1, y1, y0), cmap="inferno", alpha=0.55, interpolation="nearest"
+        )
+        axis.set_xlim(0, image.width)
+        axis.set_ylim(image.height, 0)
+        axis.axis("off")
+        figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04, label="attention")
+        if title:
+            axis.set_title(title, wrap=True)
+        return save(figure, out)
 
 
 __all__ = [

@@ -227,14 +227,21 @@ def render_attributions(
     processor's centre crop for CLIP-style towers), cells drawn as they are."""
     if not attributions:
         return None
-    from lens_assets.analyses.reports import plt  # pyplot on the Agg backend, as every report
+    from lens_assets.analyses.figures import styled  # matplotlib only when drawing
+
+    with styled():
+        return _draw_attributions(image, attributions, out, title)
+
+
+def _draw_attributions(
+    image: Image.Image, attributions: Sequence[Attribution], out: Path, title: str | None
+) -> Path:
+    from lens_assets.analyses.figures import panel_grid, save
 
     width, height = image.size
-    figure, axes = plt.subplots(
-        1, len(attributions), figsize=(3.4 * len(attributions), 3.6), squeeze=False
-    )
+    figure, axes = panel_grid(len(attributions), columns=4, height=2.4)
     shown = None
-    for axis, found in zip(axes.flat, attributions, strict=True):
+    for axis, found in zip(axes, attributions, strict=True):
         axis.imshow(image.convert("RGB"), extent=(0, width, height, 0))
         x0, y0, x1, y1 = found.box
         shown = axis.imshow(
@@ -249,20 +256,16 @@ def render_attributions(
         axis.set_xlim(0, width)
         axis.set_ylim(height, 0)
         where = found.layer if found.layer == PIXELS else short_layer(found.layer)
-        axis.set_title(f"{found.method}\n{where}", fontsize=8)
+        axis.set_title(f"{found.method}\n{where}")
         axis.set_xticks([])
         axis.set_yticks([])
     if shown is not None:
-        figure.colorbar(shown, ax=list(axes.flat), fraction=0.03, pad=0.02)
+        figure.colorbar(shown, ax=axes, fraction=0.03, pad=0.02)
     first = attributions[0]
     figure.suptitle(
-        title or f"attribution of token {first.target_text!r} (id {first.target_token})",
-        fontsize=10,
+        title or f"attribution of token {first.target_text!r} (id {first.target_token})"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=90)
-    plt.close(figure)
-    return out
+    return save(figure, out)
 
 
 # -- the pass ----------------------------------------------------------------------------------
