@@ -329,6 +329,14 @@ def test_a_new_model_adds_only_the_layer_pairs_that_involve_it(project: Project)
     assert {r["model_a"] for r in new} == {"tiny-qwen2-vl"}
     assert {r["model_b"] for r in new} == {"tiny-qwen2-vl", "tiny-llava", "tiny-clip"}
     assert all(-1e-9 <= r["cka"] <= 1 + 1e-9 for r in after)
+    # One CKA heat map per model pair, the new model's own layers first.
+    event = project.instance.get_latest_materialization_event(dg.AssetKey("layer_similarity"))
+    metadata = event.asset_materialization.metadata
+    assert {"cka_layers", "cka_tiny-llava", "cka_tiny-clip"} <= set(metadata)
+    reports = project.warehouse.root / "reports" / "tiny-qwen2-vl"
+    assert sorted(p.name for p in reports.glob("cka-*.png")) == [
+        "cka-tiny-clip.png", "cka-tiny-llava.png", "cka-tiny-qwen2-vl.png",
+    ]  # fmt: skip
 
 
 def test_blind_test_sets_blank_answers_beside_real_ones(project: Project) -> None:

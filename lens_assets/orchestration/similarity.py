@@ -4,7 +4,7 @@ from dagster import AssetKey, MaterializeResult, MetadataValue
 
 from lens_assets.analyses.blind import blind_test_rows
 from lens_assets.analyses.layer_pairs import similarity_rows
-from lens_assets.analyses.reports import dominance_by_layer
+from lens_assets.analyses.reports import cka_heatmap, dominance_by_layer
 from lens_assets.analyses.stroop import concept_similarity_rows
 from lens_assets.catalog import dataset_configs
 from lens_assets.data.datasets import BlankDataset, load_dataset_config
@@ -42,12 +42,18 @@ def layer_similarity(step: ModelStep) -> MaterializeResult:
             "WHERE model = ? AND rank = 1 ORDER BY ALL LIMIT 40",
             [name],
         ).to_pylist()
-    others = sorted({r["model_b"] for r in rows if r["model_b"] != name})
+        others = sorted({r[side] for r in rows for side in ("model_a", "model_b")} - {name})
+        pictures: dict[str, MetadataValue] = {}
+        for other in [name, *others]:  # its own layers first, then one heat map per model pair
+            drawn = cka_heatmap(rows, name, other, wh.root / "reports" / name / f"cka-{other}.png")
+            key = "cka_layers" if other == name else f"cka_{other}"
+            pictures |= picture_metadata(key, drawn, f"CKA {name} x {other}")
     return MaterializeResult(
         metadata={
             "pairs": len(rows),
             "other_models": MetadataValue.json(others),
             "closest_layers": markdown_table(closest),
+            **pictures,
         }
     )
 
