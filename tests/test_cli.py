@@ -244,6 +244,12 @@ def test_demo_runs_end_to_end_from_a_fresh_warehouse(tmp_path: Path) -> None:
     assert {"activations", "answers", "probe_results", "vision_vs_vlm", "logit_lens"} <= named
     started = done.stdout.index("... tiny-clip: materializing")
     assert started < done.stdout.index("... tiny-clip: done in") < done.stdout.index("  images:")
+    # ... and each asset step live, as it starts and when it ends, inside its partition.
+    opened = done.stdout.index("... tiny-llava: materializing")
+    closed = done.stdout.index("... tiny-llava: done in")
+    for asset in ("activations", "probe_results", "interpretability"):
+        begun = done.stdout.index(f"    tiny-llava: {asset} ...")
+        assert opened < begun < done.stdout.index(f"    tiny-llava: {asset} done in ") < closed
     assert done.stdout.count('lens sql "') == 3
     # The UI command it prints is the README's, with the port named.
     assert f"LENS_WAREHOUSE={tmp_path / 'demo-wh'} dagster dev -p 3000" in done.stdout

@@ -23,6 +23,7 @@ from lens_assets.config import ConfigError
 from lens_assets.definitions import defs
 from lens_assets.orchestration.assets import IMAGES, failed_datasets
 from lens_assets.orchestration.partitions import MODELS
+from lens_assets.orchestration.progress import listening
 from lens_assets.orchestration.sensors import sync_configs
 from lens_assets.resources.configurable import VLMRuntimeResource, WarehouseResource
 from lens_assets.resources.location import dagster_home_of
@@ -209,10 +210,11 @@ def run(
         wanted = ", ".join(sorted(AssetKey.from_coercible(key).to_user_string() for key in keys))
         say(f"... {label}: materializing {wanted}")
         started = time.monotonic()
-        result = materialize(
-            EVERY_ASSET, selection=chosen, partition_key=partition, instance=instance,
-            resources=resources, raise_on_error=partition is None, run_config=QUIET,
-        )  # fmt: skip
+        with listening(say):  # each asset step of the run, live
+            result = materialize(
+                EVERY_ASSET, selection=chosen, partition_key=partition, instance=instance,
+                resources=resources, raise_on_error=partition is None, run_config=QUIET,
+            )  # fmt: skip
         done = sorted(
             {
                 event.asset_key.to_user_string()

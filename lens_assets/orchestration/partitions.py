@@ -28,6 +28,7 @@ from dagster import (
 from lens_assets.capture.loading import LoadedModel
 from lens_assets.catalog import dataset_configs, model_configs
 from lens_assets.config import ConfigError, ModelConfig, load_model_config
+from lens_assets.orchestration import progress
 from lens_assets.resources.configurable import VLMRuntimeResource, WarehouseResource
 from lens_assets.resources.warehouse import Warehouse
 
@@ -131,14 +132,16 @@ def _with_resources(compute: Compute, loads_model: bool) -> Body:
             runtime: VLMRuntimeResource,
             warehouse: WarehouseResource,
         ) -> Iterator[MaterializeResult]:
-            yield from _each(compute(ModelStep(context, warehouse, runtime)))
+            with progress.step(compute.__name__, context.partition_key):
+                yield from _each(compute(ModelStep(context, warehouse, runtime)))
 
     else:
 
         def body(
             context: AssetExecutionContext, warehouse: WarehouseResource
         ) -> Iterator[MaterializeResult]:
-            yield from _each(compute(ModelStep(context, warehouse)))
+            with progress.step(compute.__name__, context.partition_key):
+                yield from _each(compute(ModelStep(context, warehouse)))
 
     body.__name__ = body.__qualname__ = compute.__name__
     body.__module__ = compute.__module__
