@@ -102,7 +102,9 @@ def _data_tokens(config_path: Path) -> list[str]:
         return ["unparsed"]
     if isinstance(config, datasets.FolderDataset):
         folder = Path(config.path)
-        tokens = [_listing(folder, lambda: _folder_images(folder))]
+        # a concept image set's images are in subfolders: every file under it counts
+        listed = _tree if config.concept_from == "subfolder" else _folder_images
+        tokens = [_listing(folder, lambda: listed(folder))]
         if config.labels:
             tokens.append(_file_token(folder / config.labels, whole=True))
         return tokens

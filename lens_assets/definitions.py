@@ -7,6 +7,7 @@ from dagster import Definitions
 from lens_assets.orchestration.assets import activations, images
 from lens_assets.orchestration.behaviour import answers
 from lens_assets.orchestration.checks import ACTIVATION_CHECKS, CHECK_JOB, DATASET_CHECKS
+from lens_assets.orchestration.concepts import concept_pca
 from lens_assets.orchestration.executors import executor_from_env
 from lens_assets.orchestration.interpretability import interpretability
 from lens_assets.orchestration.probes import probe_results
@@ -31,6 +32,7 @@ ASSETS = [
     layer_similarity,
     blind_test,
     concept_similarity,
+    concept_pca,
     vision_vs_vlm,
     interpretability,
 ]

@@ -212,6 +212,39 @@ CONCEPT_DOMINANCE = pa.schema(
         ("components_needed", _INT),
     ]
 )
+# -- the concept workflow (sql/021) --
+CONCEPT_PCA = pa.schema(
+    [
+        ("model", _TEXT),
+        ("dataset", _TEXT),
+        ("concept_dataset", _TEXT),
+        ("layer", _TEXT),
+        ("pooling", _TEXT),
+        ("row_key", _TEXT),
+        ("truth", _TEXT),
+        ("concept", _TEXT),
+        ("similarities", pa.list_(_DOUBLE)),
+        ("knn_components", _INT),
+        ("knn_vote", _DOUBLE),
+        ("knn_concept", _TEXT),
+    ]
+)
+CONCEPT_PCA_LAYERS = pa.schema(
+    [
+        ("model", _TEXT),
+        ("dataset", _TEXT),
+        ("concept_dataset", _TEXT),
+        ("layer", _TEXT),
+        ("pooling", _TEXT),
+        ("components", _INT),
+        ("n", _INT),
+        ("explained_variance", _DOUBLE),
+        ("centroid_accuracy", _DOUBLE),
+        ("knn_accuracy", _DOUBLE),
+        ("own_similarity", _DOUBLE),
+        ("other_similarity", _DOUBLE),
+    ]
+)
 VISION_VS_VLM_ITEMS = pa.schema(
     [
         ("model", _TEXT),
@@ -329,6 +362,8 @@ TABLES: dict[str, pa.Schema] = {
     "blind_test": BLIND_TEST,
     "concept_similarity": CONCEPT_SIMILARITY,
     "concept_dominance": CONCEPT_DOMINANCE,
+    "concept_pca": CONCEPT_PCA,
+    "concept_pca_layers": CONCEPT_PCA_LAYERS,
     "vision_vs_vlm_items": VISION_VS_VLM_ITEMS,
     "attention_maps": ATTENTION_MAPS,
     "logit_lens": LOGIT_LENS,

@@ -258,7 +258,7 @@ def test_demo_runs_end_to_end_from_a_fresh_warehouse(tmp_path: Path) -> None:
     datasets = lens("sql", "SELECT DISTINCT dataset FROM activations ORDER BY 1", "--format",
                     "csv", "--warehouse", str(tmp_path / "demo-wh"))  # fmt: skip
     assert datasets.stdout.splitlines()[1:] == [
-        "blank-clevr", "clevr-lite", "correspondence", "odd-one-out", "stroop",
+        "blank-clevr", "clevr-lite", "colours", "correspondence", "odd-one-out", "stroop",
     ]  # fmt: skip
     # rows, not images: the odd one out is one row of four images, asked in one prompt
     widest = lens("sql", "SELECT max(len(image_ids)) AS n FROM activations "

@@ -13,6 +13,7 @@ where a benchmark has them).
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,7 @@ def collect_folder(config: FolderDataset, out: DatasetImages, _: Path, __: Any) 
                 f"dataset {out.name}: labels: {table} is not a file; name a CSV in the folder"
             )
         labels = _label_table(table)
-    paths, refused = folder_images_within(folder, distinct=False)  # copies: see DatasetImages
+    paths, refused = _folder_paths(config, folder)  # copies: see DatasetImages
     for path, reason in refused:
         out.error(path, reason)
     for path in paths:
@@ -139,11 +140,52 @@ def collect_folder(config: FolderDataset, out: DatasetImages, _: Path, __: Any) 
         if image_id is None:
             continue
         found = labels.get(path.name, {})
+        if config.concept_from:
+            found = {**found, config.concept_label: concept_of(path, folder, config.concept_from)}
         kind = "folder" if config.prompt else None
         out.add_row(
             [image_id], config.prompt, found, found.get("label") if config.prompt else None,
             split=config.split, kind=kind, concept="label" if config.prompt else None,
         )  # fmt: skip
+
+
+VLM_LENS_CONCEPT_NAME = re.compile(r"^(.+)_\d+$")
+
+
+def concept_of(path: Path, folder: Path, concept_from: str) -> str:
+    """An image's concept in a concept image set: its subfolder's name, or as VLM-Lens's
+    concept scripts read its file name (`blue_01.jpg` -> `blue`; a stem without `_<digits>` is
+    the concept itself)."""
+    if concept_from == "subfolder":
+        return path.relative_to(folder).parts[0]
+    match = VLM_LENS_CONCEPT_NAME.match(path.stem)
+    return match.group(1) if match else path.stem
+
+
+def _folder_paths(config: FolderDataset, folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The folder's images (and refusals); with `concept_from: subfolder`, those of each
+    subfolder instead, an image lying outside every subfolder refused as having no concept."""
+    if config.concept_from != "subfolder":
+        return folder_images_within(folder, distinct=False)
+    paths: list[Path] = []
+    refused: list[tuple[Path, str]] = []
+    loose, _ = folder_images_within(folder, distinct=False)
+    refused += [
+        (p, f"{p} is not in a concept subfolder; move it into one named after its concept")
+        for p in loose
+        if p.parent == folder
+    ]
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
+    if not subfolders:
+        raise ConfigError(
+            f"dataset {folder}: concept_from: subfolder, but {folder} has no subfolders; put "
+            "each concept's images in a subfolder named after it (red/, blue/, ...)"
+        )
+    for sub in subfolders:
+        inside, bad = folder_images_within(sub, distinct=False)
+        paths += [p for p in inside if p.parent == sub]
+        refused += bad
+    return paths, refused
 
 
 BLANK_COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0)}

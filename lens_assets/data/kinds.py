@@ -35,6 +35,12 @@ class FolderDataset(_Kind):
     labels: str | None = Field(default=None, description="CSV: `image` (file name) + concepts")
     prompt: str | None = None
     split: str | None = None
+    concept_from: Literal["subfolder", "file_name"] | None = Field(
+        default=None,
+        description="A concept image set: each image's concept is the name of its subfolder "
+        "(`red/01.png`), or VLM-Lens's file naming (`red_01.jpg`: the stem before `_<digits>`).",
+    )
+    concept_label: str = Field(default="concept", description="The label it is stored under.")
 
 
 class ManifestDataset(_Kind):

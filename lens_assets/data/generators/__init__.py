@@ -25,6 +25,7 @@ GENERATORS: dict[str, str] = {
     "correspondence": "lens_assets.data.generators.correspondence",
     "odd_one_out": "lens_assets.data.generators.odd_one_out",
     "art_style": "lens_assets.data.generators.art_style",
+    "colour_patches": "lens_assets.data.generators.colour_patches",
 }
 __all__ = ["GENERATORS", "Question", "Sample", "generate", "generator", "params_model"]
 
