@@ -5,7 +5,7 @@ from __future__ import annotations
 from dagster import Definitions
 
 from lens_assets.orchestration.assets import activations, images
-from lens_assets.orchestration.behaviour import answers
+from lens_assets.orchestration.behaviour import answers, behaviour_vs_competence
 from lens_assets.orchestration.checks import ACTIVATION_CHECKS, CHECK_JOB, DATASET_CHECKS
 from lens_assets.orchestration.concepts import concept_pca
 from lens_assets.orchestration.executors import executor_from_env
@@ -29,6 +29,7 @@ ASSETS = [
     activations,
     answers,
     probe_results,
+    behaviour_vs_competence,
     layer_similarity,
     blind_test,
     concept_similarity,

@@ -304,6 +304,13 @@ def test_answers_probes_and_behaviour_against_competence_land(project: Project) 
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     event = project.instance.get_latest_materialization_event(dg.AssetKey("probe_results"))
     assert "probe_curves" in event.asset_materialization.metadata
+    # The gap between what the model says and what its layers encode, as a table and a picture.
+    event = project.instance.get_latest_materialization_event(
+        dg.AssetKey("behaviour_vs_competence")
+    )
+    gap = event.asset_materialization.metadata
+    assert gap["concepts"].value >= 1 and "| colour |" in gap["largest_gaps"].value
+    assert (project.warehouse.root / "reports" / "tiny-llava" / "behaviour_gap.png").is_file()
 
 
 def test_a_new_model_adds_only_the_layer_pairs_that_involve_it(project: Project) -> None:
