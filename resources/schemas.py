@@ -144,6 +144,35 @@ PROBE_RESULTS = pa.schema(
         ("classes", _INT),
     ]
 )
+# The probe_results table is the columns above, which every protocol fills (and
+# `probing.probe_layers` returns), then what sql/020 added: which protocol made the row and
+# what only the held-out protocol ('vlm-lens') knows. z_p_value is the one-sided z-test (probe
+# above the shuffled control); z_p_two_sided is VLM-Lens's two-sided one on the same counts.
+PROBE_RESULTS_TABLE = pa.schema(
+    [
+        *PROBE_RESULTS,
+        ("protocol", _TEXT),  # 'cv' | 'vlm-lens'
+        ("z_p_two_sided", _DOUBLE),
+        ("n_test", _INT),  # held-out rows; NULL for 'cv' (every row is tested once)
+        ("hyperparameters", _TEXT),  # JSON: the grid point chosen by CV on the training split
+        ("probe_file", _TEXT),  # the saved probe, relative to the warehouse root
+    ]
+)
+# Each held-out row's prediction by each saved probe (sql/020).
+PROBE_PREDICTIONS = pa.schema(
+    [
+        ("model", _TEXT),
+        ("dataset", _TEXT),
+        ("layer", _TEXT),
+        ("pooling", _TEXT),
+        ("concept", _TEXT),
+        ("probe", _TEXT),
+        ("row_key", _TEXT),
+        ("label", _TEXT),
+        ("predicted", _TEXT),
+        ("correct", _BOOL),
+    ]
+)
 ANSWERS = pa.schema(
     [
         ("model", _TEXT),
@@ -356,7 +385,8 @@ TABLES: dict[str, pa.Schema] = {
     "image_errors": IMAGE_ERRORS,
     "activations": ACTIVATIONS,
     "runs": RUNS,
-    "probe_results": PROBE_RESULTS,
+    "probe_results": PROBE_RESULTS_TABLE,
+    "probe_predictions": PROBE_PREDICTIONS,
     "answers": ANSWERS,
     "layer_similarity": LAYER_SIMILARITY,
     "blind_test": BLIND_TEST,

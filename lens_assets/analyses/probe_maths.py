@@ -34,6 +34,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from lens_assets.analyses.vlm_lens_settings import VlmLensSettings
+
 ProbeKind = Literal["linear", "mlp"]
 
 # Independent random streams derived from one seed, so that changing how many permutations
@@ -46,6 +48,18 @@ class ProbeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    protocol: Literal["cv", "vlm-lens"] = Field(
+        "cv",
+        description=(
+            "'cv': k-fold cross-validation over all rows with a control task, a shuffled "
+            "control, a permutation test and a one-sided z-test (this module); 'vlm-lens': "
+            "VLM-Lens's held-out protocol with the settings under `vlm_lens` "
+            "(analyses/vlm_lens_probe.py)"
+        ),
+    )
+    vlm_lens: VlmLensSettings = Field(
+        default_factory=VlmLensSettings, description="used by protocol 'vlm-lens' only"
+    )
     kinds: list[ProbeKind] = Field(default_factory=lambda: ["linear"])
     folds: int = Field(5, ge=2)
     seed: int = 0
