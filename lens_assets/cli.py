@@ -15,6 +15,7 @@ from lens_assets.tables import format_table
 
 if TYPE_CHECKING:
     from lens_assets.capture.extraction import Skipped
+    from lens_assets.config import ModelConfig
     from lens_assets.data.rows import RowInput
 
 WAREHOUSE_OPTION = click.option(
@@ -46,27 +47,94 @@ def main() -> None:
 
 @main.command()
 @click.argument("config_path", type=click.Path(dir_okay=False))
-@click.option("--match", "patterns", multiple=True, help="Glob(s) to mark; default: modules.")
+@click.option(
+    "--match", "patterns", multiple=True, help="Pattern(s) to mark; default: the config's modules."
+)
+@click.option(
+    "--syntax",
+    type=click.Choice(["glob", "regex"]),
+    default=None,
+    help="Read the patterns as globs or regular expressions (default: the config's "
+    "module_syntax; regex for a config in VLM-Lens's format).",
+)
+@click.option(
+    "--yaml", "as_yaml", is_flag=True, help="Print the selection as a `modules:` list to paste."
+)
 @WAREHOUSE_OPTION
-def modules(config_path: str, patterns: Sequence[str], warehouse_root: str | None) -> None:
-    """List every named module of the model with its class, marking those selected."""
+def modules(
+    config_path: str,
+    patterns: Sequence[str],
+    syntax: str | None,
+    as_yaml: bool,
+    warehouse_root: str | None,
+) -> None:
+    """List every named module of the model with its class, marking those selected.
+
+    The config needs no `modules` (this is how one finds them). Marks: `*` hooked, `-` matched
+    but never runs (a container such as a ModuleList), so nothing is stored for it."""
     from lens_assets.capture.loading import skeleton
-    from lens_assets.capture.modules import ModuleSelectionError, list_modules
+    from lens_assets.capture.modules import ModuleSelectionError, resolve_modules
     from lens_assets.resources.warehouse import WarehouseLocation
 
-    config = _config(config_path)
+    config = _config(config_path, require_modules=False)
+    syntax = syntax or config.pattern_syntax
+    chosen = list(patterns) or config.modules
+    click.echo(f"modules read as {_syntax_said(syntax, config, bool(patterns))}", err=True)
+    for note in config.vlm_lens_notes:
+        click.echo(f"note: {note}", err=True)
     location = WarehouseLocation.resolve(warehouse_root)
     model = _run(lambda: skeleton(config, location.models_dir))
-    try:
-        infos = list_modules(model, list(patterns) or config.modules)
-    except ModuleSelectionError as error:
-        _fail(str(error))
-    width = max(len(i.name) for i in infos)
-    for info in infos:
-        mark = "*" if info.selected else " "
-        click.echo(f"{mark} {info.name.ljust(width)}  {info.class_name}")
-    chosen = sum(i.selected for i in infos)
-    click.echo(f"\n{chosen} of {len(infos)} modules selected (marked *)", err=True)
+    named = [(name, type(module).__name__) for name, module in model.named_modules() if name]
+    names = [name for name, _ in named]
+    hooked: set[str] = set()
+    never_run: set[str] = set()
+    if chosen:
+        try:
+            selection = resolve_modules(names, chosen, model, syntax)
+        except ModuleSelectionError as error:
+            _fail(str(error))
+        hooked, never_run = set(selection.hooked), set(selection.never_run)
+    if as_yaml:
+        if not chosen:
+            _fail(
+                "nothing is selected to print: pass --match PATTERN (or give the config `modules`)"
+            )
+        click.echo("modules:")
+        for name in names:
+            if name in hooked:
+                click.echo(f"  - {_literal(name, names, syntax)}")
+    else:
+        width = max(len(name) for name in names)
+        for name, class_name in named:
+            mark = "*" if name in hooked else "-" if name in never_run else " "
+            click.echo(f"{mark} {name.ljust(width)}  {class_name}")
+    dropped = f", {len(never_run)} matched that never run (marked -)" if never_run else ""
+    click.echo(f"\n{len(hooked)} of {len(names)} modules selected (marked *){dropped}", err=True)
+
+
+def _syntax_said(syntax: str, config: ModelConfig, from_option: bool) -> str:
+    """Which syntax the patterns are read in, and why, for `lens modules`."""
+    if syntax == "glob":
+        what = "globs (`*` within one dotted part, `**` across parts)"
+    else:
+        what = "regular expressions that must match a whole name, as VLM-Lens reads them"
+    if config.module_syntax is not None:
+        why = f"module_syntax: {config.module_syntax}"
+    elif config.vlm_lens_format:
+        why = "a config in VLM-Lens's format"
+    else:
+        why = "the default"
+    return f"{what} ({why})" if not from_option or syntax == config.pattern_syntax else what
+
+
+def _literal(name: str, names: Sequence[str], syntax: str) -> str:
+    """`name` as a pattern that selects it alone: itself, unless read as a regex its dots
+    would match another name too (then escaped)."""
+    import re
+
+    if syntax == "regex" and sum(bool(re.fullmatch(name, other)) for other in names) > 1:
+        return re.escape(name)
+    return name
 
 
 @main.command()
@@ -397,9 +465,9 @@ def demo(warehouse_root: str | None) -> None:
     _run(lambda: run_demo(warehouse_root, echo=click.echo))
 
 
-def _config(path: str):
+def _config(path: str, require_modules: bool = True):
     try:
-        return load_model_config(path)
+        return load_model_config(path, require_modules=require_modules)
     except ConfigError as error:
         _fail(str(error))
 

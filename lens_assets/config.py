@@ -1,15 +1,18 @@
 """Model configs: one YAML file per model, validated by pydantic.
 
 VLM-Lens config files load unchanged: their list-of-one-key-maps style for `model:`,
-`forward:` and `dataset:`, `pooling_method`, `input_dir` and `output_db` are all accepted and
-mapped onto LensFlow's own fields.
+`forward:` and `dataset:`, `pooling_method`, `input_dir`, `output_db` and every other key its
+shipped configs use are accepted and mapped onto LensFlow's own fields, or say what LensFlow
+does instead (`vlm_lens_notes`). A config in VLM-Lens's format also means what it meant there:
+its `modules` are regular expressions (`module_syntax: regex`) and, without `pooling_method`,
+every token's vector is stored (`tokens`), not LensFlow's pooled defaults.
 """
 
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -17,7 +20,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
@@ -45,8 +50,33 @@ MAX_CONFIG_DEPTH = 64
 # Quoted refusals of remote code that VLM-Lens configs write under `model:`.
 QUOTED_NO = frozenset({"false", "no", "off", "0"})
 
-# VLM-Lens's pooling_method values, mapped onto LensFlow poolings.
-VLM_LENS_POOLING = {"none": UNPOOLED, "mean": "mean", "last": "last", "cls": "cls"}
+# VLM-Lens's pooling_method values (None, mean, max), mapped onto LensFlow poolings.
+VLM_LENS_POOLING = {"none": UNPOOLED, "mean": "mean", "max": "max", "last": "last", "cls": "cls"}
+
+# Keys only VLM-Lens's configs have: one of them (or `model:` as a list of one-key maps) marks
+# a config in VLM-Lens's format, whose `modules` are regular expressions.
+VLM_LENS_KEYS = frozenset({
+    "output_db", "pooling_method", "pooled_output", "dataset", "download_path", "vis_save_path",
+    "output_dir", "ablations", "text_prompts", "debug", "log_named_modules",
+})  # fmt: skip
+# VLM-Lens keys whose work LensFlow does another way: what it does instead.
+VLM_LENS_INSTEAD = {
+    "output_db": "rows go to the warehouse (`lens sql`, the `tensors` view), not a SQLite file",
+    "output_dir": "rows go to the warehouse, not .pt files",
+    "download_path": "weights load through transformers' cache (set HF_HOME to move it); "
+    "model_path may name a local folder",
+    "vis_save_path": "GLaMM's mask visualisations are not drawn; only activations are stored",
+    "pooled_output": "LensFlow stores the pooling named by pooling_method (or `pooling`)",
+    "debug": "use `lens --help` and the logs; nothing to switch",
+    "log_named_modules": "`lens modules CONFIG` lists the named modules",
+}
+# VLM-Lens keys LensFlow cannot honour: extraction refuses them rather than store rows that
+# mean something else.
+VLM_LENS_UNSUPPORTED = {
+    "ablations": "LensFlow extracts the unablated model; head ablations are the "
+    "`ablation_effects` asset (configs/interpretability.yaml, `ablation: {heads: ...}`)",
+    "text_prompts": "a prompt per image folder: use a manifest dataset with a prompt column",
+}
 
 
 class ConfigError(ValueError):
@@ -158,7 +188,13 @@ class ModelConfig(BaseModel):
     model: KwargsMapping = Field(default_factory=dict, description="from_pretrained kwargs.")
     forward: KwargsMapping = Field(default_factory=dict, description="Extra forward kwargs.")
     prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
-    modules: NameList = Field(min_length=1, description="Module names or globs to hook.")
+    modules: NameList = Field(min_length=1, description="Module names or patterns to hook.")
+    module_syntax: Literal["glob", "regex"] | None = Field(
+        default=None,
+        description="How `modules` are read: glob (the default) or regex, Python regular "
+        "expressions kept when they match a whole name, as VLM-Lens reads them (the default "
+        "of a config in VLM-Lens's format).",
+    )
     pooling: NameList = Field(default_factory=lambda: list(DEFAULT_POOLINGS))
     # Strict scalars: pydantic's coercion would read `batch_size: true` as 1, `"8"` as 8 and
     # `trust_remote_code: "yes"` as true; a config says what it means or fails naming the key.
@@ -180,6 +216,28 @@ class ModelConfig(BaseModel):
     dataset: KwargsMapping | None = None
     pooled_output: bool | None = Field(default=None, strict=True)
     device: str | None = None
+    download_path: str | None = Field(default=None, description=VLM_LENS_INSTEAD["download_path"])
+    vis_save_path: str | None = Field(default=None, description=VLM_LENS_INSTEAD["vis_save_path"])
+    output_dir: str | None = Field(default=None, description=VLM_LENS_INSTEAD["output_dir"])
+    ablations: KwargsMapping | None = Field(
+        default=None, description=VLM_LENS_UNSUPPORTED["ablations"]
+    )
+    text_prompts: Any = Field(default=None, description=VLM_LENS_UNSUPPORTED["text_prompts"])
+    debug: bool | None = None
+    log_named_modules: bool | None = None
+    _vlm_lens: bool = PrivateAttr(default=False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _vlm_lens_format(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> ModelConfig:
+        """Note whether the file is in VLM-Lens's format; without `pooling_method` (or a
+        `pooling` list) such a config stores what VLM-Lens stores, the unpooled tensor."""
+        config = handler(data)
+        if isinstance(data, dict) and is_vlm_lens_format(data):
+            config._vlm_lens = True
+            if "pooling_method" not in data and "pooling" not in data:
+                config.pooling = [UNPOOLED]
+        return config
 
     @field_validator("architecture")
     @classmethod
@@ -247,6 +305,28 @@ class ModelConfig(BaseModel):
         return self
 
     @property
+    def vlm_lens_format(self) -> bool:
+        """Written in VLM-Lens's format (see `is_vlm_lens_format`)."""
+        return self._vlm_lens
+
+    @property
+    def pattern_syntax(self) -> str:
+        """How `modules` are read: `module_syntax`, else regex for a VLM-Lens config."""
+        return self.module_syntax or ("regex" if self._vlm_lens else "glob")
+
+    @property
+    def vlm_lens_notes(self) -> list[str]:
+        """For each VLM-Lens key given whose work LensFlow does another way, what it does."""
+        given = self.model_fields_set
+        return [f"{key}: {note}" for key, note in VLM_LENS_INSTEAD.items() if key in given]
+
+    def check_extractable(self) -> None:
+        """A ConfigError for a VLM-Lens key that would change what the rows mean."""
+        for key, instead in VLM_LENS_UNSUPPORTED.items():
+            if getattr(self, key):
+                raise ConfigError(f"{key}: not supported by LensFlow's extraction; {instead}")
+
+    @property
     def model_kwargs(self) -> dict[str, Any]:
         """from_pretrained kwargs; VLM-Lens's `torch_dtype` is transformers 5's `dtype`."""
         kwargs = dict(self.model)
@@ -262,6 +342,14 @@ class ModelConfig(BaseModel):
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(ModelConfig.model_fields)
+
+
+def is_vlm_lens_format(data: dict[str, Any]) -> bool:
+    """A config in VLM-Lens's format: it says `module_syntax: regex`, or has a key only
+    VLM-Lens configs have, or writes `model:` as a list of one-key maps."""
+    model = data.get("model")
+    marked = data.get("module_syntax") == "regex" or isinstance(model, list)
+    return marked or bool(VLM_LENS_KEYS & data.keys())
 
 
 def _nearest(name: str, candidates: tuple[str, ...] | list[str]) -> str:
@@ -306,25 +394,34 @@ def _describe(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_model_config(data: Any, source: str = "<mapping>") -> ModelConfig:
-    """Validate a mapping as a model config, raising ConfigError with a readable message."""
+def parse_model_config(
+    data: Any, source: str = "<mapping>", require_modules: bool = True
+) -> ModelConfig:
+    """Validate a mapping as a model config, raising ConfigError with a readable message.
+    Without `require_modules`, a config with no `modules` is valid (`lens modules`, like
+    VLM-Lens's --log-named-modules, is how one finds them)."""
     if not isinstance(data, dict):
         raise ConfigError(
             f"invalid model config {source}: expected a YAML mapping of keys "
             f"(architecture, model_path, modules, ...), got {type(data).__name__}"
         )
+    unnamed = not require_modules and data.get("modules") in (None, [])
     try:
-        return ModelConfig.model_validate(data)
+        config = ModelConfig.model_validate({**data, "modules": ["-"]} if unnamed else data)
     except ValidationError as error:
         raise ConfigError(_describe(error, source)) from None
+    if unnamed:
+        config.modules = []
+    return config
 
 
-def load_model_config(path: str | Path) -> ModelConfig:
-    """Read and validate one model config file."""
+def load_model_config(path: str | Path, require_modules: bool = True) -> ModelConfig:
+    """Read and validate one model config file (see parse_model_config)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"model config {path} does not exist")
-    return parse_model_config(read_yaml(path, "model config"), source=str(path))
+    data = read_yaml(path, "model config")
+    return parse_model_config(data, source=str(path), require_modules=require_modules)
 
 
 def model_name(path: str | Path) -> str:

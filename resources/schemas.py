@@ -103,6 +103,7 @@ ACTIVATIONS = pa.schema(
         ("row_key", _TEXT),
         ("image_ids", pa.list_(_TEXT)),
         ("image_index", _INT),
+        ("layer_as_written", _TEXT),  # the name as the config wrote it, where not `layer` (018)
     ]
 )
 RUNS = pa.schema(

@@ -61,6 +61,7 @@ def test_a_pooling_with_nothing_to_pool_yields_no_vector() -> None:
 def test_every_pooling_name_a_config_accepts_is_one_pooling_computes() -> None:
     from lens_assets.capture.pooling import MEAN_SELECTORS, POSITION_SELECTORS
     from lens_assets.capture.token_roles import (
+        MAX,
         MEAN_POOLINGS,
         PER_IMAGE,
         POOLINGS,
@@ -70,4 +71,4 @@ def test_every_pooling_name_a_config_accepts_is_one_pooling_computes() -> None:
 
     assert set(MEAN_SELECTORS) == set(MEAN_POOLINGS)
     assert set(POSITION_SELECTORS) == set(POSITION_POOLINGS)
-    assert {*MEAN_POOLINGS, *POSITION_POOLINGS, PER_IMAGE, UNPOOLED} == set(POOLINGS)
+    assert {*MEAN_POOLINGS, *POSITION_POOLINGS, MAX, PER_IMAGE, UNPOOLED} == set(POOLINGS)

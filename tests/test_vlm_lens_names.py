@@ -50,12 +50,13 @@ input_dir: {input_dir}
 prompt: "Describe the color in this image in one word."
 pooling_method: mean
 modules:
-  - visual.blocks.*
+  - visual.blocks.\\d+
   - model.layers.1
 """,
 }
 
-# Each old name as transformers 5 calls it, and the modules that selects.
+# Each old name (VLM-Lens's regexes) as transformers 5 calls it (the first module it selects),
+# and the modules it selects.
 RENAMED = {
     "llava": {
         "language_model.model.layers.1.post_attention_layernorm": (
@@ -69,8 +70,8 @@ RENAMED = {
         "multi_modal_projector": ("model.multi_modal_projector", ["model.multi_modal_projector"]),
     },
     "qwen2-vl": {
-        "visual.blocks.*": (
-            "model.visual.blocks.*",
+        "visual.blocks.\\d+": (
+            "model.visual.blocks.0",
             ["model.visual.blocks.0", "model.visual.blocks.1"],
         ),
         "model.layers.1": ("model.language_model.layers.1", ["model.language_model.layers.1"]),
@@ -131,6 +132,9 @@ def test_a_vlm_lens_config_extracts_from_the_renamed_modules(
         "SELECT DISTINCT layer, pooling FROM activations ORDER BY layer"
     ).to_pylist()
     assert layers == [{"layer": name, "pooling": "mean"} for name in sorted(selected)]
+    # VLM-Lens's table keeps the names as the config wrote them (4.x names).
+    written = warehouse.fetch_arrow("SELECT DISTINCT layer FROM tensors").column("layer")
+    assert not set(written.to_pylist()) & selected
     notices = renamed_notices(caplog)
     assert len(notices) == len(renamed)
     for (old, (new, _)), notice in zip(renamed.items(), notices, strict=True):

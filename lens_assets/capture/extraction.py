@@ -26,7 +26,7 @@ from lens_assets.capture.adapters.forward import forward_kwargs as usable_forwar
 from lens_assets.capture.batching import BatchSizer, fitting_rows
 from lens_assets.capture.hooks import StopForward, capture
 from lens_assets.capture.loading import LoadedModel, load_model, release
-from lens_assets.capture.modules import select_modules
+from lens_assets.capture.modules import resolve_modules
 from lens_assets.capture.pooling import Pooled, pool
 from lens_assets.capture.token_roles import ROLE_NAMES
 from lens_assets.config import ModelConfig
@@ -97,10 +97,14 @@ def capture_batch(
 
 
 def pieces_to_table(
-    pieces: Sequence[tuple[str, Pooled]], rows: Sequence[RowInput], prompts: Sequence[str]
+    pieces: Sequence[tuple[str, Pooled]],
+    rows: Sequence[RowInput],
+    prompts: Sequence[str],
+    written: Mapping[str, str] | None = None,
 ) -> pa.Table:
     """Move the batch off the device (its vectors in one transfer, their positions in
-    another) and lay them out as Arrow rows, each keyed by its dataset row."""
+    another) and lay them out as Arrow rows, each keyed by its dataset row. `written` gives a
+    module's name as the config wrote it, where that is not today's (`layer_as_written`)."""
     if not pieces:
         return ACTIVATION_ROWS.empty_table()
     values = torch.cat([p.vectors.float().reshape(-1) for _, p in pieces]).cpu().numpy()
@@ -113,6 +117,8 @@ def pieces_to_table(
     np.cumsum(dims, out=offsets[1:])
     layers = np.repeat(np.asarray([name for name, _ in pieces], dtype=object), counts)
     poolings = np.repeat(np.asarray([p.pooling for _, p in pieces], dtype=object), counts)
+    as_written = [(written or {}).get(name) for name, _ in pieces]
+    layers_as_written = np.repeat(np.asarray(as_written, dtype=object), counts)
     has_token = token_index >= 0
     keys = np.asarray([row.row_key for row in rows], dtype=object)
     first = np.asarray([row.image_ids[0] if row.image_ids else None for row in rows], object)
@@ -126,6 +132,7 @@ def pieces_to_table(
             "image_id": pa.array(first[samples], pa.string()),
             "prompt": pa.array(texts[samples], pa.string()),
             "layer": pa.array(layers, pa.string()),
+            "layer_as_written": pa.array(layers_as_written, pa.string()),
             "pooling": pa.array(poolings, pa.string()),
             "token_index": pa.array(
                 np.where(has_token, token_index, 0).astype(np.int32), mask=~has_token
@@ -157,11 +164,12 @@ def extract_batch(
     modules: Sequence[str],
     poolings: Sequence[str],
     forward_kwargs: dict[str, Any] | None = None,
+    written: Mapping[str, str] | None = None,
 ) -> pa.Table:
     prompts = [r.row.asked(default_prompt) for r in rows]
     images = [[i.image for i in r.images] for r in rows]
     pieces = capture_batch(loaded, images, prompts, modules, poolings, forward_kwargs)
-    return pieces_to_table(pieces, [r.row for r in rows], prompts)
+    return pieces_to_table(pieces, [r.row for r in rows], prompts, written)
 
 
 class Skipped(NamedTuple):
@@ -275,9 +283,10 @@ def stage_dataset(
     batch_size: int,
     progress: bool = True,
     memory_budget: int | None = None,
+    written: Mapping[str, str] | None = None,
 ) -> DatasetRun:
     """Run one dataset's rows (or image files, one row each) through the hooked model, batch
-    by batch, into the stage."""
+    by batch, into the stage (`written`: see pieces_to_table)."""
     skipped: list[Skipped] = []
     seen: dict[str, str] = {}  # row key -> first file: a row is staged once, across batches
     paths, unfit = fitting_rows(loaded, paths)
@@ -303,8 +312,9 @@ def stage_dataset(
                 part = pending[: sizer.size]
                 try:
                     table = extract_batch(
-                        loaded, part, config.prompt or "", modules, config.pooling, config.forward
-                    )
+                        loaded, part, config.prompt or "", modules, config.pooling,
+                        config.forward, written,
+                    )  # fmt: skip
                 except torch.OutOfMemoryError as error:
                     sizer.out_of_memory(error)
                     continue
@@ -356,13 +366,28 @@ def extract_loaded(
         check_name_is_free(warehouse, loaded.name, config_source, claim_name)
     if config.output_db:
         log.info("output_db %s: rows go to the warehouse at %s", config.output_db, warehouse.root)
-    modules = select_modules(loaded.module_names, config.modules, loaded.model)
+    config.check_extractable()
+    # Read as the config means them (VLM-Lens's regexes, or globs); containers that never run
+    # are left out with a warning, and each module keeps the name the config wrote.
+    selection = resolve_modules(
+        loaded.module_names, config.modules, loaded.model, config.pattern_syntax
+    )
+    modules = selection.hooked
     size = batch_size or config.batch_size
     started_at = datetime.now(UTC)
     with ActivationStage(warehouse.location.staging_dir) as stage:
         runs = [
             stage_dataset(
-                loaded, config, modules, stage, dataset, paths, size, progress, memory_budget
+                loaded,
+                config,
+                modules,
+                stage,
+                dataset,
+                paths,
+                size,
+                progress,
+                memory_budget,
+                selection.written,
             )
             for dataset, paths in sources.items()
         ]

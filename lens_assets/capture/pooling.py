@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lens_assets.capture.token_roles import PER_IMAGE, UNPOOLED, TokenRole
+from lens_assets.capture.token_roles import MAX, PER_IMAGE, UNPOOLED, TokenRole
 
 
 @dataclass
@@ -41,6 +41,12 @@ def _masked_mean(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     non-finite value in a pad cannot leak in."""
     total = weights.sum(dim=1, keepdim=True).clamp_min(1).to(hidden.dtype)
     return hidden.masked_fill(~weights.unsqueeze(-1), 0).sum(dim=1) / total
+
+
+def _masked_max(hidden: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Elementwise max over the real positions; a pad is never the max, whatever it holds."""
+    lowest = torch.finfo(hidden.dtype).min if hidden.is_floating_point() else 0
+    return hidden.masked_fill(~real.unsqueeze(-1), lowest).amax(dim=1)
 
 
 def _last_real_position(roles: torch.Tensor) -> torch.Tensor:
@@ -124,6 +130,13 @@ def pool(
             samples = (position >= 0).nonzero(as_tuple=True)[0]
             if len(samples):
                 results.append(Pooled(pooling, samples, hidden[samples, position[samples]]))
+        elif pooling == MAX:
+            real = roles != TokenRole.PAD
+            samples = real.any(dim=1).nonzero(as_tuple=True)[0]
+            if len(samples):
+                results.append(
+                    Pooled(pooling, samples, _masked_max(hidden[samples], real[samples]))
+                )
         elif pooling in MEAN_SELECTORS:
             weights = MEAN_SELECTORS[pooling](roles)
             samples = weights.any(dim=1).nonzero(as_tuple=True)[0]

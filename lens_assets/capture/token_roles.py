@@ -27,8 +27,10 @@ UNPOOLED = "tokens"  # no pooling: every non-pad position is its own row
 # The mean over each image's positions: one row per image of the row, with its `image_index`
 # (beside `mean_image`, the mean over all of the row's image positions).
 PER_IMAGE = "mean_per_image"
+# The elementwise max over every non-pad position (VLM-Lens's `pooling_method: max`).
+MAX = "max"
 POOLINGS: tuple[str, ...] = (
-    "mean_image", "mean_text", "last", "cls", "mean", PER_IMAGE, UNPOOLED,
+    "mean_image", "mean_text", "last", "cls", "mean", MAX, PER_IMAGE, UNPOOLED,
 )  # fmt: skip
 DEFAULT_POOLINGS: tuple[str, ...] = ("mean_image", "mean_text", "last")
 

@@ -137,19 +137,37 @@ def load_dataset_config(path: Path) -> DatasetConfig:
 
 def vlm_lens_dataset(block: dict[str, Any]) -> DatasetConfig:
     """VLM-Lens's `dataset:` block as a LensFlow kind: `local_dataset_path` -> hf_disk,
-    `dataset_path` (a hub id) -> hf_hub; `image_dataset_path` holds the image files when the
-    image column names files; `dataset_split` picks the split."""
-    path = block.get("local_dataset_path") or block.get("dataset_path")
+    `dataset_path` or `text_dataset_path` (a hub id, or a local folder) -> hf_hub / hf_disk;
+    `image_dataset_path` (joined with `image_split`, as VLM-Lens joins them) holds the image
+    files when the image column names files; `dataset_split` or `text_split` picks the split,
+    and older configs' `answer_column` is `label_column`."""
+    path = (
+        block.get("local_dataset_path")
+        or block.get("dataset_path")
+        or block.get("text_dataset_path")
+    )
     if not path:
-        raise ConfigError("a VLM-Lens dataset block needs local_dataset_path or dataset_path")
+        raise ConfigError(
+            "a VLM-Lens dataset block needs local_dataset_path, dataset_path or text_dataset_path"
+        )
+    pattern = block.get("image_regex", "{id}")
+    if pattern != "{id}":
+        raise ConfigError(
+            f"dataset: image_regex {pattern!r} is not supported: LensFlow joins the image "
+            "column's value to image_dataset_path as it is; store the file names in the column"
+        )
+    images = block.get("image_dataset_path")
+    if images and block.get("image_split"):
+        images = str(Path(images) / str(block["image_split"]))
+    local = bool(block.get("local_dataset_path")) or Path(str(path)).is_dir()
     return HfDataset(
-        kind="hf_disk" if block.get("local_dataset_path") else "hf_hub",
+        kind="hf_disk" if local else "hf_hub",
         path=str(path),
-        split=block.get("dataset_split") or block.get("split"),
-        images_root=block.get("image_dataset_path"),
+        split=block.get("dataset_split") or block.get("text_split") or block.get("split"),
+        images_root=images,
         image_column=block.get("image_column", "image"),
         prompt_column=block.get("prompt_column", "prompt"),
-        answer_column=block.get("label_column", "label"),
+        answer_column=block.get("label_column") or block.get("answer_column", "label"),
     )
 
 

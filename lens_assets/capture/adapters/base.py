@@ -246,6 +246,10 @@ class Adapter:
         if output.dim() == 2 and output.shape[0] == batch_size:
             return Sequences(output)
         roles = self.text_roles(inputs, layout)
+        if output.dim() == 3 and output.shape[0] == 1 and output.shape[1] == roles.shape[1]:
+            # One value for every sample, broadcast over the batch (a rotary embedding's
+            # cos): each sample's rows are that value, as a batch of one would store.
+            output = output.expand(roles.shape[0], -1, -1)
         if output.dim() != 3 or tuple(output.shape[:2]) != tuple(roles.shape):
             raise ActivationShapeError(
                 f"module {name!r} produced shape {tuple(output.shape)}, which does not line up "
