@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -145,30 +144,3 @@ def test_model_order_puts_the_vision_tower_before_the_projector_before_the_langu
         "model.language_model.layers.2", "model.language_model.layers.10",
         "model.language_model.norm",
     ]  # fmt: skip
-
-
-def test_the_probe_and_dominance_pictures_put_their_layers_in_model_order(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from lens_assets.analyses import reports
-
-    drawn: list[list[str]] = []
-    real = reports._layer_axis
-    monkeypatch.setattr(
-        reports, "_layer_axis", lambda axis, layers, *rest: drawn.append(list(layers)) or real(
-            axis, layers, *rest)
-    )  # fmt: skip
-    layers = ["model.language_model.layers.1", "model.multi_modal_projector",
-              "model.vision_tower.encoder.layers.1"]  # fmt: skip
-    where = {"dataset": "d", "pooling": "last"}
-    probes = [{**where, "probe": "linear", "concept": "colour", "layer": layer,
-               "accuracy": 0.5, "control_accuracy": 0.3} for layer in layers]  # fmt: skip
-    shares = [{"dataset": "d", "pooling": "last", "cue": cue, "layer": layer, "share": 0.3}
-              for layer in layers for cue in ("word", "font", "background")]  # fmt: skip
-    assert reports.probe_curves(probes, "m", tmp_path / "probes.png") is not None
-    assert reports.dominance_by_layer(shares, "m", tmp_path / "dominance.png") is not None
-    expected = [
-        "model.vision_tower.encoder.layers.1", "model.multi_modal_projector",
-        "model.language_model.layers.1",
-    ]  # fmt: skip
-    assert drawn == [expected, expected]

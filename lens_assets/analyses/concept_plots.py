@@ -1,5 +1,6 @@
 """Pictures of the concept workflow (asset concept_pca) for the UI and `warehouse/reports/`:
-the curves over the number of components, and VLM-Lens's 2-D scatter of the first two."""
+the curves over the number of components, and VLM-Lens's 2-D scatter of the first two, in
+the conventions of `figures`."""
 
 from __future__ import annotations
 
@@ -8,13 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 from matplotlib.colors import is_color_like
 
 from lens_assets.analyses.concept_pca import Scatter
+from lens_assets.analyses.figures import drawn, panel_grid, plt, save, shared_legend
 from lens_assets.capture.modules import model_order, short_layer
 
 PREFERRED = ("mean_image", "mean", "cls", "last")  # the scatter's pooling, where present
@@ -29,26 +27,7 @@ def _spread(items: Sequence[Any], most: int) -> list[Any]:
     return [items[round(i * step)] for i in range(most)]
 
 
-def _grid(panels: int, width: float = 4.2, height: float = 3.4) -> tuple[Any, list[Any]]:
-    columns = min(4, panels)
-    lines = (panels + columns - 1) // columns
-    figure, axes = plt.subplots(
-        lines, columns, figsize=(width * columns, height * lines), squeeze=False
-    )
-    flat = list(axes.flat)
-    for axis in flat[panels:]:
-        axis.axis("off")
-    return figure, flat
-
-
-def _save(figure: Any, out: Path) -> Path:
-    figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=80)
-    plt.close(figure)
-    return out
-
-
+@drawn
 def concept_curves(rows: Sequence[dict[str, Any]], model: str, out: Path) -> Path | None:
     """Per (dataset, pooling): nearest-centroid accuracy (solid) and k-NN accuracy (dashed) by
     number of components, one line per layer, darker for deeper layers; and the cosine to the
@@ -59,7 +38,7 @@ def concept_curves(rows: Sequence[dict[str, Any]], model: str, out: Path) -> Pat
             panels[(row["dataset"], row["pooling"])].append(row)
     if not panels:
         return None
-    figure, axes = _grid(2 * len(panels))
+    figure, axes = panel_grid(2 * len(panels), columns=2)
     colours = plt.get_cmap("viridis_r")
     for index, ((dataset, pooling), members) in enumerate(sorted(panels.items())):
         accuracy, margin = axes[2 * index], axes[2 * index + 1]
@@ -76,15 +55,15 @@ def concept_curves(rows: Sequence[dict[str, Any]], model: str, out: Path) -> Pat
             if points[0]["other_similarity"] is not None:
                 margin.plot(k, [r["own_similarity"] - r["other_similarity"] for r in points], "-",
                             color=colour)  # fmt: skip
-        accuracy.set_title(f"{dataset} / {pooling}: own concept (dashed: k-NN)", fontsize=9)
+        accuracy.set_title(f"{dataset} / {pooling}: own concept (dashed: k-NN)")
         accuracy.set_ylim(-0.02, 1.02)
-        accuracy.set_xlabel("PCA components", fontsize=8)
-        accuracy.legend(fontsize=6, loc="lower right")
+        accuracy.set_xlabel("PCA components")
         margin.axhline(0.0, color="grey", linestyle=":")
-        margin.set_title(f"{dataset} / {pooling}: cos(own) - cos(nearest other)", fontsize=9)
-        margin.set_xlabel("PCA components", fontsize=8)
-    figure.suptitle(f"{model}: items against the concept centroids", fontsize=11)
-    return _save(figure, out)
+        margin.set_title(f"{dataset} / {pooling}: cos(own) - cos(nearest other)")
+        margin.set_xlabel("PCA components")
+    shared_legend(figure, axes, columns=5)
+    figure.suptitle(f"{model}: items against the concept centroids")
+    return save(figure, out)
 
 
 def _colour_of(concepts: Sequence[str]) -> dict[str, Any]:
@@ -93,6 +72,7 @@ def _colour_of(concepts: Sequence[str]) -> dict[str, Any]:
     return {c: c if is_color_like(c) else palette(i % 20) for i, c in enumerate(concepts)}
 
 
+@drawn
 def concept_scatter(scatters: Sequence[Scatter], model: str, out: Path) -> Path | None:
     """VLM-Lens's PCA scatter: per layer, the concept items (circles) on the concept set's first
     two components and, for the first target other than the concept set, its items (triangles,
@@ -109,7 +89,7 @@ def concept_scatter(scatters: Sequence[Scatter], model: str, out: Path) -> Path 
         if s.layer not in by_layer or (others and s.dataset == others[0]):
             by_layer[s.layer] = s
     layers = _spread(sorted(by_layer, key=model_order), MAX_PANELS)
-    figure, axes = _grid(len(layers))
+    figure, axes = panel_grid(len(layers), columns=2)
     for axis, layer in zip(axes, layers, strict=False):
         s = by_layer[layer]
         colour = _colour_of(s.concepts)
@@ -123,11 +103,11 @@ def concept_scatter(scatters: Sequence[Scatter], model: str, out: Path) -> Path 
                 color=[colour.get(t, "black") if t else "black" for t in s.target_labels],
                 edgecolors="black", linewidths=0.6,
             )  # fmt: skip
-        target = f" + {s.dataset} (triangles)" if s.target_points is not None else ""
-        axis.set_title(f"{short_layer(layer)}{target}", fontsize=8)
-        axis.set_xlabel(f"PC1 ({s.explained[0]:.2f} of the variance)", fontsize=7)
-        axis.set_ylabel(f"PC2 ({s.explained[1]:.2f})", fontsize=7)
-        axis.tick_params(labelsize=6)
-    axes[0].legend(fontsize=6, loc="best")
-    figure.suptitle(f"{model}: concept set on its first two components ({pooling})", fontsize=11)
-    return _save(figure, out)
+        axis.set_title(short_layer(layer))
+        axis.set_xlabel(f"PC1 ({s.explained[0]:.2f} of the variance)")
+        axis.set_ylabel(f"PC2 ({s.explained[1]:.2f})")
+    shared_legend(figure, axes, columns=6)
+    targets = sorted({s.dataset for s in by_layer.values() if s.target_points is not None})
+    triangles = f"; triangles: {', '.join(targets)}" if targets else ""
+    figure.suptitle(f"{model}: concept set on its first two components ({pooling}{triangles})")
+    return save(figure, out)
