@@ -303,7 +303,7 @@ def test_answers_probes_and_behaviour_against_competence_land(project: Project) 
     picture = project.warehouse.root / "reports" / "tiny-llava" / "probe_curves.png"
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     event = project.instance.get_latest_materialization_event(dg.AssetKey("probe_results"))
-    assert "probe_curves" in event.asset_materialization.metadata
+    assert {"probe_curves", "selectivity"} <= set(event.asset_materialization.metadata)
     # The gap between what the model says and what its layers encode, as a table and a picture.
     event = project.instance.get_latest_materialization_event(
         dg.AssetKey("behaviour_vs_competence")

@@ -218,3 +218,20 @@ def test_pictures_without_rows_draw_nothing(tmp_path: Path) -> None:
         assert picture([], "m", tmp_path / "x.png") is None
     assert reports.cka_heatmap([], "m", "n", tmp_path / "x.png") is None
     assert not (tmp_path / "x.png").exists()
+
+
+def test_held_out_probes_are_drawn_against_their_shuffled_control(
+    drawn_figures: list[dict[str, Any]],
+) -> None:
+    """protocol vlm-lens has no control task: its pictures set accuracy against the shuffled
+    control and say so."""
+    rows = [{**row, "control_accuracy": None, "selectivity": None, "shuffled_accuracy": 0.3}
+            for row in _probe_rows()]  # fmt: skip
+    reports.probe_curves(rows, "tiny-llava", OUT / "probe_curves_vlm_lens.png")
+    reports.selectivity_heatmap(rows, "tiny-llava", OUT / "selectivity_vlm_lens.png")
+    curves, heat_map = drawn_figures
+    _check(OUT / "probe_curves_vlm_lens.png", curves, panels=3)
+    labels = [text.get_text() for text in curves["figure_legends"][0].get_texts()]
+    assert "shuffled-label control (dashed)" in labels
+    image = heat_map["panels"][0].get_images()[0].get_array()
+    assert int(np.nanargmax(image[0])) == 3

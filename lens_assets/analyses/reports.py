@@ -43,6 +43,23 @@ def _series(row: dict[str, Any]) -> str:
     return f"{row['pooling']} · {row['probe']}"
 
 
+def _control(row: dict[str, Any]) -> float:
+    """The probe's control: Hewitt & Liang's control task (protocol cv), else the shuffled-label
+    control on the held-out split (protocol vlm-lens, which has no control task)."""
+    value = row.get("control_accuracy")
+    return float(row["shuffled_accuracy"] if value is None else value)
+
+
+def _control_name(rows: Sequence[dict[str, Any]]) -> str:
+    if all(r.get("control_accuracy") is None for r in rows):
+        return "shuffled-label control"
+    return "control task"
+
+
+def _selectivity(row: dict[str, Any]) -> float:
+    return float(row["accuracy"]) - _control(row)
+
+
 @drawn
 def probe_curves(rows: Sequence[dict[str, Any]], model: str, out: Path) -> Path | None:
     """One panel per concept: probe accuracy by layer (solid) and its control task (dashed),
@@ -52,7 +69,7 @@ def probe_curves(rows: Sequence[dict[str, Any]], model: str, out: Path) -> Path 
         panels[(row["dataset"], row["concept"])].append(row)
     if not panels:
         return None
-    chosen = sorted(panels, key=lambda key: -max(r["selectivity"] for r in panels[key]))
+    chosen = sorted(panels, key=lambda key: -max(_selectivity(r) for r in panels[key]))
     chosen = sorted(chosen[:MAX_PANELS])
     colours = {name: f"C{i % 10}" for i, name in enumerate(sorted({_series(r) for r in rows}))}
     figure, axes = panel_grid(len(chosen), columns=2)
@@ -68,10 +85,9 @@ def probe_curves(rows: Sequence[dict[str, Any]], model: str, out: Path) -> Path 
             x = [position[r["layer"]] for r in points]
             axis.plot(x, [r["accuracy"] for r in points], "-o", ms=3, color=colours[name],
                       label=name)  # fmt: skip
-            axis.plot(x, [r["control_accuracy"] for r in points], "--", color=colours[name],
-                      alpha=0.6)  # fmt: skip
+            axis.plot(x, [_control(r) for r in points], "--", color=colours[name], alpha=0.6)
         layer_axis(axis, layers, f"{key[1]} ({key[0]})", "accuracy", max_names=8)
-    axes[0].plot([], [], "--", color="grey", label="control task (dashed)")
+    axes[0].plot([], [], "--", color="grey", label=f"{_control_name(rows)} (dashed)")
     shared_legend(figure, axes)
     shown = "" if len(chosen) == len(panels) else f" ({len(chosen)} most selective concepts)"
     figure.suptitle(f"{model}: probe accuracy by layer{shown}")
@@ -86,9 +102,9 @@ def selectivity_heatmap(rows: Sequence[dict[str, Any]], model: str, out: Path) -
     kind = "linear" if "linear" in kinds else min(kinds, default=None)
     best: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     for r in rows:
-        if r["probe"] == kind and r["selectivity"] == r["selectivity"]:
+        if r["probe"] == kind and (value := _selectivity(r)) == value:
             cell = best[(r["dataset"], r["concept"])]
-            cell[r["layer"]] = max(cell.get(r["layer"], -np.inf), r["selectivity"])
+            cell[r["layer"]] = max(cell.get(r["layer"], -np.inf), value)
     if not best:
         return None
     concepts = sorted(best)
@@ -111,7 +127,7 @@ def selectivity_heatmap(rows: Sequence[dict[str, Any]], model: str, out: Path) -
         rotation=35, ha="right",
     )  # fmt: skip
     mark_stages(axis, layers)
-    figure.colorbar(shown, ax=axis, label="selectivity", shrink=0.8)
+    figure.colorbar(shown, ax=axis, label=f"accuracy - {_control_name(rows)}", shrink=0.8)
     figure.suptitle(f"{model}: selectivity by layer and concept ({kind} probes, best pooling)")
     return save(figure, out)
 

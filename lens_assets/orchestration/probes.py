@@ -11,7 +11,7 @@ from dagster import AssetKey, MaterializeResult, MetadataValue
 from pydantic import ValidationError
 
 from lens_assets.analyses.probing import ProbeSettings, probe_layers
-from lens_assets.analyses.reports import probe_curves
+from lens_assets.analyses.reports import probe_curves, selectivity_heatmap
 from lens_assets.analyses.vlm_lens_probe import (
     PROBES_DIR,
     model_probes,
@@ -73,12 +73,14 @@ def probe_results(step: ModelStep) -> MaterializeResult:
     with step.warehouse.session() as wh:
         if settings.protocol == "vlm-lens":
             found = vlm_lens_probe_layers(wh, name, settings, datasets or None, concepts or None)
-            rows, predictions, picture = found.results, found.predictions, None
+            rows, predictions = found.results, found.predictions
         else:
             scanned = probe_layers(wh, name, settings, datasets or None, concepts or None)
             rows, predictions = [cross_validated_row(r) for r in scanned], []
             shutil.rmtree(model_probes(wh.root / PROBES_DIR, name), ignore_errors=True)
-            picture = probe_curves(scanned, name, wh.root / "reports" / name / "probe_curves.png")
+        report = wh.root / "reports" / name
+        curves = probe_curves(rows, name, report / "probe_curves.png")
+        heat_map = selectivity_heatmap(rows, name, report / "selectivity.png")
         wh.replace_rows(
             "model = ?",
             [name],
@@ -93,7 +95,8 @@ def probe_results(step: ModelStep) -> MaterializeResult:
             "rows": len(rows),
             "predictions": len(predictions),
             **_best(rows, settings.protocol),
-            **picture_metadata("probe_curves", picture, "probe curves"),
+            **picture_metadata("probe_curves", curves, "probe curves"),
+            **picture_metadata("selectivity", heat_map, "selectivity by layer and concept"),
         }
     )
 
