@@ -74,6 +74,7 @@ ROW_LABELS = pa.schema(
         ("row_key", _TEXT),
         ("concept", _TEXT),
         ("value", _TEXT),
+        ("role", _TEXT),  # concept | control_type | other; NULL: the dataset declares nothing
     ]
 )
 IMAGE_ERRORS = pa.schema(

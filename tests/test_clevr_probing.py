@@ -19,6 +19,7 @@ from lens_assets.analyses.reading import load_vectors
 from lens_assets.capture.extraction import extract_loaded
 from lens_assets.capture.loading import load_model, release
 from lens_assets.data.datasets import collect_images, parse_dataset_config
+from lens_assets.data.generators.clevr_lite import CONCEPTS
 from lens_assets.orchestration.assets import DATASET_TABLES
 from tests.conftest import tiny_config
 
@@ -91,6 +92,18 @@ def test_every_question_types_answer_is_probed_at_every_layer(
         .as_py()
     )
     assert n == 8  # one row per scene asks whether something exists
+
+
+def test_only_the_labels_clevr_declares_concepts_are_probed(clevr_warehouse: Warehouse) -> None:
+    probed = clevr_warehouse.fetch_arrow(
+        "SELECT DISTINCT concept FROM probe_results WHERE concept NOT LIKE 'answer:%'"
+    ).column(0)
+    roles = clevr_warehouse.fetch_arrow(
+        "SELECT DISTINCT concept, role FROM row_labels WHERE dataset = 'clevr'"
+    ).to_pylist()
+    assert {r["role"] for r in roles} == {"concept"}  # every clevr label is a concept
+    assert "count" in probed.to_pylist()
+    assert set(probed.to_pylist()) <= set(CONCEPTS)
 
 
 def test_behaviour_vs_competence_sets_each_question_types_answers_beside_its_probe(

@@ -36,14 +36,18 @@ def test_grouped_folds_leave_no_picture_to_memorise() -> None:
     assert grouped.accuracy < 0.75  # nothing carries over between pictures: about chance
 
 
-def test_a_concept_task_carries_each_rows_group_through_its_filters() -> None:
+def test_a_concept_task_carries_each_rows_group_and_input_through_its_filters() -> None:
     X = np.arange(12, dtype=np.float32).reshape(6, 2)
     keys = [f"r{i}" for i in range(6)]
     labels = {"colour": {"r0": "red", "r1": "red", "r2": "blue", "r3": "blue", "r5": "blue"}}
     groups = np.array([7, 7, 8, 8, 9, 9])
-    task = concept_task(X, keys, labels, "colour", ProbeSettings(), groups)
+    types = ["img-a", "img-a", "img-b", "img-c", "img-d", "img-e"]
+    task = concept_task(X, keys, labels, "colour", ProbeSettings(), groups, types)
     assert task is not None
-    vectors, y, _, kept_groups = task
+    vectors, y, kept_types, kept_groups = task
     assert vectors.tolist() == X[[0, 1, 2, 3, 5]].tolist()
     assert y.tolist() == ["red", "red", "blue", "blue", "blue"]  # r4 has no label
     assert kept_groups.tolist() == [7, 7, 8, 8, 9]
+    assert kept_types == ["img-a", "img-a", "img-b", "img-c", "img-e"]  # inputs, not labels
+    untyped = concept_task(X, keys, labels, "colour", ProbeSettings(), groups)
+    assert untyped is not None and untyped[2] == ["r0", "r1", "r2", "r3", "r5"]  # each its own

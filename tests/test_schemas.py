@@ -207,6 +207,7 @@ def test_the_similarity_writers_rows_are_their_tables_columns(tmp_path: Path) ->
                         "row_key": r["image_id"],
                         "concept": r["concept"],
                         "value": r["value"],
+                        "role": None,
                     }
                     for r in labels
                 ],

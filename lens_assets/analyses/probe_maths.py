@@ -5,10 +5,12 @@ A probe is a small classifier trained on a layer's pooled activations to predict
 concept (colour, shape, count). High accuracy alone proves little: a flexible probe can learn
 the task itself. Following Hewitt & Liang (2019, "Designing and Interpreting Probes with
 Control Tasks") every probe is also trained on a *control task*, in which each distinct input
-type gets a random but consistent label, and reports `selectivity = accuracy -
-control_accuracy`. Following VLM-Lens it also reports a shuffled-label control and a one-sided
-two-proportion z-test of probe against shuffled control, and a permutation test gives a p-value
-for "the layer's activations carry information about the concept".
+type (the input itself: an image, never its label) gets a random but consistent label, and
+reports `selectivity = accuracy - control_accuracy`. After VLM-Lens it also reports a
+shuffled-label control, and `z_p_value`: a one-sided two-proportion z-test of the probe's
+against the shuffled control's correct predictions, pooled over the cross-validation folds
+(VLM-Lens's own test is two-sided, on a held-out split: protocol 'vlm-lens'). A permutation
+test gives a p-value for "the layer's activations carry information about the concept".
 
 Arrays in, numbers out (numpy, scikit-learn, scipy): no warehouse here. Scanning a model's
 layers from the warehouse is `probing.probe_layers`.
@@ -106,7 +108,7 @@ class ProbeResult:
     selectivity: float  # accuracy - control_accuracy
     shuffled_accuracy: float  # labels permuted once (VLM-Lens's control)
     p_value: float  # permutation test; NaN when settings.permutations == 0
-    z_p_value: float  # one-sided two-proportion z-test, probe > shuffled control
+    z_p_value: float  # one-sided two-proportion z-test over pooled CV folds, probe > shuffled
     n: int
     classes: int
 
@@ -140,7 +142,10 @@ def control_labels(y: np.ndarray, input_types: Sequence[Any], seed: int) -> np.n
     from the task's empirical label distribution, and keeps it wherever it occurs.
 
     A probe can only solve the control task by memorising types, so accuracy on it measures
-    what the probe itself can do rather than what the representation encodes.
+    what the probe itself can do rather than what the representation encodes. The type must
+    name the input (its image), not its labels: types derived from labels make the control
+    labels a function of the real ones, so a probe solves both alike and selectivity says
+    nothing.
     """
     y = np.asarray(y)
     if len(input_types) != len(y):
@@ -161,8 +166,9 @@ def probe(
 ) -> ProbeResult:
     """Train and test one probe with its controls and significance tests (see the module doc).
 
-    `input_types[i]` names what example i "is" for the control task, e.g. the image's whole
-    attribute combination: identical types get identical control labels.
+    `input_types[i]` names what example i "is" for the control task, the input itself (e.g.
+    its image's content hash, `probing.input_types`): identical types get identical control
+    labels.
     """
     settings = settings or ProbeSettings()
     with probing_context(settings):
@@ -284,8 +290,10 @@ def _fit_predict(
 
 
 def two_proportion_z_p_value(correct: int, control_correct: int, n: int) -> float:
-    """One-sided p-value that the probe's accuracy exceeds the control's (VLM-Lens's test):
-    z = (p1 - p2) / sqrt(p (1 - p) 2 / n) with the pooled proportion p."""
+    """One-sided p-value that the probe's accuracy exceeds the control's: a two-proportion
+    z-test, z = (p1 - p2) / sqrt(p (1 - p) 2 / n) with the pooled proportion p, where the
+    counts are each example's one cross-validated prediction (all folds pooled). VLM-Lens's own
+    test has the same statistic but is two-sided and counts a held-out split only."""
     p1, p2 = correct / n, control_correct / n
     pooled = (correct + control_correct) / (2 * n)
     spread = np.sqrt(pooled * (1 - pooled) * 2 / n)

@@ -1,16 +1,19 @@
 """Probing a model: every labelled concept on every pooled (dataset, layer, pooling) it stored.
 
-The scan reads each layer's vectors from the warehouse once (`reading`), turns each concept
-into a probe task (`concept_task`), and trains the probes in a thread pool while the next layer
-loads; one probe's maths (controls, cross-validation, significance) is `probe_maths`. The rows
-it returns have the columns of the `probe_results` table (`resources.schemas.PROBE_RESULTS`).
+The scan reads each layer's vectors from the warehouse once (`reading`), chooses the labels that
+are concepts (`probed_concepts`), turns each into a probe task (`concept_task`) whose control
+task types each row by its input (`input_types`), and trains the probes in a thread pool while
+the next layer loads; one probe's maths (controls, cross-validation, significance) is
+`probe_maths`. The rows it returns have the columns of the `probe_results` table
+(`resources.schemas.PROBE_RESULTS`).
 
 Everything here is plain Python; the Dagster asset is a thin caller of `probe_layers`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,12 +28,14 @@ from lens_assets.analyses.probe_maths import (
 )
 from lens_assets.analyses.reading import (
     answer_labels,
+    label_roles,
     labelled_datasets,
     load_labels,
     load_vectors,
     pooled_layers,
     row_images,
 )
+from lens_assets.data.rows import CONCEPT, CONTROL_TYPE, IMAGE_SEPARATOR
 from lens_assets.resources.schemas import PROBE_RESULTS
 from lens_assets.resources.warehouse import Warehouse
 
@@ -38,10 +43,16 @@ __all__ = [
     "ProbeResult",
     "ProbeSettings",
     "concept_task",
+    "input_types",
+    "not_a_concept",
     "picture_groups",
     "probe_layers",
     "probed_concepts",
 ]
+
+# An undeclared numeric label with more distinct values than this (or than half its rows) is a
+# measurement such as a coordinate, not a set of classes; clevr's count (0-10) stays a concept.
+MAX_NUMERIC_CLASSES = 16
 
 
 def probe_layers(
@@ -51,8 +62,8 @@ def probe_layers(
     datasets: Sequence[str] | None = None,
     concepts: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Probe every labelled concept on every pooled (dataset, layer, pooling) of a model, and
-    every question kind's answer ("answer:<kind>", over that kind's rows).
+    """Probe each concept `probed_concepts` chooses on every pooled (dataset, layer, pooling)
+    of a model, with every question kind's answer ("answer:<kind>", over that kind's rows).
 
     Returns one row per (dataset, layer, pooling, concept, probe kind) with the columns of the
     `probe_results` table, in a stable order (layers in natural order: layers.2 before
@@ -70,9 +81,11 @@ def probe_layers(
             labels = load_labels(con, dataset) | answer_labels(con, dataset)
             pictures = row_images(con, dataset)
             chosen = probed_concepts(con, dataset, labels, concepts)
+            declared_type = control_type_values(con, dataset, labels)
             for layer, pooling in pooled_layers(con, model, dataset):
                 keys, X = load_vectors(con, model, dataset, layer, pooling)
                 groups = picture_groups([pictures.get(key, (key,)) or (key,) for key in keys])
+                types = input_types(keys, pictures, declared_type)
                 where = {"model": model, "dataset": dataset, "layer": layer, "pooling": pooling}
                 jobs = [
                     _Job(
@@ -80,7 +93,7 @@ def probe_layers(
                         pool.submit(probe_in_context, *task[:3], kind, settings, task[3]),
                     )
                     for concept in chosen
-                    if (task := concept_task(X, keys, labels, concept, settings, groups))
+                    if (task := concept_task(X, keys, labels, concept, settings, groups, types))
                     for kind in settings.kinds
                 ]  # fmt: skip
                 rows.extend(job.row() for job in pending)
@@ -95,9 +108,85 @@ def probed_concepts(
     labels: dict[str, dict[str, str]],
     requested: Sequence[str] | None = None,
 ) -> list[str]:
-    """Which of a dataset's labelled concepts are probed: those asked for (None: every one).
-    Every probing protocol chooses its concepts here."""
-    return [c for c in labels if requested is None or c in requested]
+    """Which of a dataset's labels (and `answer:<kind>` concepts) are probed, in `labels`'
+    order. Every probing protocol chooses its concepts here.
+
+    Asked for by name (configs/probing.yaml `concepts`): exactly those, whatever they are.
+    Otherwise a label the dataset declares a concept (its config's `concepts`, else its
+    generator's) is probed and one it declares anything else (`other`, its `control_type`)
+    is not; a label it declares nothing about, and each question kind's answer, is probed
+    unless its values show it is no concept (`not_a_concept`: an id, a coordinate). Without
+    this, a probe plot fills with coordinates, item ids and answer letters.
+    """
+    if requested is not None:
+        return [c for c in labels if c in requested]
+    roles = label_roles(warehouse, dataset)
+    return [
+        concept
+        for concept, values in labels.items()
+        if roles.get(concept) == CONCEPT or (concept not in roles and not_a_concept(values) is None)
+    ]
+
+
+def not_a_concept(values: Mapping[str, str]) -> str | None:
+    """Why a label nobody declared is no concept to probe (None: it may be one), judged from
+    its values (row -> value): an identifier has a value of its own on every row, and a
+    measurement (a coordinate, an angle, a scale) is numbers with fractions or more distinct
+    numbers than a set of classes has (MAX_NUMERIC_CLASSES, or half its rows)."""
+    n, distinct = len(values), set(values.values())
+    if n >= 2 and len(distinct) == n:
+        return f"an identifier: each of its {n} rows has a value of its own"
+    numbers = [_number(value) for value in distinct]
+    if not numbers or any(number is None for number in numbers):
+        return None
+    if any(not float(number).is_integer() for number in numbers):
+        return "a measurement: numbers with fractions"
+    if len(distinct) > max(2, min(MAX_NUMERIC_CLASSES, n // 2)):
+        return f"a measurement: {len(distinct)} different numbers over {n} rows"
+    return None
+
+
+def _number(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def control_type_values(
+    warehouse: Any, dataset: str, labels: Mapping[str, Mapping[str, str]]
+) -> Mapping[str, str] | None:
+    """The values (row -> value) of the label the dataset declares its `control_type`, or
+    None when it declares none."""
+    roles = label_roles(warehouse, dataset)
+    declared = [concept for concept, role in roles.items() if role == CONTROL_TYPE]
+    return labels.get(declared[0]) if declared else None
+
+
+def input_types(
+    row_keys: Sequence[str],
+    pictures: Mapping[str, Sequence[str]],
+    declared: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Each row's input type for the control task: what the row *is*, never what it is
+    labelled (Hewitt & Liang's word type; a label-derived type would make the control task a
+    function of the task and selectivity meaningless).
+
+    The value of the dataset's declared `control_type` label where the row has one; else the
+    row's images in order (content hashes: the same picture is one input under every
+    question, and a byte-identical copy is the same input); else, for a text-only row, the
+    row itself.
+    """
+    types = []
+    for key in row_keys:
+        if declared is not None and key in declared:
+            types.append("type:" + declared[key])
+        elif images := pictures.get(key):
+            types.append("images:" + IMAGE_SEPARATOR.join(images))
+        else:
+            types.append("row:" + key)
+    return types
 
 
 def concept_task(
@@ -107,16 +196,16 @@ def concept_task(
     concept: str,
     settings: ProbeSettings,
     groups: Sequence[int] | None = None,
+    types: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray] | None:
     """The vectors, labels, input types and fold groups for one concept, or None when it
     cannot be probed.
 
     Rows without a label for the concept are dropped, then classes with fewer than
     `min_per_class` examples; fewer than two classes left (a constant concept) means no probe.
-    An input type is the row's whole label tuple over the dataset's concepts, so rows that
-    look identical to the annotation get the same control label. `groups` (one per row) keeps
-    rows that share a picture in one fold: the same image under two questions never sits in
-    both train and test.
+    `types` (one per row, `input_types`) names each row's input for the control task; None
+    makes every row its own input. `groups` (one per row) keeps rows that share a picture in
+    one fold: the same image under two questions never sits in both train and test.
     """
     values = labels[concept]
     keep = np.array([key in values for key in row_keys], dtype=bool)
@@ -126,14 +215,12 @@ def concept_task(
     keep &= np.array([value in frequent for value in y], dtype=bool)
     if len(frequent) < 2:
         return None
-    ordered = sorted(labels)
-    types = [
-        "\x1f".join(str(labels[c].get(key)) for c in ordered)
-        for key, kept in zip(row_keys, keep, strict=True)
-        if kept
-    ]
+    if types is not None and len(types) != len(row_keys):
+        raise ValueError(f"{len(types)} input types for {len(row_keys)} rows")
+    every = list(row_keys) if types is None else list(types)
+    kept_types = [kind for kind, kept in zip(every, keep, strict=True) if kept]
     group = np.arange(len(row_keys)) if groups is None else np.asarray(groups)
-    return X[keep], y[keep].astype(str), types, group[keep]
+    return X[keep], y[keep].astype(str), kept_types, group[keep]
 
 
 def picture_groups(images: Sequence[Sequence[str]]) -> np.ndarray:

@@ -128,6 +128,22 @@ def answer_labels(warehouse: Source, dataset: str) -> dict[str, dict[str, str]]:
     return labels
 
 
+def label_roles(warehouse: Source, dataset: str) -> dict[str, str]:
+    """What the dataset declares each of its labels to be (`row_labels.role`: concept,
+    control_type, other); a label it declares nothing about is left out. A warehouse not yet
+    migrated to the `role` column (opened read-only) declares nothing."""
+    columns = query(warehouse, "SELECT * FROM row_labels LIMIT 0", []).column_names
+    if "role" not in columns:
+        return {}
+    table = query(
+        warehouse,
+        "SELECT concept, min(role) AS role FROM row_labels "
+        "WHERE dataset = ? AND role IS NOT NULL GROUP BY concept ORDER BY concept",
+        [dataset],
+    )
+    return dict(zip(*(table.column(name).to_pylist() for name in ("concept", "role")), strict=True))
+
+
 def row_images(warehouse: Source, dataset: str) -> dict[str, tuple[str, ...]]:
     """Each row's image ids, in order: what probe folds group by."""
     table = query(

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lens_assets.config import ConfigError
 from lens_assets.data.images import (
     ImageReadError,
     content_id,
@@ -16,7 +17,14 @@ from lens_assets.data.images import (
     duplicate_of,
     read_image_file,
 )
-from lens_assets.data.rows import MAX_IMAGES_PER_ROW, DatasetRow, clean_labels
+from lens_assets.data.rows import (
+    CONCEPT,
+    CONTROL_TYPE,
+    MAX_IMAGES_PER_ROW,
+    OTHER,
+    DatasetRow,
+    clean_labels,
+)
 
 
 @dataclass
@@ -32,6 +40,7 @@ class DatasetImages:
     rows: list[dict[str, Any]] = field(default_factory=list)  # `images`
     items: list[DatasetRow] = field(default_factory=list)  # `dataset_rows`, in order
     errors: list[dict[str, Any]] = field(default_factory=list)
+    roles: dict[str, str] = field(default_factory=dict)  # label -> declared role (`declare`)
     _first: dict[str, tuple[str, str]] = field(default_factory=dict, init=False, repr=False)
     _by_key: dict[str, DatasetRow] = field(default_factory=dict, init=False, repr=False)
 
@@ -89,6 +98,31 @@ class DatasetImages:
             known.labels.setdefault(concept_name, value)
         return known
 
+    def declare(
+        self,
+        concepts: Sequence[str] | None,
+        control_type: str | None = None,
+        strict: bool = True,
+    ) -> None:
+        """Record which labels are concepts to probe (the others become `other`) and which one
+        names each row's input for the control task. A declared name no row carries is an
+        error (a typo), except a concept when not `strict`: a generator's own list may name a
+        label this draw did not produce (clevr_lite's one-object `colour`)."""
+        known = sorted({concept for row in self.items for concept in row.labels})
+        wanted = [*((concepts or ()) if strict else ()), *([control_type] if control_type else [])]
+        if missing := [name for name in wanted if name not in known]:
+            raise ConfigError(
+                f"dataset {self.name}: the config declares {missing} (concepts / control_type) "
+                f"but no row has such a label; its labels are {known or '(none)'}: fix the "
+                "name or leave it out"
+            )
+        roles: dict[str, str] = {}
+        if concepts is not None:
+            roles = {label: CONCEPT if label in concepts else OTHER for label in known}
+        if control_type in known:
+            roles[control_type] = CONTROL_TYPE
+        self.roles = roles
+
     def path_of(self, image_id: str) -> str | None:
         """Where the image with this id is stored, once it has been added."""
         first = self._first.get(image_id)
@@ -104,7 +138,7 @@ class DatasetImages:
 
     @property
     def row_label_records(self) -> list[dict[str, Any]]:
-        return [label for row in self.items for label in row.label_records()]
+        return [label for row in self.items for label in row.label_records(self.roles)]
 
     @property
     def labels(self) -> list[dict[str, Any]]:

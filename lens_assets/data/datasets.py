@@ -248,9 +248,15 @@ def collect_images(
 ) -> DatasetImages:
     """Every image of one dataset; `rendered` (a folder or an object-store prefix) holds
     generated or extracted files (`<rendered>/<name>/`), `others` the datasets already
-    collected (for `blank`)."""
+    collected (for `blank`). The config's `concepts` and `control_type` (else a generator's
+    own `CONCEPTS`) become the labels' roles in `row_labels`."""
     out = DatasetImages(checked_dataset_name(name))
     COLLECTORS[type(config)](config, out, rendered, others or {})
+    concepts, strict = config.concepts, True
+    if concepts is None and isinstance(config, GeneratedDataset):
+        concepts, strict = generators.concepts(config.kind), False  # what this draw produced
+    if concepts is not None or config.control_type is not None:
+        out.declare(concepts, config.control_type, strict)
     return out
 
 

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lens_assets.config import ConfigError, read_yaml
 from lens_assets.data import generators
@@ -17,7 +17,40 @@ IMAGE_KEYS = ("image_path", "image", "path", "file_name", "filename")
 
 
 class _Kind(BaseModel):
+    """What every kind may declare about its labels, for probing (`row_labels.role`)."""
+
     model_config = ConfigDict(extra="forbid")
+    concepts: list[str] | None = Field(
+        default=None,
+        description="The labels that are concepts to probe; the others (ids, coordinates, "
+        "answer letters) are not probed unless configs/probing.yaml asks. Left out: a "
+        "generator's own list, else probing judges each label by its values.",
+    )
+    control_type: str | None = Field(
+        default=None,
+        description="A label naming each row's input for the probes' control task (Hewitt & "
+        "Liang's word type), e.g. an object id shared by several photos; left out, a row's "
+        "input is its images (their content hashes).",
+    )
+
+    @field_validator("concepts")
+    @classmethod
+    def _some_concepts(cls, concepts: list[str] | None) -> list[str] | None:
+        if concepts is not None and not concepts:
+            raise ValueError(
+                "an empty list declares nothing: leave `concepts` out to let the generator or "
+                "the labels' values decide, or list the labels to probe"
+            )
+        return None if concepts is None else list(dict.fromkeys(concepts))
+
+    @model_validator(mode="after")
+    def _type_is_not_a_concept(self) -> _Kind:
+        if self.control_type and self.control_type in (self.concepts or ()):
+            raise ValueError(
+                f"control_type {self.control_type!r} is also listed in concepts: the control "
+                "type names inputs, it is not a concept; list it in one of them"
+            )
+        return self
 
 
 class GeneratedDataset(_Kind):

@@ -18,6 +18,13 @@ MAX_IMAGES_PER_ROW = 16  # far beyond any benchmark (2-4); a guard against a run
 IMAGE_SEPARATOR = "\x1f"
 PROMPT_SEPARATOR = "\x1e"
 
+# What a dataset declares a label to be (`row_labels.role`); NULL where it declares nothing, and
+# probing then judges the label by its values (`analyses.probing.probed_concepts`).
+CONCEPT = "concept"  # a concept to probe
+CONTROL_TYPE = "control_type"  # names each row's input for the probes' control task
+OTHER = "other"  # a label that is not a concept: an id, a coordinate, an answer letter
+ROLES = (CONCEPT, CONTROL_TYPE, OTHER)
+
 
 def row_key(image_ids: Sequence[str], prompt: str | None) -> str:
     """The row's stable key (16 hex digits)."""
@@ -71,11 +78,14 @@ class DatasetRow:
             "concept": self.concept,
         }
 
-    def label_records(self) -> list[dict[str, Any]]:
+    def label_records(self, roles: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        """`row_labels` rows, each with its label's declared role (None: undeclared)."""
+        roles = roles or {}
         return [
-            {"dataset": self.dataset, "row_key": self.row_key, "concept": c, "value": v}
+            {"dataset": self.dataset, "row_key": self.row_key, "concept": c, "value": v,
+             "role": roles.get(c)}
             for c, v in self.labels.items()
-        ]
+        ]  # fmt: skip
 
 
 def clean_labels(labels: Mapping[str, Any] | None) -> dict[str, str]:

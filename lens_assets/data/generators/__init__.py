@@ -27,7 +27,15 @@ GENERATORS: dict[str, str] = {
     "art_style": "lens_assets.data.generators.art_style",
     "colour_patches": "lens_assets.data.generators.colour_patches",
 }
-__all__ = ["GENERATORS", "Question", "Sample", "generate", "generator", "params_model"]
+__all__ = [
+    "GENERATORS",
+    "Question",
+    "Sample",
+    "concepts",
+    "generate",
+    "generator",
+    "params_model",
+]
 
 
 def generator(kind: str) -> ModuleType:
@@ -38,6 +46,13 @@ def generator(kind: str) -> ModuleType:
 
 def params_model(kind: str) -> type[BaseModel]:
     return generator(kind).Params
+
+
+def concepts(kind: str) -> tuple[str, ...] | None:
+    """The labels a generator declares concepts to probe (its `CONCEPTS`), or None when it
+    declares none (probing then judges each label by its values)."""
+    declared = getattr(generator(kind), "CONCEPTS", None)
+    return None if declared is None else tuple(declared)
 
 
 def generate(kind: str, params: BaseModel, size: int, seed: int) -> Iterator[Sample]:

@@ -43,6 +43,11 @@ PAPER = (246, 241, 228)
 INK = (34, 32, 48)
 
 
+# The styles shown are concepts; the item and scene ids, the answer and lure letters and image
+# indices are not.
+CONCEPTS = ("style", "a_style", "b_style", "c_style")
+
+
 class Params(BaseModel):
     """YAML keys of an `art_style` dataset."""
 

@@ -101,6 +101,12 @@ GAP = 3.0  # pixels kept free between objects' bounding boxes, and at the image 
 YAW = (math.radians(20), math.radians(70))  # cube turns that show three faces
 PLACEMENT_TRIES, LAYOUT_RESTARTS = 100, 10
 ZOOMS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+# Every label is a concept: the count, what is present, and a one-object scene's attributes.
+CONCEPTS = (
+    "count",
+    *ATTRIBUTES,
+    *(f"has_{value}" for key in ("colour", "shape") for value in VALUES[key]),
+)
 
 
 class Params(BaseModel):

@@ -34,6 +34,9 @@ from lens_assets.data.generators.textures import TEXTURE_MAX, TEXTURE_MIN, font,
 Transform = Literal["shift", "scale", "rotation", "lighting"]
 TRANSFORMS: tuple[Transform, ...] = ("shift", "scale", "rotation", "lighting")
 LETTERS = ("A", "B", "C", "D")
+# The one concept of a pair is its transform; the rest are coordinates, the item id, the
+# answer letter and the exact affine, which are not concepts to probe.
+CONCEPTS = ("transform",)
 QUESTION = (
     "The first image marks a point REF. Which of the points A, B, C and D marked in the second "
     "image shows the same point of the scene as REF? Answer A, B, C or D."

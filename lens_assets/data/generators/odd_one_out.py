@@ -51,6 +51,11 @@ class Params(BaseModel):
     odd_colour: bool = False
 
 
+# Which objects an item shows are concepts; the item id, the answer letter, image indices,
+# boxes and view angles are not.
+CONCEPTS = ("common_object", "odd_object", "a_object", "b_object", "c_object", "d_object")
+
+
 @dataclass(frozen=True)
 class Mesh:
     """Triangles of a closed solid (a union of convex pieces), with outward unit normals."""

@@ -21,6 +21,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "yellow": (255, 238, 51),
 }
 SHAPES = ("square", "circle", "triangle")
+# The labels that are concepts to probe (every dataset kind may override them in its config).
+CONCEPTS = ("colour", "shape")
 SIZES = ((48, 48), (64, 40), (40, 72), (96, 64), (56, 56), (80, 48))
 
 

@@ -86,6 +86,7 @@ DEFAULT_PALETTE = ("red", "green", "blue", "yellow", "purple", "orange", "black"
 
 Congruence = Literal["congruent", "word_background", "incongruent"]
 CLASSES: tuple[Congruence, ...] = ("congruent", "word_background", "incongruent")
+CONCEPTS = ("word", "font", "background", "congruence")  # every label is a cue to probe
 
 # The font comes from matplotlib's package data, never from the system, so every machine with
 # the same matplotlib renders the same glyphs.
