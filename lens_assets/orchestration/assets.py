@@ -37,7 +37,7 @@ from lens_assets.resources.warehouse import Warehouse
 
 # Bump when extraction changes what it writes for the same config: every partition goes stale.
 EXTRACTION_VERSION = "2"  # 2: one forward pass per dataset row
-IMAGES_VERSION = "2"  # 2: dataset rows
+IMAGES_VERSION = "3"  # 2: dataset rows; 3: label roles (concept, control_type)
 
 IMAGES = AssetKey("images")
 IMAGE_LABELS = AssetKey("image_labels")
