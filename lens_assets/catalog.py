@@ -4,6 +4,11 @@ A config's version is a hash of its bytes, so editing a file (its modules, say) 
 one model's version and nothing else's. A dataset's version also covers the files it reads
 (a folder's images, a manifest and the images it names), so adding an image or editing a
 manifest changes it too.
+
+A model is a model config (`models/**/*.yaml`) or a tuning config (`tuning/**/*.yaml`, a model
+trained from a base): both are model partitions, named by their file's stem. A tuned model's
+version also covers its base's model config and the dataset configs it trains on by name, so
+editing the base restales the tuned model too.
 """
 
 from __future__ import annotations
@@ -14,22 +19,49 @@ import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lens_assets.config import ConfigError, configs_dir, read_yaml
+
+ConfigKind = Literal["model", "tuning", "dataset"]
 
 
 @dataclass(frozen=True)
 class ConfigFile:
     name: str  # the file's stem: the model's partition key, `model` in every table
     path: Path
+    # "model": a model config; "tuning": a tuning config (a model trained from a base, whose
+    # checkpoint the `tuned_model` asset writes); "dataset": a dataset config
+    kind: ConfigKind = "model"
+    # other config files the version covers: a tuned model's base model config and the dataset
+    # configs it names (a path that does not resolve is named instead, so a fix changes it)
+    inputs: tuple[str, ...] = ()
+
+    @property
+    def tuned(self) -> bool:
+        return self.kind == "tuning"
 
     @property
     def version(self) -> str:
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
+        """A hash of the file's bytes (a plain config's version is exactly that, as before
+        tuning configs existed); a tuned model's also covers its `inputs`."""
+        digest = hashlib.sha256(self.path.read_bytes())
+        if not self.inputs:
+            return digest.hexdigest()[:16]
+        for entry in self.inputs:
+            digest.update(_input_token(entry).encode())
+        return digest.hexdigest()[:16]
 
 
-def _discover(folder: Path) -> dict[str, ConfigFile]:
+def _input_token(entry: str) -> str:
+    path = Path(entry)
+    try:
+        return f"{entry}\t{hashlib.sha256(path.read_bytes()).hexdigest()}\n"
+    except OSError as error:
+        return f"{entry}\t{type(error).__name__}\n"
+
+
+def _discover(folder: Path, kind: ConfigKind = "model") -> dict[str, ConfigFile]:
     found: dict[str, ConfigFile] = {}
     for path in sorted(folder.glob("**/*.yaml")) if folder.is_dir() else []:
         if path.stem in found:
@@ -37,19 +69,75 @@ def _discover(folder: Path) -> dict[str, ConfigFile]:
                 f"two configs are named {path.stem!r}: {found[path.stem].path} and {path}; a "
                 "name is its file's stem and must be unique, so rename one of them"
             )
-        found[path.stem] = ConfigFile(path.stem, path)
+        found[path.stem] = ConfigFile(path.stem, path, kind)
     return found
 
 
 def model_configs(
     root: Path | None = None, include_disabled: bool = False
 ) -> dict[str, ConfigFile]:
-    """Every `models/**/*.yaml` under the configs folder, by name, except those that say
-    `enabled: false` (a file that does not parse counts as enabled, so its error shows)."""
-    found = _discover((root or configs_dir()) / "models")
-    if include_disabled:
-        return found
-    return {name: file for name, file in found.items() if _enabled(file.path)}
+    """Every model partition's config by name: each `models/**/*.yaml` under the configs
+    folder, except those that say `enabled: false` (a file that does not parse counts as
+    enabled, so its error shows), and each `tuning/**/*.yaml` (kind "tuning"). A name both
+    folders hold is a ConfigError: a partition has one config."""
+    root = root or configs_dir()
+    plain = _discover(root / "models")
+    tuned = tuning_configs(root, plain)
+    both = sorted(set(plain) & set(tuned))
+    if both:
+        clashes = "; ".join(f"{plain[n].path} and {tuned[n].path}" for n in both)
+        raise ConfigError(
+            f"{', '.join(map(repr, both))} named both a model config and a tuning config "
+            f"({clashes}); a model partition is named by its file's stem, so rename the tuning "
+            "config (its stem is the tuned model's name) or the model config"
+        )
+    enabled = {n: f for n, f in plain.items() if include_disabled or _enabled(f.path)}
+    return {**enabled, **tuned}
+
+
+def tuning_configs(
+    root: Path | None = None, models: dict[str, ConfigFile] | None = None
+) -> dict[str, ConfigFile]:
+    """Every `tuning/**/*.yaml` under the configs folder, by name (the tuned model's name),
+    with the files its version covers: the base model config and the named datasets' configs.
+    Never raises for what a file says: training reports a broken config."""
+    root = root or configs_dir()
+    models = _discover(root / "models") if models is None else models
+    return {
+        name: ConfigFile(name, file.path, "tuning", _tuning_inputs(file.path, root, models))
+        for name, file in _discover(root / "tuning", "tuning").items()
+    }
+
+
+def _tuning_inputs(path: Path, root: Path, models: dict[str, ConfigFile]) -> tuple[str, ...]:
+    """The base's model config (a path to a YAML file, `family/stem` or a stem under
+    models/), then each dataset config `train` and `held_out` name; what cannot be resolved
+    is named as such (the version changes when it is fixed)."""
+    try:
+        data = read_yaml(path, "tuning config")
+    except ConfigError:
+        return ("unparsed",)
+    if not isinstance(data, dict):
+        return ("unparsed",)
+    inputs = [_base_file(str(data.get("base")), root, models)]
+    for part in ("train", "held_out"):
+        rows = data.get(part)
+        dataset = rows.get("dataset") if isinstance(rows, dict) else None
+        if isinstance(dataset, str):
+            inputs.append(str(root / "datasets" / f"{dataset}.yaml"))
+    return tuple(inputs)
+
+
+def _base_file(base: str, root: Path, models: dict[str, ConfigFile]) -> str:
+    as_path = Path(base).expanduser()
+    if as_path.suffix in (".yaml", ".yml") and as_path.is_file():
+        return str(as_path.resolve())
+    name = base.removesuffix(".yaml")
+    nested = root / "models" / f"{name}.yaml"
+    if nested.is_file():
+        return str(nested)
+    found = models.get(Path(name).name)
+    return str(found.path) if found else f"unresolved base {base!r}"
 
 
 def _enabled(path: Path) -> bool:
@@ -62,7 +150,7 @@ def _enabled(path: Path) -> bool:
 
 def dataset_configs(root: Path | None = None) -> dict[str, ConfigFile]:
     """Every `datasets/**/*.yaml` under the configs folder, by name."""
-    return _discover((root or configs_dir()) / "datasets")
+    return _discover((root or configs_dir()) / "datasets", "dataset")
 
 
 # Small files (a labels CSV, a manifest) enter a dataset's version whole, so an edit that keeps

@@ -18,6 +18,7 @@ from lens_assets.orchestration.similarity import (
     layer_similarity,
 )
 from lens_assets.orchestration.sources import dataset_configs_source, model_config
+from lens_assets.orchestration.tuning import tuned_model
 from lens_assets.orchestration.vision import vision_vs_vlm
 from lens_assets.resources.configurable import VLMRuntimeResource, WarehouseResource
 
@@ -26,6 +27,7 @@ ASSETS = [
     model_config,
     dataset_configs_source,
     images,
+    tuned_model,  # before every asset that loads the model: it trains a tuned one
     activations,
     answers,
     probe_results,

@@ -374,6 +374,23 @@ ABLATION_EFFECTS = pa.schema(
     ]
 )
 
+MODELS = pa.schema(
+    [
+        ("model", _TEXT),
+        ("kind", _TEXT),
+        ("base", _TEXT),
+        ("method", _TEXT),
+        ("config_hash", _TEXT),
+        ("version", _TEXT),
+        ("config", _TEXT),
+        ("checkpoint", _TEXT),
+        ("steps", _INT),
+        ("final_loss", _DOUBLE),
+        ("seconds", _DOUBLE),
+        ("held_out_accuracy", _DOUBLE),
+    ]
+)
+
 # -- the migration log (made in Python by `create_table`, not by a migration) -------------------
 
 LENS_MIGRATIONS = pa.schema([("name", _TEXT), ("applied_at", _TIMESTAMPTZ)])
@@ -402,6 +419,7 @@ TABLES: dict[str, pa.Schema] = {
     "attributions": ATTRIBUTIONS,
     "patching_effects": PATCHING_EFFECTS,
     "ablation_effects": ABLATION_EFFECTS,
+    "models": MODELS,
     "lens_migrations": LENS_MIGRATIONS,
 }
 

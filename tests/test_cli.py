@@ -267,7 +267,11 @@ def test_demo_runs_end_to_end_from_a_fresh_warehouse(tmp_path: Path) -> None:
     assert widest.stdout.splitlines()[1] == "4"
     solved = lens("sql", "SELECT DISTINCT model FROM vision_vs_vlm ORDER BY 1", "--format", "csv",
                   "--warehouse", str(tmp_path / "demo-wh"))  # fmt: skip
-    assert solved.stdout.splitlines()[1:] == ["tiny-clip", "tiny-llava", "tiny-qwen2-vl"]
+    # the three tiny models and each shipped tuning config's model (the tutor, trained first)
+    tuned = sorted(path.stem for path in (REPO / "configs" / "tuning").glob("*.yaml"))
+    assert solved.stdout.splitlines()[1:] == sorted(
+        ["tiny-clip", "tiny-llava", "tiny-qwen2-vl", *tuned]
+    )
     assert (tmp_path / "demo-wh" / "models" / "tiny-qwen2-vl" / "model.safetensors").is_file()
 
 

@@ -120,9 +120,15 @@ def test_a_disabled_config_gets_no_partition_but_still_parses(tmp_path: Path) ->
 
 
 def test_the_repo_enables_only_the_three_demo_models() -> None:
+    """Three plain models, and a model partition per shipped tuning config (trained from them)."""
     from lens_assets.catalog import model_configs
 
-    assert sorted(model_configs()) == ["tiny-clip", "tiny-llava", "tiny-qwen2-vl"]
+    files = model_configs()
+    plain = sorted(name for name, file in files.items() if file.kind == "model")
+    tuned = sorted(name for name, file in files.items() if file.kind == "tuning")
+    assert plain == ["tiny-clip", "tiny-llava", "tiny-qwen2-vl"]
+    shipped = Path(__file__).resolve().parent.parent / "configs" / "tuning"
+    assert tuned == sorted(path.stem for path in shipped.glob("**/*.yaml"))
 
 
 # -- strict scalars (issue 16): a config says what it means, or fails naming the key ----------

@@ -31,6 +31,7 @@ from lens_assets.data.files import join
 from lens_assets.orchestration.metadata import markdown_table
 from lens_assets.orchestration.partitions import ModelStep, per_model_asset
 from lens_assets.orchestration.sources import DATASET_CONFIGS, MODEL_CONFIG
+from lens_assets.orchestration.tuning import TUNED_MODEL
 from lens_assets.resources import schemas
 from lens_assets.resources.configurable import WarehouseResource
 from lens_assets.resources.warehouse import Warehouse
@@ -230,7 +231,7 @@ def _table_version(digests: dict[str, dict[str, str]], table: str) -> DataVersio
 
 @per_model_asset(
     group="activations",
-    deps=[MODEL_CONFIG, IMAGES, DATASET_ROWS],
+    deps=[MODEL_CONFIG, TUNED_MODEL, IMAGES, DATASET_ROWS],
     code_version=EXTRACTION_VERSION,
     loads_model=True,
     description="Hooked, pooled activations of one model over its datasets (DuckLake table "

@@ -11,6 +11,7 @@ from lens_assets.orchestration.metadata import markdown_table, picture_metadata
 from lens_assets.orchestration.partitions import ModelStep, per_model_asset
 from lens_assets.orchestration.probes import PROBE_RESULTS
 from lens_assets.orchestration.sources import MODEL_CONFIG
+from lens_assets.orchestration.tuning import TUNED_MODEL
 
 ANSWERS = AssetKey("answers")
 BEHAVIOUR_VERSION = "2"  # 2: each row asked with all its images
@@ -18,7 +19,7 @@ BEHAVIOUR_VERSION = "2"  # 2: each row asked with all its images
 
 @per_model_asset(
     group="behaviour",
-    deps=[MODEL_CONFIG, IMAGES, PROMPTS, DATASET_ROWS],
+    deps=[MODEL_CONFIG, TUNED_MODEL, IMAGES, PROMPTS, DATASET_ROWS],
     code_version=BEHAVIOUR_VERSION,
     loads_model=True,
     description="Each model's greedy answer to every question of its datasets, normalised to "

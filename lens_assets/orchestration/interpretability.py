@@ -50,6 +50,7 @@ from lens_assets.orchestration.assets import DATASET_ROWS, IMAGE_LABELS, IMAGES,
 from lens_assets.orchestration.metadata import markdown_image, markdown_table
 from lens_assets.orchestration.partitions import ModelStep, per_model_asset
 from lens_assets.orchestration.sources import MODEL_CONFIG
+from lens_assets.orchestration.tuning import TUNED_MODEL
 from lens_assets.resources.warehouse import Warehouse
 
 SETTINGS_FILE = "interpretability.yaml"
@@ -82,7 +83,7 @@ def settings() -> InterpretabilitySettings:
 
 @per_model_asset(
     group="interpretability",
-    deps=[MODEL_CONFIG, IMAGES, PROMPTS, IMAGE_LABELS, DATASET_ROWS],
+    deps=[MODEL_CONFIG, TUNED_MODEL, IMAGES, PROMPTS, IMAGE_LABELS, DATASET_ROWS],
     # The settings file is part of the code: editing it makes every model stale.
     code_version=f"2-{settings_version(SETTINGS_FILE)}",
     loads_model=True,

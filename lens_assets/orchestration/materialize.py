@@ -25,6 +25,7 @@ from lens_assets.orchestration.assets import IMAGES, failed_datasets
 from lens_assets.orchestration.partitions import MODELS
 from lens_assets.orchestration.progress import listening
 from lens_assets.orchestration.sensors import sync_configs
+from lens_assets.orchestration.tuning import TUNED_MODEL
 from lens_assets.resources.configurable import VLMRuntimeResource, WarehouseResource
 from lens_assets.resources.location import dagster_home_of
 from lens_assets.resources.warehouse import WarehouseLocation
@@ -52,7 +53,6 @@ PER_MODEL = {
     if not asset.is_observable
     for key in asset.keys
 }
-EVERY_ASSET = [*(defs.assets or []), *(defs.asset_checks or [])]
 
 
 def selection(assets: set[str] | None = None) -> set[str]:
@@ -70,6 +70,15 @@ def selection(assets: set[str] | None = None) -> set[str]:
 def with_step_mates(names: Iterable[str]) -> set[str]:
     """The assets named and those their steps also write."""
     return {mate for name in names for mate in STEP_OF[name]}
+
+
+EVERY_ASSET = [*(defs.assets or []), *(defs.asset_checks or [])]
+# The assets that load the model: a step of theirs needs the partition's `tuned_model` (a tuned
+# model's checkpoint), so a plan that runs one of them brings it along while it is missing or
+# stale, selected or not.
+MODEL_READERS = frozenset(
+    with_step_mates(child.to_user_string() for child in _GRAPH.get(TUNED_MODEL).child_keys)
+)
 
 
 # The instance LensFlow creates: no telemetry and no first-launch community modal, and no
@@ -140,7 +149,9 @@ def plan(
     instance: DagsterInstance, assets: set[str] | None = None, models: set[str] | None = None
 ) -> Plan:
     """What is missing or stale, restricted to the selected assets and models. An asset that
-    re-runs takes along the selected assets that read it (activations: probes, similarity).
+    re-runs takes along the selected assets that read it (activations: probes, similarity),
+    and one that loads the model takes along `tuned_model` while that is missing or stale
+    (a tuned model trains first; a plain model's step records what it is).
     `images` also re-runs while a dataset failed last time: never "up to date" while one is
     broken, and a passing cause (an unmounted disk) heals without an edit."""
     wanted = selection(assets)
@@ -161,6 +172,8 @@ def plan(
             child.to_user_string() for a in stale for child in _GRAPH.get(PER_MODEL[a]).child_keys
         }
         chosen = with_step_mates(stale | (readers & wanted))
+        if chosen & MODEL_READERS and _needs(instance, resolver, TUNED_MODEL, name):
+            chosen.add(TUNED_MODEL.to_user_string())  # train before anything loads the model
         needed = [a for a in PER_MODEL if a in chosen]
         if needed:
             per_model[name] = needed

@@ -1,16 +1,19 @@
 """The model partitions, and the one factory every asset with a partition per model is
 declared with.
 
-One dynamic partition per model config; the sensor (or `lens materialize`) keeps them in step
-with `configs/models/**/*.yaml`. Every per-model asset shares those partitions, its automation
-(eager: a new or edited config, or new upstream rows, re-runs it) and its step's shape (the
-model's name and config, the warehouse, the runtime when it loads the model); only its group,
-deps, version, kinds and description differ, so `per_model_asset` holds the shared choices."""
+One dynamic partition per model config and per tuning config (a tuned model, named by its
+file's stem); the sensor (or `lens materialize`) keeps them in step with
+`configs/models/**/*.yaml` and `configs/tuning/**/*.yaml`. Every per-model asset shares those
+partitions, its automation (eager: a new or edited config, or new upstream rows, re-runs it)
+and its step's shape (the model's name and config, the warehouse, the runtime when it loads the
+model); only its group, deps, version, kinds and description differ, so `per_model_asset`
+holds the shared choices."""
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 from dagster import (
     AssetDep,
@@ -26,7 +29,7 @@ from dagster import (
 )
 
 from lens_assets.capture.loading import LoadedModel
-from lens_assets.catalog import dataset_configs, model_configs
+from lens_assets.catalog import ConfigFile, dataset_configs, model_configs
 from lens_assets.config import ConfigError, ModelConfig, load_model_config
 from lens_assets.orchestration import progress
 from lens_assets.resources.configurable import VLMRuntimeResource, WarehouseResource
@@ -62,8 +65,9 @@ class ModelStep:
 
     @cached_property
     def config(self) -> ModelConfig:
-        """The model's config, read once per step."""
-        return model_config_of(self.name)
+        """The model's config, read once per step; a tuned model's is its base's, loading the
+        checkpoint `tuned_model` wrote under the warehouse's models folder."""
+        return model_config_of(self.name, self.warehouse.location().models_dir)
 
     def datasets(self) -> list[str]:
         """The datasets the config names (checked to exist), or every dataset."""
@@ -152,15 +156,41 @@ def _each(results: Results) -> Iterator[MaterializeResult]:
     return iter([results]) if isinstance(results, MaterializeResult) else results
 
 
-def model_config_of(name: str) -> ModelConfig:
-    """The config behind a model partition."""
+def model_config_of(name: str, models_dir: Path) -> ModelConfig:
+    """The config behind a model partition: its model config, or for a tuned model the
+    base's config pointing at the checkpoint in `models_dir` (see `tuned_config_of`)."""
     files = model_configs()
     if name not in files:
         raise ConfigError(
-            f"model {name!r} has no config under configs/models/ any more; restore the file or "
-            "let the sensor remove the partition"
+            f"model {name!r} has no config under configs/models/ or configs/tuning/ any more; "
+            "restore the file or let the sensor remove the partition"
         )
-    return load_model_config(files[name].path)
+    file = files[name]
+    if file.tuned:
+        return tuned_config_of(file, models_dir)
+    return load_model_config(file.path)
+
+
+def tuned_config_of(file: ConfigFile, models_dir: Path) -> ModelConfig:
+    """A tuned model's config: its base's, with `model_path` at the checkpoint `tuned_model`
+    saved (`tuned_dir(models_dir, name)`); a missing checkpoint says which step makes it."""
+    from lens_assets.tuning import (  # torch and peft, only where a tuned model runs
+        load_tuning_config,
+        resolve_base,
+        tuned_dir,
+        tuned_model_config,
+    )
+
+    config = load_tuning_config(file.path)
+    _, base = resolve_base(config.base)
+    checkpoint = tuned_dir(models_dir, file.name)
+    if not (checkpoint / "config.json").is_file():
+        raise ConfigError(
+            f"model {file.name!r} is tuned ({file.path}) and its checkpoint {checkpoint} does "
+            f"not exist yet: materialize `tuned_model` for partition {file.name!r} first "
+            f"(lens materialize --select tuned_model --model {file.name}, or in the UI)"
+        )
+    return tuned_model_config(base, checkpoint)
 
 
 def datasets_of(requested: list[str], model: str) -> list[str]:

@@ -1,5 +1,6 @@
-"""Keeps Dagster in step with the configs folder: one partition per model config, and a new
-observation whenever a config's content changes (which makes its partition stale)."""
+"""Keeps Dagster in step with the configs folder: one partition per model config and per tuning
+config (a tuned model), and a new observation whenever a config's content changes (which makes
+its partition stale)."""
 
 from dagster import (
     DagsterInstance,
@@ -23,7 +24,8 @@ def partition_changes(instance: DagsterInstance) -> tuple[list[str], list[str]]:
 
 @sensor(minimum_interval_seconds=15, default_status=DefaultSensorStatus.RUNNING)
 def model_configs_sensor(context: SensorEvaluationContext) -> SensorResult:
-    """Add a partition per new model config; automation conditions then materialize it."""
+    """Add a partition per new model or tuning config; automation conditions then materialize
+    it (a tuned model: `tuned_model` trains it first)."""
     added, removed = partition_changes(context.instance)
     requests = []
     if added:

@@ -1,5 +1,7 @@
 """The config files as observable source assets: a model config's data version is a hash of
-its bytes, so editing one model's YAML makes exactly that model's activations stale; the
+its bytes, so editing one model's YAML makes exactly that model's activations stale (a tuned
+model's: of its tuning config, its base's model config and the dataset configs it names, so
+editing the tuning config retrains only it, and editing the base restales it too); the
 datasets' version also covers the files each one reads, so adding an image to a folder or
 editing a manifest makes `images` stale."""
 
@@ -25,7 +27,9 @@ DATASET_CONFIGS = AssetKey("dataset_configs")
 @observable_source_asset(
     partitions_def=MODELS,
     group_name="configs",
-    description="configs/models/**/*.yaml, one partition per model; version = content hash",
+    description="configs/models/**/*.yaml and configs/tuning/**/*.yaml, one partition per "
+    "model (a tuning config's stem names its tuned model); version = content hash (a tuned "
+    "model's also covers its base's model config and the dataset configs it names)",
 )
 def model_config(context: OpExecutionContext) -> DataVersionsByPartition:
     known = set(context.instance.get_dynamic_partitions(MODELS.name))

@@ -9,13 +9,14 @@ from lens_assets.orchestration.assets import DATASET_ROWS, IMAGES, ROW_LABELS
 from lens_assets.orchestration.metadata import markdown_table, picture_metadata
 from lens_assets.orchestration.partitions import ModelStep, per_model_asset
 from lens_assets.orchestration.sources import MODEL_CONFIG
+from lens_assets.orchestration.tuning import TUNED_MODEL
 
 VISION_VS_VLM_VERSION = "2"  # 2: items are dataset rows; the VLM is asked the row's question
 
 
 @per_model_asset(
     group="analyses",
-    deps=[MODEL_CONFIG, IMAGES, DATASET_ROWS, ROW_LABELS],
+    deps=[MODEL_CONFIG, TUNED_MODEL, IMAGES, DATASET_ROWS, ROW_LABELS],
     code_version=VISION_VS_VLM_VERSION,
     loads_model=True,
     description="Correspondence, odd-one-out and art-style rows solved from the per-image patch "
