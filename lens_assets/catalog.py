@@ -77,9 +77,9 @@ def model_configs(
     root: Path | None = None, include_disabled: bool = False
 ) -> dict[str, ConfigFile]:
     """Every model partition's config by name: each `models/**/*.yaml` under the configs
-    folder, except those that say `enabled: false` (a file that does not parse counts as
-    enabled, so its error shows), and each `tuning/**/*.yaml` (kind "tuning"). A name both
-    folders hold is a ConfigError: a partition has one config."""
+    folder and each `tuning/**/*.yaml` (kind "tuning"), except those that say `enabled: false`
+    (a file that does not parse counts as enabled, so its error shows). A name both folders
+    hold is a ConfigError: a partition has one config."""
     root = root or configs_dir()
     plain = _discover(root / "models")
     tuned = tuning_configs(root, plain)
@@ -91,8 +91,8 @@ def model_configs(
             f"({clashes}); a model partition is named by its file's stem, so rename the tuning "
             "config (its stem is the tuned model's name) or the model config"
         )
-    enabled = {n: f for n, f in plain.items() if include_disabled or _enabled(f.path)}
-    return {**enabled, **tuned}
+    enabled = {n: f for n, f in {**plain, **tuned}.items() if include_disabled or _enabled(f.path)}
+    return enabled
 
 
 def tuning_configs(

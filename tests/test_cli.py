@@ -267,11 +267,8 @@ def test_demo_runs_end_to_end_from_a_fresh_warehouse(tmp_path: Path) -> None:
     assert widest.stdout.splitlines()[1] == "4"
     solved = lens("sql", "SELECT DISTINCT model FROM vision_vs_vlm ORDER BY 1", "--format", "csv",
                   "--warehouse", str(tmp_path / "demo-wh"))  # fmt: skip
-    # the three tiny models and each shipped tuning config's model (the tutor, trained first)
-    tuned = sorted(path.stem for path in (REPO / "configs" / "tuning").glob("*.yaml"))
-    assert solved.stdout.splitlines()[1:] == sorted(
-        ["tiny-clip", "tiny-llava", "tiny-qwen2-vl", *tuned]
-    )
+    # the three tiny models (the shipped tutor is off by default: it does not learn yet)
+    assert solved.stdout.splitlines()[1:] == ["tiny-clip", "tiny-llava", "tiny-qwen2-vl"]
     assert (tmp_path / "demo-wh" / "models" / "tiny-qwen2-vl" / "model.safetensors").is_file()
 
 

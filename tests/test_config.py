@@ -120,15 +120,25 @@ def test_a_disabled_config_gets_no_partition_but_still_parses(tmp_path: Path) ->
 
 
 def test_the_repo_enables_only_the_three_demo_models() -> None:
-    """Three plain models, and a model partition per shipped tuning config (trained from them)."""
+    """Three plain models; the shipped tutor tuning config is there but off (`enabled: false`)."""
     from lens_assets.catalog import model_configs
 
-    files = model_configs()
-    plain = sorted(name for name, file in files.items() if file.kind == "model")
-    tuned = sorted(name for name, file in files.items() if file.kind == "tuning")
-    assert plain == ["tiny-clip", "tiny-llava", "tiny-qwen2-vl"]
-    shipped = Path(__file__).resolve().parent.parent / "configs" / "tuning"
-    assert tuned == sorted(path.stem for path in shipped.glob("**/*.yaml"))
+    assert sorted(model_configs()) == ["tiny-clip", "tiny-llava", "tiny-qwen2-vl"]
+    everything = model_configs(include_disabled=True)
+    assert everything["tutor"].kind == "tuning"
+
+
+def test_a_disabled_tuning_config_gets_no_partition(tmp_path: Path) -> None:
+    from lens_assets.catalog import model_configs
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "base.yaml").write_text("architecture: llava\nmodel_path: x\n")
+    (tmp_path / "tuning").mkdir()
+    tuning = "base: base\nmethod: full\ntrain: {dataset: shapes}\nsteps: 1\nlearning_rate: 0.1\n"
+    (tmp_path / "tuning" / "on.yaml").write_text(tuning)
+    (tmp_path / "tuning" / "off.yaml").write_text(tuning + "enabled: false\n")
+    assert sorted(model_configs(tmp_path)) == ["base", "on"]
+    assert sorted(model_configs(tmp_path, include_disabled=True)) == ["base", "off", "on"]
 
 
 # -- strict scalars (issue 16): a config says what it means, or fails naming the key ----------

@@ -120,6 +120,11 @@ class TuningConfig(BaseModel):
     weight_decay: float = Field(default=0.0, ge=0)
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     description: str | None = None
+    enabled: bool = Field(
+        default=True,
+        strict=True,
+        description="false: shipped but not a model partition (as for model configs).",
+    )
 
     @model_validator(mode="after")
     def _method_settings(self) -> TuningConfig:
@@ -209,8 +214,8 @@ def tuning_name(path: str | Path) -> str:
 
 def config_hash(config: TuningConfig) -> str:
     """A hash of what the config says (not how the file is laid out): comments, key order,
-    spacing and `description` do not change it; any setting does."""
-    settings = config.model_dump(mode="json", exclude={"description"})
+    spacing, `description` and `enabled` do not change it; any setting does."""
+    settings = config.model_dump(mode="json", exclude={"description", "enabled"})
     text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
