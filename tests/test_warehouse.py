@@ -40,7 +40,7 @@ def test_schema_comes_from_the_sql_folder(warehouse: Warehouse) -> None:
     assert columns == [
         "model", "architecture", "dataset", "image_id", "prompt", "layer", "pooling",
         "token_index", "token_role", "dim", "vector", "tile", "row_key", "image_ids",
-        "image_index",
+        "image_index", "layer_as_written",
     ]  # fmt: skip
 
 
