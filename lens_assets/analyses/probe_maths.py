@@ -175,6 +175,26 @@ def probe(
         return probe_in_context(X, y, input_types, kind, settings)
 
 
+def probe_inputs(
+    X: np.ndarray, y: Sequence[Any] | np.ndarray, groups: Sequence[Any] | np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(X as float32, classes, class codes, group codes) of one probe task, checked: every
+    protocol refuses the same bad inputs. Group codes are None where every example is its own
+    picture (plain folds and splits)."""
+    X = np.asarray(X, dtype=np.float32)
+    classes, codes = np.unique(np.asarray(y), return_inverse=True)
+    if X.ndim != 2 or len(X) != len(codes):
+        raise ValueError(f"X is {X.shape} for {len(codes)} labels; expected (n, dim)")
+    if len(classes) < 2:
+        raise ValueError("a probe needs at least two classes")
+    if not np.isfinite(X).all():
+        raise ValueError("X holds NaN or Inf; run the finite_values check on the partition")
+    group_codes = None if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    if group_codes is not None and len(np.unique(group_codes)) == len(group_codes):
+        group_codes = None
+    return X, classes, codes, group_codes
+
+
 def probe_in_context(
     X: np.ndarray,
     y: Sequence[Any] | np.ndarray,
@@ -186,17 +206,7 @@ def probe_in_context(
     """`probe` for a caller already inside `probing_context` (the layer scan's pool threads,
     which must not touch the process-wide warning filters themselves). With `groups`, examples
     of one group (rows sharing a picture) always fall in the same fold."""
-    X = np.asarray(X, dtype=np.float32)
-    classes, codes = np.unique(np.asarray(y), return_inverse=True)
-    if X.ndim != 2 or len(X) != len(codes):
-        raise ValueError(f"X is {X.shape} for {len(codes)} labels; expected (n, dim)")
-    if len(classes) < 2:
-        raise ValueError("a probe needs at least two classes")
-    if not np.isfinite(X).all():
-        raise ValueError("X holds NaN or Inf; run the finite_values check on the partition")
-    group_codes = None if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
-    if group_codes is not None and len(np.unique(group_codes)) == len(group_codes):
-        group_codes = None  # every example its own picture: plain stratified folds
+    X, classes, codes, group_codes = probe_inputs(X, y, groups)
     splits = _splits(codes, settings, group_codes)
 
     task = _cross_validate(X, codes, splits, kind, settings)

@@ -50,7 +50,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, train_test_split
 from torch import nn
 
-from lens_assets.analyses.probe_maths import ProbeSettings, probing_context
+from lens_assets.analyses.probe_maths import ProbeSettings, probe_inputs, probing_context
 from lens_assets.analyses.probing import picture_groups, probed_concepts
 from lens_assets.analyses.reading import (
     answer_labels,
@@ -335,17 +335,8 @@ def held_out_probe(
 ) -> HeldOutResult:
     """VLM-Lens's protocol on one concept (see the module doc). `groups[i]` is row i's picture;
     None, or a different one per row, gives VLM-Lens's plain split and folds."""
-    X = np.asarray(X, dtype=np.float32)
-    classes, codes = np.unique(np.asarray(y).astype(str), return_inverse=True)
-    if X.ndim != 2 or len(X) != len(codes):
-        raise ValueError(f"X is {X.shape} for {len(codes)} labels; expected (n, dim)")
-    if len(classes) < 2:
-        raise ValueError("a probe needs at least two classes")
-    if not np.isfinite(X).all():
-        raise ValueError("X holds NaN or Inf; run the finite_values check on the partition")
-    group_codes = None if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
-    if group_codes is not None and len(np.unique(group_codes)) == len(group_codes):
-        group_codes = None  # every row its own picture: VLM-Lens's split exactly
+    # every row its own picture: group codes None, VLM-Lens's split exactly
+    X, classes, codes, group_codes = probe_inputs(X, np.asarray(y).astype(str), groups)
     train, test = held_out_split(len(codes), group_codes, settings)
     train_groups = None if group_codes is None else group_codes[train]
     if (
