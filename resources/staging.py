@@ -1,10 +1,16 @@
 """A run's rows spooled on local disk until the lake commit succeeds.
 
-Inference and the lake transaction are decoupled: batches stream into private, uncompressed
-Parquet files (memory stays flat however many images; writing them costs next to nothing
-beside the forward pass), and the commit (delete the partition's old rows, insert the new
-ones) reads them back and can be retried as a whole when a concurrent writer holds the
-catalog, without recomputing anything.
+Inference and the lake transaction are decoupled: batches stream into a private Parquet file
+(memory stays flat however many images), and the commit (delete the partition's old rows, add
+the new ones) can be retried as a whole when a concurrent writer holds the catalog, without
+recomputing anything.
+
+A stage that knows its model and architecture writes the lake's own data file: every column of
+`activations`, rows clustered by layer then pooling (a flush sorts what it holds, and a row
+group holds whole layers, so a reader of one layer skips the others' row groups), keys
+dictionary- and run-length-encoded and compressed, vectors stored raw (floats do not compress;
+compressing them only costs time). The commit then registers that file instead of rewriting
+it (`writes.replace_partition`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from lens_assets.resources.schemas import ACTIVATIONS, IMAGES, conform, without
@@ -27,7 +34,8 @@ from lens_assets.resources.schemas import ACTIVATIONS, IMAGES, conform, without
 STAGED_ACTIVATIONS = without(ACTIVATIONS, "model", "architecture")
 ACTIVATION_ROWS = without(STAGED_ACTIVATIONS, "dataset")
 IMAGE_ROWS = without(IMAGES, "split")
-FLUSH_BYTES = 16 * 1024 * 1024  # a row group of the stage file
+FLUSH_BYTES = 64 * 1024 * 1024  # rows held before a flush sorts and writes them
+ROW_GROUP_BYTES = 1024 * 1024  # whole layers are packed into row groups of at least this
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -66,16 +74,30 @@ def _alive(pid: int) -> bool:
 
 class ActivationStage:
     """Collects Arrow batches into a per-run folder of Parquet files (`activations.parquet`,
-    `images.parquet`) that the lake commit reads."""
+    `images.parquet`) that the lake commit reads.
 
-    def __init__(self, directory: Path) -> None:
+    Given `model` and `architecture`, the activations file holds every column of the table
+    (`lake_ready`), ready to become one of the lake's data files; without them it holds
+    `STAGED_ACTIVATIONS` and the commit supplies the two."""
+
+    def __init__(
+        self, directory: Path, model: str | None = None, architecture: str | None = None
+    ) -> None:
         remove_stale_stages(directory)
         self.path = directory / f"run-{os.getpid()}-{uuid.uuid4().hex}"
+        self.model, self.architecture = model, architecture
+        self.lake_ready = model is not None and architecture is not None
+        self.schema = ACTIVATIONS if self.lake_ready else STAGED_ACTIVATIONS
         self._writer: pq.ParquetWriter | None = None
         with self._writing():
             self.path.mkdir(parents=True, exist_ok=True)
+            keys = [name for name in self.schema.names if name != "vector"]
             self._writer = pq.ParquetWriter(
-                self.path / "activations.parquet", STAGED_ACTIVATIONS, compression="none"
+                self.path / "activations.parquet",
+                self.schema,
+                compression={**dict.fromkeys(keys, "zstd"), "vector": "none"},
+                use_dictionary=keys,
+                write_statistics=keys,
             )
         self._pending: list[pa.Table] = []
         self._pending_bytes = 0
@@ -83,7 +105,12 @@ class ActivationStage:
         self.rows = 0
 
     def add_activations(self, table: pa.Table) -> None:
-        self._pending.append(conform(table, STAGED_ACTIVATIONS))
+        """A batch's rows: `STAGED_ACTIVATIONS`' columns (the stage adds model and
+        architecture)."""
+        if self.lake_ready:
+            table = table.append_column("model", pa.repeat(self.model, len(table)))
+            table = table.append_column("architecture", pa.repeat(self.architecture, len(table)))
+        self._pending.append(conform(table, self.schema))
         self._pending_bytes += table.nbytes
         self.rows += table.num_rows
         if self._pending_bytes >= FLUSH_BYTES:
@@ -93,13 +120,26 @@ class ActivationStage:
         self._images.append(conform(rows, IMAGE_ROWS))
 
     def flush(self) -> None:
+        """Write what is held, sorted by layer then pooling (each in the order first met,
+        rows otherwise in arrival order), whole layers to a row group."""
         if not self._pending:
             return
         assert self._writer is not None, "stage already closed"
-        with self._writing():
-            self._writer.write_table(pa.concat_tables(self._pending))
+        rows = pa.concat_tables(self._pending)
         self._pending.clear()
         self._pending_bytes = 0
+        layers = _codes(rows.column("layer"))
+        order = np.argsort(layers * 1024 + _codes(rows.column("pooling")), kind="stable")
+        rows, layers = rows.take(order), layers[order]
+        starts = [0, *(np.flatnonzero(np.diff(layers)) + 1).tolist()]
+        bytes_per_row = rows.nbytes / max(len(rows), 1)
+        with self._writing():
+            begin = 0
+            for end in [*starts[1:], len(rows)]:
+                if (end - begin) * bytes_per_row >= ROW_GROUP_BYTES or end == len(rows):
+                    part = rows.slice(begin, end - begin)
+                    self._writer.write_table(part, row_group_size=max(len(part), 1))
+                    begin = end
 
     def close(self) -> Path:
         """Flush and close, leaving the files for the lake commit to read."""
@@ -143,3 +183,9 @@ class ActivationStage:
 
     def __exit__(self, *_: object) -> None:
         self.discard()
+
+
+def _codes(column: pa.ChunkedArray) -> np.ndarray:
+    """Each value's index among the column's distinct values, in the order first met."""
+    encoded = column.combine_chunks().dictionary_encode()
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)

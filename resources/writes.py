@@ -8,8 +8,13 @@ meets a locked catalog is retried whole. Opening the warehouse lives in `connect
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
+import os
+import shutil
+import urllib.parse
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +22,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 from lens_assets.resources.connection import (
     LAKE,
     WarehouseConnection,
@@ -86,23 +92,41 @@ class WarehouseWrites(WarehouseConnection):
             scope_params += list(datasets)
         insert_runs = _insert_values("runs", RUNS)
         insert_errors = _insert_values("image_errors", IMAGE_ERRORS)
+        staged = stage / "activations.parquet"
+        lake_ready = _lake_ready(staged, model)
+        # A lake-ready file on a local lake becomes one of its data files as it is: the commit
+        # registers it (metadata only) instead of reading and rewriting every row.
+        adopt = lake_ready and self.location.is_local and pq.read_metadata(staged).num_rows > 0
         with self.connect() as con, self.write_lease():
-            activations = quoted(stage / "activations.parquet")
+            activations = quoted(staged)
             images = quoted(stage / "images.parquet")
+            data_file = self._table_folder("activations") / _lake_file_name(model)
+            if adopt:
+                _move(staged, data_file)
 
             def commit() -> int:
                 con.execute("BEGIN")
                 try:
                     con.execute(f"DELETE FROM activations WHERE {scope}", scope_params)
-                    con.execute(
-                        f"""
-                        INSERT INTO activations BY NAME
-                        SELECT ? AS model, ? AS architecture, *
-                        FROM read_parquet({activations})
-                        ORDER BY dataset, layer, pooling, image_id, token_index
-                        """,
-                        [model, architecture],
-                    )
+                    if adopt:
+                        con.execute(
+                            f"CALL ducklake_add_data_files({quoted(LAKE)}, 'activations', "
+                            f"{quoted(data_file)})"
+                        )
+                    elif lake_ready:  # the stage is clustered already: it streams in as is
+                        con.execute(
+                            "INSERT INTO activations BY NAME "
+                            f"SELECT * FROM read_parquet({activations})"
+                        )
+                    else:
+                        con.execute(
+                            f"""
+                            INSERT INTO activations BY NAME
+                            SELECT ? AS model, ? AS architecture, *
+                            FROM read_parquet({activations})
+                            """,
+                            [model, architecture],
+                        )
                     con.execute(
                         f"""
                         INSERT INTO images BY NAME
@@ -139,7 +163,17 @@ class WarehouseWrites(WarehouseConnection):
                     raise
                 return int(rows[0]) if rows else 0
 
-            return retry_transaction(commit)
+            try:
+                return retry_transaction(commit)
+            except BaseException:
+                if adopt:  # never registered: it would only wait for `maintain` as an orphan
+                    data_file.unlink(missing_ok=True)
+                raise
+
+    def _table_folder(self, table: str) -> Path:
+        """Where DuckLake keeps a table's files on a local lake (`<data path>/main/<table>`),
+        so a file placed there is recorded relative to the data path and moves with it."""
+        return Path(self.location.data_path) / "main" / table
 
     def replace_rows(self, where: str, params: Sequence[Any], tables: dict[str, Any]) -> None:
         """For each table (name -> Arrow rows): delete the rows `where` selects, insert the new
@@ -293,6 +327,41 @@ class WarehouseWrites(WarehouseConnection):
             "files_removed": len(removed) + len(orphans),
             "orphans_removed": len(orphans),
         }
+
+
+def _lake_ready(staged: Path, model: str) -> bool:
+    """Whether a stage file holds every column of `activations` (a stage made with its model),
+    checked to be this model's rows: its `model` statistics say so in every row group."""
+    metadata = pq.read_metadata(staged)
+    names = metadata.schema.to_arrow_schema().names
+    if "model" not in names:
+        return False
+    column = names.index("model")
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(column).statistics
+        if stats is None or not stats.has_min_max or stats.min != model or stats.max != model:
+            raise WarehouseError(
+                f"the stage at {staged.parent} holds another model's rows, not {model!r}: "
+                "stage each model's rows in a stage made for it"
+            )
+    return True
+
+
+def _lake_file_name(model: str) -> str:
+    """A data file's name under its table's folder, as DuckLake names its own: the
+    partition's folder, a fresh uuid."""
+    return f"model={urllib.parse.quote(model, safe='')}/ducklake-{uuid.uuid4()}.parquet"
+
+
+def _move(source: Path, target: Path) -> None:
+    """Rename where both lie on one file system, else copy and remove."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(source, target)
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+        shutil.move(source, target)
 
 
 def _insert_values(table: str, schema: pa.Schema) -> str:

@@ -8,11 +8,14 @@ module are gathered on the device and leave it together, once per batch.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -112,41 +115,50 @@ def pieces_to_table(
         torch.cat([p.positions() for _, p in pieces], dim=1).cpu().numpy()
     )
     counts = [len(p.samples) for _, p in pieces]
+    piece = pa.array(np.repeat(np.arange(len(pieces)), counts))  # each row's piece
     dims = np.repeat([p.vectors.shape[-1] for _, p in pieces], counts).astype(np.int32)
     offsets = np.zeros(len(dims) + 1, dtype=np.int32)
     np.cumsum(dims, out=offsets[1:])
-    layers = np.repeat(np.asarray([name for name, _ in pieces], dtype=object), counts)
-    poolings = np.repeat(np.asarray([p.pooling for _, p in pieces], dtype=object), counts)
-    as_written = [(written or {}).get(name) for name, _ in pieces]
-    layers_as_written = np.repeat(np.asarray(as_written, dtype=object), counts)
-    has_token = token_index >= 0
-    keys = np.asarray([row.row_key for row in rows], dtype=object)
-    first = np.asarray([row.image_ids[0] if row.image_ids else None for row in rows], object)
-    image_lists = pa.array([list(row.image_ids) for row in rows], pa.list_(pa.string()))
-    texts = np.asarray(prompts, dtype=object)
-    roles = [ROLE_NAMES[int(r)] if r >= 0 else None for r in token_role]
+    by_row = {  # one value per dataset row of the batch, and per piece: each row takes its own
+        "row_key": pa.array([row.row_key for row in rows], pa.string()),
+        "image_ids": pa.array([list(row.image_ids) for row in rows], pa.list_(pa.string())),
+        "image_id": pa.array([r.image_ids[0] if r.image_ids else None for r in rows], pa.string()),
+        "prompt": pa.array(list(prompts), pa.string()),
+    }
+    by_piece = {
+        "layer": pa.array([name for name, _ in pieces], pa.string()),
+        "layer_as_written": pa.array([(written or {}).get(n) for n, _ in pieces], pa.string()),
+        "pooling": pa.array([p.pooling for _, p in pieces], pa.string()),
+    }
+    sample = pa.array(samples)
+    roles = pa.array(np.maximum(token_role, 0), mask=token_role < 0)
     return pa.Table.from_pydict(  # by name: the schema (resources.schemas) sets the order
-        {
-            "row_key": pa.array(keys[samples], pa.string()),
-            "image_ids": image_lists.take(pa.array(samples)),
-            "image_id": pa.array(first[samples], pa.string()),
-            "prompt": pa.array(texts[samples], pa.string()),
-            "layer": pa.array(layers, pa.string()),
-            "layer_as_written": pa.array(layers_as_written, pa.string()),
-            "pooling": pa.array(poolings, pa.string()),
+        {  # every column a `take` from a short array: nothing per row in Python
+            **{name: values.take(sample) for name, values in by_row.items()},
+            **{name: values.take(piece) for name, values in by_piece.items()},
             "token_index": pa.array(
-                np.where(has_token, token_index, 0).astype(np.int32), mask=~has_token
+                np.where(has(token_index), token_index, 0).astype(np.int32), mask=~has(token_index)
             ),
-            "token_role": pa.array(roles, pa.string()),
-            "tile": pa.array(np.where(tile >= 0, tile, 0).astype(np.int32), mask=tile < 0),
+            "token_role": ROLE_ARRAY.take(roles),
+            "tile": pa.array(np.where(has(tile), tile, 0).astype(np.int32), mask=~has(tile)),
             "image_index": pa.array(
-                np.where(image_index >= 0, image_index, 0).astype(np.int32), mask=image_index < 0
+                np.where(has(image_index), image_index, 0).astype(np.int32),
+                mask=~has(image_index),
             ),
             "dim": pa.array(dims),
             "vector": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
         },
         schema=ACTIVATION_ROWS,
     )
+
+
+def has(positions: np.ndarray) -> np.ndarray:
+    """Where a position column holds a value (-1: none)."""
+    return positions >= 0
+
+
+# Role value -> its name, as an array to `take` from.
+ROLE_ARRAY = pa.array([ROLE_NAMES.get(value) for value in range(max(ROLE_NAMES) + 1)])
 
 
 @dataclass(frozen=True)
@@ -170,6 +182,75 @@ def extract_batch(
     images = [[i.image for i in r.images] for r in rows]
     pieces = capture_batch(loaded, images, prompts, modules, poolings, forward_kwargs)
     return pieces_to_table(pieces, [r.row for r in rows], prompts, written)
+
+
+def stage_batch(
+    stage: ActivationStage,
+    dataset: str,
+    pieces: Sequence[tuple[str, Pooled]],
+    rows: Sequence[LoadedRow],
+    prompts: Sequence[str],
+    written: Mapping[str, str] | None = None,
+) -> None:
+    """One batch's pooled vectors off the device and into the stage, with its images."""
+    table = pieces_to_table(pieces, [r.row for r in rows], prompts, written)
+    stage.add_activations(table.append_column("dataset", pa.repeat(dataset, len(table))))
+    stage.add_images(_image_rows(rows, dataset))
+
+
+class BatchWriter:
+    """Runs each batch's move off the device and its staging on one thread beside the
+    forward passes, in the order given, at most `depth` batches behind (torch, numpy, pyarrow
+    and Parquet release the GIL, so the next batch computes meanwhile).
+
+    The first error the thread meets is raised in the caller at its next `submit` or at
+    `drain`, as it was raised; later work is skipped, so nothing after it is staged and the run
+    fails before its commit, leaving the warehouse's rows as they were."""
+
+    def __init__(self, depth: int = 2) -> None:
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="lens-batch-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            work = self._queue.get()
+            try:
+                if work is None:
+                    return
+                if self._error is None:
+                    work()
+            except BaseException as error:  # handed to the caller, raised there
+                self._error = error
+            finally:
+                self._queue.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, work: Callable[[], None]) -> None:
+        self._raise()
+        if not self._thread.is_alive():
+            raise RuntimeError("the batch writer is closed")
+        self._queue.put(work)
+
+    def drain(self) -> None:
+        """Wait for every batch given so far; raise the thread's error, if any."""
+        self._queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def __enter__(self) -> BatchWriter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 class Skipped(NamedTuple):
@@ -284,9 +365,15 @@ def stage_dataset(
     progress: bool = True,
     memory_budget: int | None = None,
     written: Mapping[str, str] | None = None,
+    writer: BatchWriter | None = None,
 ) -> DatasetRun:
     """Run one dataset's rows (or image files, one row each) through the hooked model, batch
-    by batch, into the stage (`written`: see pieces_to_table)."""
+    by batch, into the stage (`written`: see pieces_to_table); `writer` stages each batch
+    while the next one computes (by default, a writer of its own)."""
+    if writer is None:
+        with BatchWriter() as own:
+            return stage_dataset(loaded, config, modules, stage, dataset, paths, batch_size,
+                                 progress, memory_budget, written, own)  # fmt: skip
     skipped: list[Skipped] = []
     seen: dict[str, str] = {}  # row key -> first file: a row is staged once, across batches
     paths, unfit = fitting_rows(loaded, paths)
@@ -310,22 +397,21 @@ def stage_dataset(
             pending = _readable(batch, skipped, seen)
             while pending:
                 part = pending[: sizer.size]
+                prompts = [r.row.asked(config.prompt or "") for r in part]
                 try:
-                    table = extract_batch(
-                        loaded, part, config.prompt or "", modules, config.pooling,
-                        config.forward, written,
+                    pieces = capture_batch(
+                        loaded, [[i.image for i in r.images] for r in part], prompts, modules,
+                        config.pooling, config.forward,
                     )  # fmt: skip
                 except torch.OutOfMemoryError as error:
                     sizer.out_of_memory(error)
                     continue
-                stage.add_activations(
-                    table.append_column("dataset", pa.array([dataset] * len(table)))
-                )
-                stage.add_images(_image_rows(part, dataset))
+                writer.submit(partial(stage_batch, stage, dataset, pieces, part, prompts, written))
                 n_images += len(part)
                 pending = pending[len(part) :]
                 sizer.learn(loaded.capture_bytes.get(tuple(modules), 0.0))
             bar.update(len(batch))
+        writer.drain()  # this dataset's last batches are staged within its time and memory
     if n_images == 0:
         raise ValueError(
             f"none of the {len(paths)} rows of dataset {dataset!r} could be read: "
@@ -375,7 +461,11 @@ def extract_loaded(
     modules = selection.hooked
     size = batch_size or config.batch_size
     started_at = datetime.now(UTC)
-    with ActivationStage(warehouse.location.staging_dir) as stage:
+    with (
+        ActivationStage(warehouse.location.staging_dir, loaded.name, loaded.architecture.name)
+        as stage,
+        BatchWriter() as writer,
+    ):  # fmt: skip
         runs = [
             stage_dataset(
                 loaded,
@@ -388,6 +478,7 @@ def extract_loaded(
                 progress,
                 memory_budget,
                 selection.written,
+                writer,
             )
             for dataset, paths in sources.items()
         ]

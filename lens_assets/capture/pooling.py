@@ -43,6 +43,19 @@ def _masked_mean(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return hidden.masked_fill(~weights.unsqueeze(-1), 0).sum(dim=1) / total
 
 
+def _means(hidden: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(batch, k, dim): the mean over each of `masks` (batch, k, positions) in one matrix
+    product, a single pass over `hidden` for every mean pooling (masked_fill copies it once per
+    pooling). A pad's non-finite value would leak in as 0 * inf, so a non-finite result is
+    computed again the masked way."""
+    totals = masks.sum(dim=-1, keepdim=True).clamp_min(1)
+    if hidden.is_floating_point():
+        means = torch.bmm(masks.to(hidden.dtype), hidden) / totals.to(hidden.dtype)
+        if bool(torch.isfinite(means).all()):
+            return means
+    return torch.stack([_masked_mean(hidden, masks[:, k]) for k in range(masks.shape[1])], 1)
+
+
 def _masked_max(hidden: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """Elementwise max over the real positions; a pad is never the max, whatever it holds."""
     lowest = torch.finfo(hidden.dtype).min if hidden.is_floating_point() else 0
@@ -110,6 +123,9 @@ def pool(
         shows_image = (roles == TokenRole.IMAGE) | (roles == TokenRole.CLS)  # a tower's CLS too
         image_index = torch.where(shows_image, 0, -1)
     results: list[Pooled] = []
+    wanted = [p for p in dict.fromkeys(poolings) if p in MEAN_SELECTORS]
+    masks = {p: MEAN_SELECTORS[p](roles) for p in wanted}
+    means = _means(hidden, torch.stack(list(masks.values()), 1)) if wanted else None
     for pooling in poolings:
         if pooling == UNPOOLED:
             real = roles != TokenRole.PAD
@@ -138,10 +154,10 @@ def pool(
                     Pooled(pooling, samples, _masked_max(hidden[samples], real[samples]))
                 )
         elif pooling in MEAN_SELECTORS:
-            weights = MEAN_SELECTORS[pooling](roles)
-            samples = weights.any(dim=1).nonzero(as_tuple=True)[0]
+            assert means is not None
+            samples = masks[pooling].any(dim=1).nonzero(as_tuple=True)[0]
             if len(samples):
-                vectors = _masked_mean(hidden[samples], weights[samples])
+                vectors = means[samples, wanted.index(pooling)]
                 results.append(Pooled(pooling, samples, vectors))
         else:
             raise ValueError(f"unknown pooling {pooling!r}")
