@@ -18,6 +18,7 @@ BENCHMARKS = {
     "extraction": "benchmarks.extraction",
     "scale_out": "benchmarks.scale_out",
     "interpretability": "benchmarks.interpretability",
+    "readback": "benchmarks.readback",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

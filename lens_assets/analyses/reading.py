@@ -16,10 +16,13 @@ import pyarrow.compute as pc
 
 from lens_assets.capture.modules import natural_key
 from lens_assets.capture.token_roles import POOLED_ROWS
+from lens_assets.resources import reads
+from lens_assets.resources.reads import list_column_to_matrix as list_column_to_matrix
 from lens_assets.resources.warehouse import Warehouse
 
-# A warehouse (one connection per call) or a connection already open on it (one for many calls:
-# opening one attaches the DuckLake, about 0.1 s).
+# A warehouse (vectors: its read-only handle, opened once per process; other reads: one
+# connection per call) or a connection already open on it (one for many calls: opening one
+# attaches the DuckLake, about 0.1 s).
 Source = Warehouse | duckdb.DuckDBPyConnection
 
 
@@ -34,49 +37,19 @@ def load_vectors(
     """Row keys (sorted) and their (n, dim) float32 vectors for one layer and pooling: one
     vector per dataset row (a row is its images and its own prompt).
 
-    The vectors come out of Arrow as one flat float32 buffer reshaped in place: no Python loop
-    per row, so a 2,000 x 1,024 layer loads at the speed of Parquet decoding.
+    Read straight from the lake's Parquet files at memory speed (`resources.reads`: the
+    latest snapshot's files, pruned by row-group statistics, deletes honoured), on a
+    read-only handle kept open per process; the SQL route where that cannot vouch for itself.
     """
-    sql = """
-        SELECT row_key, vector FROM activations
-        WHERE model = ? AND dataset = ? AND layer = ? AND pooling = ?
-    """
-    params: list[Any] = [model, dataset, layer, pooling]
-    if prompt is not None:
-        sql += " AND prompt = ?"
-        params.append(prompt)
-    table = query(warehouse, sql + " ORDER BY row_key", params)
-    where = f"{model} / {dataset} / {layer} / {pooling}"
-    if pc.count_distinct(table.column("row_key")).as_py() != table.num_rows:
-        raise ValueError(
-            f"{where} holds several vectors per row (`tokens` or `mean_per_image` rows); "
-            "choose a pooling with one vector per row"
-        )
-    vectors = list_column_to_matrix(table.column("vector"), where)
-    return table.column("row_key").to_pylist(), vectors
+    selection = reads.Selection(model, dataset, layer, pooling, prompt)
+    vectors = reads.read_vectors(warehouse, selection)
+    return vectors.row_keys.to_pylist(), vectors.matrix
 
 
 def query(source: Source, sql: str, params: Sequence[Any]) -> pa.Table:
     if isinstance(source, Warehouse):
         return source.fetch_arrow(sql, params)
     return source.execute(sql, list(params)).to_arrow_table()
-
-
-def list_column_to_matrix(column: pa.ChunkedArray, where: str) -> np.ndarray:
-    """A list<float> column as an (n, dim) float32 matrix, checking every row has one width."""
-    vectors = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if len(vectors) == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    lengths = pc.list_value_length(vectors)
-    bounds = pc.min_max(lengths)
-    dim, widest = bounds["min"].as_py(), bounds["max"].as_py()
-    if dim != widest:
-        raise ValueError(f"{where} mixes vector widths {dim} and {widest}")
-    flat = vectors.flatten()  # honours offsets, unlike .values on a sliced array
-    if flat.null_count:
-        raise ValueError(f"{where} has null elements inside its vectors")
-    matrix = flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return matrix.reshape(len(vectors), dim)
 
 
 def load_labels(warehouse: Source, dataset: str) -> dict[str, dict[str, str]]:
