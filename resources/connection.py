@@ -322,15 +322,42 @@ class WarehouseConnection:
                 self._session = None
 
     def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Apply each `sql/NNN_*.sql` not yet recorded, each in its own transaction."""
+        """Apply every `sql/NNN_*.sql` not yet recorded: all in one transaction (each
+        transaction is a catalog commit, and a fresh warehouse has over twenty scripts: one
+        commit instead takes it from seconds to a fraction), else, where that fails, each in
+        its own, so the error names the script."""
         retry_transaction(lambda: con.execute(create_table("lens_migrations", LENS_MIGRATIONS)))
         # Reading the catalog's latest snapshot meets the same lock as a commit does.
         applied = retry_transaction(
             lambda: {row[0] for row in con.execute("SELECT name FROM lens_migrations").fetchall()}
         )
-        for script in sorted(self.sql_dir.glob("[0-9][0-9][0-9]_*.sql")):
-            if script.name in applied:
-                continue
+        pending = [
+            script
+            for script in sorted(self.sql_dir.glob("[0-9][0-9][0-9]_*.sql"))
+            if script.name not in applied
+        ]
+        if not pending:
+            return
+
+        def apply_all() -> None:
+            con.execute("BEGIN")
+            try:
+                done = {r[0] for r in con.execute("SELECT name FROM lens_migrations").fetchall()}
+                for script in pending:
+                    if script.name not in done:  # another process may have applied it
+                        con.execute(script.read_text())
+                        con.execute("INSERT INTO lens_migrations VALUES (?, now())", [script.name])
+                con.execute("COMMIT")
+            except duckdb.Error:
+                rollback_quietly(con)
+                raise
+
+        try:
+            retry_transaction(apply_all)
+            return
+        except duckdb.Error as error:
+            log.info("migrating in one transaction failed (%s); one by one", _first_line(error))
+        for script in pending:
 
             def apply(script: Path = script) -> None:
                 con.execute("BEGIN")

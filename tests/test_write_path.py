@@ -192,3 +192,13 @@ def test_a_stage_without_its_model_is_inserted_with_it(warehouse: Warehouse) -> 
         warehouse.replace_partition(stage.path, "this", "a", None, [])
     rows = warehouse.fetch_arrow("SELECT model, architecture FROM activations").to_pylist()
     assert rows == [{"model": "this", "architecture": "a"}] * 3
+
+
+def test_a_fresh_warehouse_applies_every_migration_in_one_catalog_commit(
+    warehouse: Warehouse,
+) -> None:
+    with warehouse.connect() as con:
+        applied = con.execute("SELECT count(*) FROM lens_migrations").fetchone()[0]
+        snapshots = con.execute("SELECT count(*) FROM ducklake_snapshots('lake')").fetchone()[0]
+    assert applied > 20
+    assert snapshots <= 3, "the lake's creation, lens_migrations, then every script at once"
