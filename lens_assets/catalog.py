@@ -103,16 +103,25 @@ def tuning_configs(
     Never raises for what a file says: training reports a broken config."""
     root = root or configs_dir()
     models = _discover(root / "models") if models is None else models
+    tuned = _discover(root / "tuning", "tuning")
     return {
-        name: ConfigFile(name, file.path, "tuning", _tuning_inputs(file.path, root, models))
-        for name, file in _discover(root / "tuning", "tuning").items()
+        name: ConfigFile(name, file.path, "tuning", _tuning_inputs(file.path, root, models, tuned))
+        for name, file in tuned.items()
     }
 
 
-def _tuning_inputs(path: Path, root: Path, models: dict[str, ConfigFile]) -> tuple[str, ...]:
+def _tuning_inputs(
+    path: Path,
+    root: Path,
+    models: dict[str, ConfigFile],
+    tuned: dict[str, ConfigFile] | None = None,
+    seen: tuple[Path, ...] = (),
+) -> tuple[str, ...]:
     """The base's model config (a path to a YAML file, `family/stem` or a stem under
     models/), then each dataset config `train` and `held_out` name; what cannot be resolved
-    is named as such (the version changes when it is fixed)."""
+    is named as such (the version changes when it is fixed). A base that is another tuning
+    config stands for its file and, in turn, its own inputs: editing the tutor restales
+    every model tuned from it."""
     try:
         data = read_yaml(path, "tuning config")
     except ConfigError:
@@ -120,12 +129,43 @@ def _tuning_inputs(path: Path, root: Path, models: dict[str, ConfigFile]) -> tup
     if not isinstance(data, dict):
         return ("unparsed",)
     inputs = [_base_file(str(data.get("base")), root, models)]
+    base = (tuned or {}).get(Path(str(data.get("base")).removesuffix(".yaml")).name)
+    if inputs[0].startswith("unresolved base") and base is not None:
+        cyclic = base.path in (*seen, path)
+        inputs = [str(base.path)] + (
+            ["cyclic base"] if cyclic else
+            list(_tuning_inputs(base.path, root, models, tuned, (*seen, path)))
+        )  # fmt: skip
     for part in ("train", "held_out"):
         rows = data.get(part)
         dataset = rows.get("dataset") if isinstance(rows, dict) else None
         if isinstance(dataset, str):
             inputs.append(str(root / "datasets" / f"{dataset}.yaml"))
     return tuple(inputs)
+
+
+def bases_first(names: Iterable[str], root: Path | None = None) -> list[str]:
+    """`names` in their order, except that a tuned model comes after its base: its
+    `tuned_model` step loads a tuned base's checkpoint, so the base trains first (and a base's
+    readouts exist when the tuned model is compared with it)."""
+    names = list(names)
+    files = tuning_configs(root)
+    every = model_configs(root, include_disabled=True)
+    by_path = {str(file.path): name for name, file in every.items()}
+    base_of = {name: by_path.get(file.inputs[0]) for name, file in files.items() if file.inputs}
+    placed: list[str] = []
+
+    def place(name: str, seen: frozenset[str]) -> None:
+        if name in placed or name in seen:
+            return
+        base = base_of.get(name)
+        if base is not None and base in names:
+            place(base, seen | {name})
+        placed.append(name)
+
+    for name in names:
+        place(name, frozenset())
+    return placed
 
 
 def _base_file(base: str, root: Path, models: dict[str, ConfigFile]) -> str:

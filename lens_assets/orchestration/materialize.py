@@ -19,6 +19,7 @@ from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, Temp
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._time import get_current_datetime
 
+from lens_assets.catalog import bases_first
 from lens_assets.config import ConfigError
 from lens_assets.definitions import defs
 from lens_assets.orchestration.assets import IMAGES, failed_datasets
@@ -162,7 +163,7 @@ def plan(
         or bool(failed_datasets(instance))
     )
     per_model: dict[str, list[str]] = {}
-    for name in instance.get_dynamic_partitions(MODELS.name):
+    for name in bases_first(instance.get_dynamic_partitions(MODELS.name)):  # bases train first
         if models and name not in models:
             continue
         stale = {

@@ -36,6 +36,7 @@ __all__ = [
     "load_tuning_config",
     "parse_tuning_config",
     "resolve_base",
+    "tuning_files",
     "tuning_name",
 ]
 
@@ -230,23 +231,87 @@ def _model_configs(root: Path) -> dict[str, Path]:
     return names
 
 
-def resolve_base(base: str, configs: Path | None = None) -> tuple[str, ModelConfig]:
-    """The base model's name and its config: `base` is a path to a YAML file, or a name under
-    `configs/models/` (`tiny-llava` or `llava/tiny-llava`)."""
+def tuning_files(configs: Path | None = None) -> dict[str, Path]:
+    """Tuning config names under `configs/tuning/` (every `**/*.yaml`, by stem): the tuned
+    models a tuning config may name as its base."""
+    root = (configs or configs_dir()) / "tuning"
+    return {path.stem: path for path in sorted(root.rglob("*.yaml"))} if root.is_dir() else {}
+
+
+def resolve_base(
+    base: str,
+    configs: Path | None = None,
+    models_dir: Path | None = None,
+    _seen: tuple[str, ...] = (),
+) -> tuple[str, ModelConfig]:
+    """The base model's name and its config: `base` is a path to a YAML file, a name under
+    `configs/models/` (`tiny-llava` or `llava/tiny-llava`), or the name of another tuning
+    config (`tutor`), whose tuned model is then the base.
+
+    A tuned base's config is the model config at the root of its chain (architecture, prompt,
+    modules); with `models_dir` its `model_path` is the checkpoint the base's `tuned_model`
+    step saved there, checked to exist and to come from the base's current config (else a
+    TuningConfigError says to materialize the base first). Without `models_dir` the root's
+    `model_path` is kept: good for the prompt and the architecture, not for loading."""
     root = (configs or configs_dir()) / "models"
     as_path = Path(base).expanduser()
     if as_path.suffix in (".yaml", ".yml") and as_path.is_file():
         return as_path.stem, load_model_config(as_path, require_modules=False)
     known = _model_configs(root) if root.is_dir() else {}
     found = known.get(base.removesuffix(".yaml"))
-    if found is None:
-        close = difflib.get_close_matches(base, list(known), n=3, cutoff=0.5)
-        hint = f"; closest: {', '.join(close)}" if close else ""
+    if found is not None:
+        return found.stem, load_model_config(found, require_modules=False)
+    tuned = tuning_files(configs)
+    name = Path(base.removesuffix(".yaml")).name
+    if name in tuned:
+        return name, _tuned_base(name, tuned[name], configs, models_dir, _seen)
+    close = difflib.get_close_matches(base, [*known, *tuned], n=3, cutoff=0.5)
+    hint = f"; closest: {', '.join(close)}" if close else ""
+    raise TuningConfigError(
+        f"base: {base!r} is neither a model config under {root}, a tuning config under "
+        f"{root.parent / 'tuning'} nor a YAML file{hint}; name a model config (e.g. "
+        "llava/tiny-llava), a tuning config (e.g. tutor) or give the path to a model config"
+    )
+
+
+def _tuned_base(
+    name: str, path: Path, configs: Path | None, models_dir: Path | None, seen: tuple[str, ...]
+) -> ModelConfig:
+    """A tuning config named as a base: its root model config, at its checkpoint."""
+    if name in seen:
+        chain = " -> ".join([*seen, name])
         raise TuningConfigError(
-            f"base: {base!r} is neither a model config under {root} nor a YAML file{hint}; "
-            "name a model config (e.g. llava/tiny-llava) or give the path to one"
+            f"base: the tuning configs name each other as bases in a cycle ({chain}); a tuned "
+            "model's base must lead back to a model config"
         )
-    return found.stem, load_model_config(found, require_modules=False)
+    config = load_tuning_config(path)
+    _, root = resolve_base(config.base, configs, None, (*seen, name))
+    if models_dir is None:
+        return root
+    from lens_assets.tuning.checkpoint import read_metadata, tuned_dir  # torch: only to load
+
+    checkpoint = tuned_dir(models_dir, name)
+    materialize = (
+        f"materialize `tuned_model` for partition {name!r} first (lens materialize --select "
+        f"tuned_model --model {name}, or in the UI)"
+    )
+    if not (checkpoint / "config.json").is_file():
+        off = (
+            f"; {path} says `enabled: false`, so no run trains it: set `enabled: true`"
+            if not config.enabled
+            else ""
+        )
+        raise TuningConfigError(
+            f"base {name!r} is a tuned model ({path}) and its checkpoint {checkpoint} does not "
+            f"exist yet: {materialize}{off}"
+        )
+    trained = (read_metadata(checkpoint) or {}).get("config_hash")
+    if trained != config_hash(config):
+        raise TuningConfigError(
+            f"base {name!r}'s checkpoint {checkpoint} was trained from another version of "
+            f"{path} (settings hash {trained}, now {config_hash(config)}): {materialize}"
+        )
+    return root.model_copy(update={"model_path": str(checkpoint.resolve())})
 
 
 def check_preset(config: TuningConfig, base: ModelConfig) -> str | None:

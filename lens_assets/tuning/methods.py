@@ -92,9 +92,10 @@ def load_base(
     dtype: str | None = "float32",
     configs: Path | None = None,
 ) -> Base:
-    """Load the base model named by the config on `device` in `dtype`; with `from_scratch`,
-    its weights are replaced by a fresh initialisation of its architecture seeded by `seed`."""
-    name, base_config = resolve_base(config.base, configs)
+    """Load the base model named by the config on `device` in `dtype` (a tuned base: its
+    checkpoint under `models_dir`); with `from_scratch`, its weights are replaced by a fresh
+    initialisation of its architecture seeded by `seed`."""
+    name, base_config = resolve_base(config.base, configs, models_dir)
     preset = check_preset(config, base_config)
     if preset is not None:
         architecture = base_config.model_path.removeprefix("tiny:")

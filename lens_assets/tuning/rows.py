@@ -29,7 +29,8 @@ __all__ = ["TrainingRow", "dataset_config", "load_rows", "without_overlap"]
 @dataclass(frozen=True)
 class TrainingRow:
     """One question with its answer: the row's images in order, its prompt, the answer text,
-    and what scoring needs (kind, choices) and what keeps held-out rows apart (image_ids)."""
+    what scoring needs (kind, choices), what keeps held-out rows apart (image_ids), and where
+    the warehouse holds the same row (dataset: the config's name, or "inline"; row_key)."""
 
     images: tuple[Image.Image, ...]
     prompt: str
@@ -37,6 +38,8 @@ class TrainingRow:
     kind: str | None = None
     choices: tuple[str, ...] | None = None
     image_ids: tuple[str, ...] = ()
+    dataset: str | None = None
+    row_key: str | None = None
 
 
 def dataset_config(spec: RowsSpec, configs: Path | None = None) -> tuple[str, DatasetConfig]:
@@ -114,6 +117,8 @@ def _collect(
                 kind=item.kind,
                 choices=item.choices,
                 image_ids=item.image_ids,
+                dataset=name,
+                row_key=item.row_key,
             )
         )
     return rows
