@@ -18,7 +18,7 @@ from lens_assets.orchestration.similarity import (
     layer_similarity,
 )
 from lens_assets.orchestration.sources import dataset_configs_source, model_config
-from lens_assets.orchestration.tuning import tuned_model
+from lens_assets.orchestration.tuning import tuned_model, tuning_effects
 from lens_assets.orchestration.vision import vision_vs_vlm
 from lens_assets.resources.configurable import VLMRuntimeResource, WarehouseResource
 
@@ -37,6 +37,7 @@ ASSETS = [
     concept_similarity,
     concept_pca,
     vision_vs_vlm,
+    tuning_effects,  # after vision_vs_vlm: it reads the readouts
     interpretability,
 ]
 

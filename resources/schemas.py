@@ -390,6 +390,25 @@ MODELS = pa.schema(
         ("held_out_accuracy", _DOUBLE),
     ]
 )
+# Each held-out row of a tuned model asked of it and of its base (sql/023; view tuning_effects).
+TUNING_ANSWERS = pa.schema(
+    [
+        ("model", _TEXT),
+        ("role", _TEXT),  # 'tuned' | 'base'
+        ("answered_by", _TEXT),
+        ("dataset", _TEXT),
+        ("row_key", _TEXT),
+        ("image_ids", pa.list_(_TEXT)),
+        ("kind", _TEXT),
+        ("prompt", _TEXT),
+        ("answer_text", _TEXT),
+        ("answer", _TEXT),
+        ("expected", _TEXT),
+        ("correct", _BOOL),
+        ("options", _INT),
+        ("image_share", _DOUBLE),
+    ]
+)
 
 # -- the migration log (made in Python by `create_table`, not by a migration) -------------------
 
@@ -420,6 +439,7 @@ TABLES: dict[str, pa.Schema] = {
     "patching_effects": PATCHING_EFFECTS,
     "ablation_effects": ABLATION_EFFECTS,
     "models": MODELS,
+    "tuning_answers": TUNING_ANSWERS,
     "lens_migrations": LENS_MIGRATIONS,
 }
 

@@ -1,13 +1,16 @@
-"""The picture of one training run (the `tuned_model` asset): the loss per step with its running
-mean, and beside it the held-out accuracy per question kind against chance, in the house
-conventions of `figures`."""
+"""The pictures of tuning, in the house conventions of `figures`: one training run (the
+`tuned_model` asset: the loss per step with its running mean, and beside it the held-out
+accuracy per question kind against chance), and a tuned model beside its base on the same
+held-out rows (the `tuning_effects` asset: one pair of bars per measure)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from lens_assets.analyses.figures import drawn, panel_grid, save, shared_legend
+import numpy as np
+
+from lens_assets.analyses.figures import WIDTH, drawn, panel_grid, plt, save, shared_legend
 
 
 def running_mean(values: Sequence[float], window: int) -> list[float]:
@@ -61,3 +64,56 @@ def loss_curve(
         bars.set_title(f"{model}: held-out answers by kind")
     shared_legend(figure, axes)
     return save(figure, out)
+
+
+# (label, column): each measure of `tuning_effects`, the variant's column and the base's is
+# `base_<column>`; every one lies in [0, 1].
+EFFECT_MEASURES = (
+    ("VLM accuracy", "accuracy"),
+    ("readout: vision", "vision_readout"),
+    ("readout: projector", "projector_readout"),
+    ("readout: language", "language_readout"),
+    ("TV(answers, labels)", "tv_labels"),
+    ("image share of attention", "image_share"),
+)
+
+
+@drawn
+def effects_chart(row: Mapping[str, object], out: Path) -> Path | None:
+    """One row of `tuning_effects` as paired bars per measure: the tuned model beside its base
+    on the same held-out rows, chance marked on the accuracy; a measure the warehouse has no
+    value for says so instead of a bar. None when the row holds no measure at all."""
+    values = [
+        (label, _number(row.get(column)), _number(row.get(f"base_{column}")))
+        for label, column in EFFECT_MEASURES
+    ]
+    if all(mine is None and base is None for _, mine, base in values):
+        return None
+    figure, axis = plt.subplots(figsize=(WIDTH, 0.42 * len(values) + 1.5), layout="constrained")
+    y = np.arange(len(values))
+    for offset, index, colour, label in ((-0.2, 1, "C0", str(row["model"])),
+                                         (0.2, 2, "silver", f"base: {row['base']}")):  # fmt: skip
+        axis.barh(y + offset, [v[index] or 0.0 for v in values], height=0.38, color=colour,
+                  label=label)  # fmt: skip
+    for position, (_, mine, base) in enumerate(values):
+        for offset, value in ((-0.2, mine), (0.2, base)):
+            shown = "n/a" if value is None else f"{value:.2f}"
+            axis.text((value or 0.0) + 0.01, position + offset, shown, va="center", fontsize=7,
+                      color="dimgrey")  # fmt: skip
+    chance = _number(row.get("chance"))
+    if chance is not None:
+        axis.plot([chance, chance], [-0.45, 0.45], color="black", linewidth=1.2,
+                  label="chance (accuracy)")  # fmt: skip
+    axis.set_yticks(y)
+    axis.set_yticklabels([label for label, _, _ in values])
+    axis.invert_yaxis()
+    axis.set_xlim(0, 1.08)
+    axis.set_xlabel(f"on the same {row.get('n')} held-out rows of {row.get('dataset')}")
+    axis.grid(axis="x", alpha=0.25)
+    axis.set_title(f"{row['model']} ({row.get('method')}) beside its base {row['base']}")
+    shared_legend(figure, [axis], columns=3)
+    return save(figure, out)
+
+
+def _number(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
