@@ -91,11 +91,11 @@ class ActivationStage:
         self._writer: pq.ParquetWriter | None = None
         with self._writing():
             self.path.mkdir(parents=True, exist_ok=True)
-            keys = [name for name in self.schema.names if name != "vector"]
+            keys = [_leaf(field) for field in self.schema if field.name != "vector"]
             self._writer = pq.ParquetWriter(
                 self.path / "activations.parquet",
                 self.schema,
-                compression={**dict.fromkeys(keys, "zstd"), "vector": "none"},
+                compression={**dict.fromkeys(keys, "zstd"), "vector.list.element": "none"},
                 use_dictionary=keys,
                 write_statistics=keys,
             )
@@ -189,3 +189,9 @@ def _codes(column: pa.ChunkedArray) -> np.ndarray:
     """Each value's index among the column's distinct values, in the order first met."""
     encoded = column.combine_chunks().dictionary_encode()
     return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _leaf(field: pa.Field) -> str:
+    """The Parquet column path of a field's values, which per-column writer options name (a
+    list's values are `NAME.list.element`; the bare name would leave them plain)."""
+    return f"{field.name}.list.element" if pa.types.is_list(field.type) else field.name

@@ -202,3 +202,22 @@ def test_a_fresh_warehouse_applies_every_migration_in_one_catalog_commit(
         snapshots = con.execute("SELECT count(*) FROM ducklake_snapshots('lake')").fetchone()[0]
     assert applied > 20
     assert snapshots <= 3, "the lake's creation, lens_migrations, then every script at once"
+
+
+def test_every_key_column_is_dictionary_encoded_and_compressed_and_vectors_stored_raw(
+    tmp_path: Path,
+) -> None:
+    with ActivationStage(tmp_path, "m", "a") as stage:
+        table = batch("layer", 10)
+        table = table.append_column("image_ids", pa.array([["x" * 32]] * 10))
+        stage.add_activations(table)
+        stage.close()
+        metadata = pq.read_metadata(stage.path / "activations.parquet")
+    chunks = {
+        metadata.row_group(0).column(i).path_in_schema: metadata.row_group(0).column(i)
+        for i in range(metadata.num_columns)
+    }
+    for path in ("image_ids.list.element", "row_key", "layer", "model"):
+        assert "RLE_DICTIONARY" in chunks[path].encodings, path
+        assert chunks[path].compression == "ZSTD", path
+    assert chunks["vector.list.element"].compression == "UNCOMPRESSED"
