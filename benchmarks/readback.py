@@ -79,14 +79,8 @@ def staged_rows(vectors: np.ndarray, layer: str, pooling: str) -> pa.Table:
 
 def store(warehouse: Warehouse, model: str, layers: dict[tuple[str, str], np.ndarray]) -> None:
     """Replace a model's partition with these layers' rows, through the write path extraction
-    takes (a stage that knows its model writes the lake's data file itself, where the stage
-    can)."""
-    directory = warehouse.location.staging_dir
-    try:
-        stage = ActivationStage(directory, model=model, architecture="synthetic")  # type: ignore[call-arg]
-    except TypeError:  # a stage that leaves model and architecture to the commit
-        stage = ActivationStage(directory)
-    with stage:
+    takes (a stage that knows its model writes the lake's data file itself)."""
+    with ActivationStage(warehouse.location.staging_dir, model, "synthetic") as stage:
         for (layer, pooling), vectors in layers.items():
             stage.add_activations(staged_rows(vectors, layer, pooling))
         stage.close()

@@ -63,10 +63,17 @@ def rows_of(dataset: str, layer: str, pooling: str, vectors: np.ndarray) -> pa.T
 
 
 def store(
-    warehouse: Warehouse, model: str, layers: Layers, datasets: list[str] | None = None
+    warehouse: Warehouse,
+    model: str,
+    layers: Layers,
+    datasets: list[str] | None = None,
+    lake_ready: bool = True,
 ) -> None:
-    """Replace the model's rows (or those of `datasets`) as extraction does."""
-    with ActivationStage(warehouse.location.staging_dir) as stage:
+    """Replace the model's rows (or those of `datasets`) as extraction does: the stage writes
+    the lake's data file, which the commit registers; or (`lake_ready=False`) the stage holds
+    the rows and DuckDB writes the data file at the commit."""
+    names = (model, "synthetic") if lake_ready else ()
+    with ActivationStage(warehouse.location.staging_dir, *names) as stage:
         for (dataset, layer, pooling), vectors in layers.items():
             stage.add_activations(rows_of(dataset, layer, pooling, vectors))
         stage.close()
@@ -108,10 +115,13 @@ def fresh_handles() -> None:
 # -- the fast path against the SQL route ---------------------------------------------------------
 
 
-def test_every_layer_and_pooling_reads_as_the_sql_route_reads_it(warehouse: Warehouse) -> None:
+@pytest.mark.parametrize("lake_ready", [True, False], ids=["staged-file", "duckdb-written"])
+def test_every_layer_and_pooling_reads_as_the_sql_route_reads_it(
+    warehouse: Warehouse, lake_ready: bool
+) -> None:
     layers = random_layers(0)
-    store(warehouse, "m1", layers)
-    store(warehouse, "m2", random_layers(1))
+    store(warehouse, "m1", layers, lake_ready=lake_ready)
+    store(warehouse, "m2", random_layers(1), lake_ready=lake_ready)
     for dataset, layer, pooling in layers:
         fast = assert_fast_reads_as_sql(warehouse, reads.Selection("m1", dataset, layer, pooling))
         keys, expected = by_key(dataset, layers[(dataset, layer, pooling)])
@@ -186,29 +196,6 @@ def test_an_overwritten_partition_reads_its_new_rows(warehouse: Warehouse) -> No
     assert not np.array_equal(before, after.matrix)
 
 
-def test_rows_deleted_from_a_file_by_a_partial_replacement_are_not_read(
-    warehouse: Warehouse,
-) -> None:
-    """Replacing one dataset of a model deletes rows from a file that keeps the other's:
-    DuckLake records that in a delete file, which the fast path must honour."""
-    store(warehouse, "m", random_layers(8, rows=30))
-    replaced = random_layers(9, datasets=("d1",), rows=25)
-    store(warehouse, "m", replaced, datasets=["d1"])
-    with warehouse.connect(read_only=True) as con:
-        deletes = con.execute(
-            "SELECT count(*) FROM ducklake_list_files('lake', 'activations') "
-            "WHERE delete_file IS NOT NULL"
-        ).fetchone()[0]
-    assert deletes > 0  # the case under test: a data file with deleted rows
-    for dataset in ("d1", "d2"):
-        fast = assert_fast_reads_as_sql(warehouse, reads.Selection("m", dataset, "llm.1", "last"))
-        assert len(fast.row_keys) == (25 if dataset == "d1" else 30)
-    _, expected = by_key("d1", replaced[("d1", "llm.1", "last")])
-    np.testing.assert_array_equal(
-        reads.read_vectors(warehouse, reads.Selection("m", "d1", "llm.1", "last")).matrix, expected
-    )
-
-
 WRITER = """
 import sys
 import numpy as np
@@ -263,6 +250,30 @@ def test_a_data_file_laid_out_otherwise_is_read_through_arrow(warehouse: Warehou
         con.execute(f"CALL ducklake_add_data_files('lake', 'activations', '{path}')")
     fast = assert_fast_reads_as_sql(warehouse, reads.Selection("m", "d", "llm.1", "last"))
     np.testing.assert_array_equal(fast.matrix, by_key("d", vectors)[1])
+
+
+@pytest.mark.parametrize("lake_ready", [True, False], ids=["staged-file", "duckdb-written"])
+def test_rows_deleted_from_a_file_by_a_partial_replacement_are_not_read(
+    warehouse: Warehouse, lake_ready: bool
+) -> None:
+    """Replacing one dataset of a model deletes rows from a file that keeps the other's:
+    DuckLake records that in a delete file, which the fast path must honour."""
+    store(warehouse, "m", random_layers(8, rows=30), lake_ready=lake_ready)
+    replaced = random_layers(9, datasets=("d1",), rows=25)
+    store(warehouse, "m", replaced, datasets=["d1"], lake_ready=lake_ready)
+    with warehouse.connect(read_only=True) as con:
+        deletes = con.execute(
+            "SELECT count(*) FROM ducklake_list_files('lake', 'activations') "
+            "WHERE delete_file IS NOT NULL"
+        ).fetchone()[0]
+    assert deletes > 0  # the case under test: a data file with deleted rows
+    for dataset in ("d1", "d2"):
+        fast = assert_fast_reads_as_sql(warehouse, reads.Selection("m", dataset, "llm.1", "last"))
+        assert len(fast.row_keys) == (25 if dataset == "d1" else 30)
+    _, expected = by_key("d1", replaced[("d1", "llm.1", "last")])
+    np.testing.assert_array_equal(
+        reads.read_vectors(warehouse, reads.Selection("m", "d1", "llm.1", "last")).matrix, expected
+    )
 
 
 @pytest.mark.parametrize(
