@@ -361,3 +361,43 @@ def test_a_warehouse_from_before_tuning_effects_opens_and_gains_it(
         assert con.execute("SELECT count(*) FROM tuning_answers").fetchone()[0] == 0
         assert con.execute("SELECT count(*) FROM tuning_effects").fetchone()[0] == 0
         assert con.execute("SELECT count(*) FROM models").fetchone()[0] == 1
+
+
+def test_the_effects_picture_follows_the_house_conventions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lens_assets.analyses import tuning_plots
+    from tests.test_pictures import MAX_PIXELS, OUT, _layout, _width
+
+    seen: list[dict[str, Any]] = []
+    original = tuning_plots.save
+
+    def keep(figure: Any, out: Path) -> Path:
+        figure.canvas.draw()
+        seen.append(_layout(figure))
+        seen[-1]["texts"] = [t.get_text() for a in figure.axes for t in a.texts]
+        return original(figure, out)
+
+    monkeypatch.setattr(tuning_plots, "save", keep)
+    row = {"model": LORA, "method": "lora", "base": TUTOR, "dataset": "correspondence",
+           "n": 8, "chance": 0.25, "accuracy": 0.5, "base_accuracy": 0.25,
+           "vision_readout": 0.75, "base_vision_readout": 0.75, "projector_readout": 0.5,
+           "base_projector_readout": 0.5, "language_readout": None,
+           "base_language_readout": 0.375, "tv_labels": 0.25, "base_tv_labels": 0.75,
+           "image_share": 0.3, "base_image_share": 0.2}  # fmt: skip
+    path = tuning_plots.effects_chart(row, OUT / "tuning_effects.png")
+    assert path is not None and _width(path) <= MAX_PIXELS
+    (layout,) = seen
+    assert len(layout["panels"]) == 1 and not layout["legends_inside"]
+    assert not layout["legend_overlaps"]
+    (legend,) = layout["figure_legends"]
+    assert {t.get_text() for t in legend.get_texts()} == {
+        LORA, f"base: {TUTOR}", "chance (accuracy)",
+    }  # fmt: skip
+    (axis,) = layout["panels"]
+    assert [t.get_text() for t in axis.get_yticklabels()] == [
+        label for label, _ in tuning_plots.EFFECT_MEASURES
+    ]
+    assert "n/a" in layout["texts"] and "0.38" in layout["texts"]  # no bar drawn as a zero
+    empty = {"model": LORA, "base": TUTOR}
+    assert tuning_plots.effects_chart(empty, OUT / "nothing.png") is None
