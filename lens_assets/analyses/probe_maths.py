@@ -36,6 +36,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from lens_assets.analyses import batched_logistic
 from lens_assets.analyses.vlm_lens_settings import VlmLensSettings
 
 ProbeKind = Literal["linear", "mlp"]
@@ -43,6 +44,7 @@ ProbeKind = Literal["linear", "mlp"]
 # Independent random streams derived from one seed, so that changing how many permutations
 # are drawn never changes the control task or the shuffled labels.
 _CONTROL_STREAM, _SHUFFLE_STREAM, _PERMUTATION_STREAM = 1, 2, 3
+_SKLEARN_TOL = LogisticRegression().tol  # the linear probe's stopping tolerance
 
 
 class ProbeSettings(BaseModel):
@@ -209,12 +211,11 @@ def probe_in_context(
     X, classes, codes, group_codes = probe_inputs(X, y, groups)
     splits = _splits(codes, settings, group_codes)
 
-    task = _cross_validate(X, codes, splits, kind, settings)
-    control = _cross_validate(
-        X, control_labels(codes, input_types, settings.seed), splits, kind, settings
-    )
+    control_codes = control_labels(codes, input_types, settings.seed)
     shuffled_codes = np.random.default_rng([settings.seed, _SHUFFLE_STREAM]).permutation(codes)
-    shuffled = _cross_validate(X, shuffled_codes, splits, kind, settings)
+    task, control, shuffled = _cross_validate_each(
+        X, [codes, control_codes, shuffled_codes], splits, kind, settings
+    )
 
     return ProbeResult(
         kind=kind,
@@ -268,17 +269,63 @@ def _cross_validate(
     kind: ProbeKind,
     settings: ProbeSettings,
 ) -> _CrossValidation:
-    """Fit on each training fold, score on its test fold. The task, its control and the
-    shuffled control share the folds, so their accuracies differ by the labels alone."""
-    fold_accuracies, correct = [], 0
-    for train, test in splits:
-        predicted = _fit_predict(X[train], codes[train], X[test], kind, settings)
-        hits = int((predicted == codes[test]).sum())
-        fold_accuracies.append(hits / len(test))
-        correct += hits
-    return _CrossValidation(
-        float(np.mean(fold_accuracies)), float(np.std(fold_accuracies)), correct
-    )
+    """Fit on each training fold, score on its test fold."""
+    return _cross_validate_each(X, [codes], splits, kind, settings)[0]
+
+
+def _cross_validate_each(
+    X: np.ndarray,
+    labellings: Sequence[np.ndarray],
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    kind: ProbeKind,
+    settings: ProbeSettings,
+) -> list[_CrossValidation]:
+    """`_cross_validate` for several labellings of the same rows on the same folds. The task,
+    its control and the shuffled control share the folds, so their accuracies differ by the
+    labels alone. Linear probes of every (labelling, fold) are fitted together
+    (`batched_logistic`: scikit-learn's objective without its per-fit overhead); MLPs one by
+    one."""
+    if kind == "linear":
+        predicted = _linear_fold_predictions(X, labellings, splits, settings)
+    else:
+        predicted = [
+            [
+                _fit_predict(X[train], codes[train], X[test], kind, settings)
+                for train, test in splits
+            ]
+            for codes in labellings
+        ]
+    results = []
+    for codes, per_fold in zip(labellings, predicted, strict=True):
+        hits = [
+            int((p == codes[test]).sum()) for p, (_, test) in zip(per_fold, splits, strict=True)
+        ]
+        accuracies = [h / len(test) for h, (_, test) in zip(hits, splits, strict=True)]
+        results.append(
+            _CrossValidation(float(np.mean(accuracies)), float(np.std(accuracies)), sum(hits))
+        )
+    return results
+
+
+def _linear_fold_predictions(
+    X: np.ndarray,
+    labellings: Sequence[np.ndarray],
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    settings: ProbeSettings,
+) -> list[list[np.ndarray]]:
+    """Test-fold predictions of `make_probe('linear')` (standardised on the training fold,
+    then LogisticRegression(C, lbfgs, max_iter)) for every (labelling, fold), all fitted at
+    once. A training fold with one class predicts that class, as `_fit_predict` does."""
+    batch = batched_logistic.fold_batch(X, list(labellings), list(splits), settings.C)
+    W = batched_logistic.fit(batch, tol=_SKLEARN_TOL, max_iter=settings.max_iter)
+    folds = len(splits)
+    return [
+        [
+            batched_logistic.predict(batch, W, np.array([index * folds + f]), test)[0]
+            for f, (_, test) in enumerate(splits)
+        ]
+        for index in range(len(labellings))
+    ]
 
 
 def _fit_predict(
