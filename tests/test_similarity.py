@@ -165,6 +165,56 @@ def test_separation_finds_planted_two_dimensional_cue() -> None:
     assert components_to_separate(rows) == {"shape": 2, "absent": None}
 
 
+def _reference_separation(x, labels, max_components, neighbours=5, folds=5, seed=0):
+    """The separation curve as scikit-learn computes it, one fit per fold and k: the scaler
+    and PCA on the training part, NearestCentroid and KNeighborsClassifier on k components."""
+    from sklearn.decomposition import PCA
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
+    from sklearn.preprocessing import StandardScaler
+
+    n = len(x)
+    top = min(max_components, x.shape[1], n - -(-n // folds))
+    rows = []
+    for cue, values in labels.items():
+        y = np.asarray(values)
+        nc, knn = np.zeros(top, dtype=int), np.zeros(top, dtype=int)
+        for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
+            scaler = StandardScaler().fit(x[train])
+            pca = PCA(n_components=top, svd_solver="full").fit(scaler.transform(x[train]))
+            z_train = pca.transform(scaler.transform(x[train]))
+            z_test = pca.transform(scaler.transform(x[test]))
+            for k in range(1, top + 1):
+                centroid = NearestCentroid().fit(z_train[:, :k], y[train])
+                nc[k - 1] += int((centroid.predict(z_test[:, :k]) == y[test]).sum())
+                near = KNeighborsClassifier(min(neighbours, len(train))).fit(
+                    z_train[:, :k], y[train]
+                )
+                knn[k - 1] += int((near.predict(z_test[:, :k]) == y[test]).sum())
+        rows += [
+            {"cue": cue, "components": k, "nearest_centroid_accuracy": nc[k - 1] / n,
+             "knn_accuracy": knn[k - 1] / n}
+            for k in range(1, top + 1)
+        ]  # fmt: skip
+    return rows
+
+
+def test_separation_equals_scikit_learns_fold_by_fold_fits() -> None:
+    x, labels = _planted()
+    assert separation_curve(x, labels, max_components=6) == _reference_separation(x, labels, 6)
+
+
+def test_separation_equals_scikit_learn_where_duplicate_vectors_tie() -> None:
+    # A text tower gives every row with the same prompt one vector: neighbours tie, and which
+    # of them k-NN counts is scikit-learn's search order, kept.
+    rng = np.random.default_rng(3)
+    prompts = rng.normal(size=(8, 16))
+    which = rng.integers(0, 8, size=120)
+    x = prompts[which] + 0.0
+    labels = {"cue": [f"c{v}" for v in rng.integers(0, 4, size=120)]}
+    assert separation_curve(x, labels, max_components=6) == _reference_separation(x, labels, 6)
+
+
 def test_separation_is_deterministic_for_a_seed() -> None:
     x, labels = _planted()
     assert separation_curve(x, labels, max_components=3, seed=7) == separation_curve(

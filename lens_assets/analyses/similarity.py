@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.model_selection import StratifiedKFold
-from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
 NONE_LABEL = "(none)"
@@ -210,19 +210,17 @@ def separation_curve(
             )
         correct_nc = np.zeros(top, dtype=np.int64)
         correct_knn = np.zeros(top, dtype=np.int64)
+        codes = np.unique(y, return_inverse=True)[1]
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
         for train, test in splitter.split(x, y):
-            scaler = StandardScaler().fit(x[train])
-            # PCA components are nested, so one fit at the largest k serves every smaller k.
-            pca = PCA(n_components=top, svd_solver="full").fit(scaler.transform(x[train]))
-            z_train = pca.transform(scaler.transform(x[train]))
-            z_test = pca.transform(scaler.transform(x[test]))
-            k_nn = min(neighbours, len(train))
-            for k in range(1, top + 1):
-                nc = NearestCentroid().fit(z_train[:, :k], y[train])
-                correct_nc[k - 1] += int(np.sum(nc.predict(z_test[:, :k]) == y[test]))
-                knn = KNeighborsClassifier(n_neighbors=k_nn).fit(z_train[:, :k], y[train])
-                correct_knn[k - 1] += int(np.sum(knn.predict(z_test[:, :k]) == y[test]))
+            z_train, z_test = _pca_scores(x[train], x[test], top)
+            centroid, knn, tied = _separation_predictions(
+                z_train, codes[train], z_test, len(classes), neighbours
+            )
+            if len(tied):
+                knn[:, tied] = _tied_knn(x[train], codes[train], x[test], top, tied, neighbours)
+            correct_nc += (centroid == codes[test][:, None]).sum(axis=0)
+            correct_knn += (knn == codes[test][:, None]).sum(axis=0)
         rows.extend(
             {
                 "cue": cue,
@@ -233,6 +231,84 @@ def separation_curve(
             for k in range(1, top + 1)
         )
     return rows
+
+
+def _pca_scores(train: np.ndarray, test: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both parts on the first `top` principal components of the standardised training part
+    (StandardScaler, then PCA with the full SVD, fitted on `train` only). A component's sign is
+    arbitrary, and the distances every classifier here uses do not depend on it."""
+    mean = train.mean(axis=0)
+    spread = train.std(axis=0)
+    spread[spread == 0] = 1.0
+    scaled_train = (train - mean) / spread
+    centre = scaled_train.mean(axis=0)
+    _, _, components = np.linalg.svd(scaled_train - centre, full_matrices=False)
+    basis = components[:top].T
+    return (scaled_train - centre) @ basis, ((test - mean) / spread - centre) @ basis
+
+
+def _separation_predictions(
+    z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray, n_classes: int, neighbours: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(nearest-centroid predictions, k-NN predictions, the columns whose k-NN a tie decides)
+    on the first k components, each prediction (n_test, K) for every k = 1..K at once.
+
+    Nearest centroid as sklearn's NearestCentroid (the closest class mean, ties to the first
+    class); uniform k-NN as KNeighborsClassifier (the majority of the `neighbours` nearest
+    training rows, ties to the first class). A prefix of the components is a prefix of each
+    squared distance's sum, so one cumulative sum serves every k. Where training rows tie at
+    the last neighbour's distance (duplicate vectors), which of them count is the order of
+    scikit-learn's search tree: those k are returned for `_tied_knn`."""
+    present = np.unique(y_train)
+    centroids = np.stack([z_train[y_train == c].mean(axis=0) for c in present])
+    to_centroid = np.cumsum((z_test[:, None, :] - centroids[None, :, :]) ** 2, axis=2)
+    nearest_class = present[to_centroid.argmin(axis=1)]  # (n_test, K)
+    to_train = np.cumsum((z_test[:, None, :] - z_train[None, :, :]) ** 2, axis=2)
+    k = min(neighbours, len(z_train))
+    order = np.argsort(to_train, axis=1, kind="stable")  # (n_test, n_train, K)
+    votes = np.zeros((len(z_test), z_train.shape[1], n_classes), dtype=np.int64)
+    np.add.at(
+        votes,
+        (np.arange(len(z_test))[:, None, None], np.arange(z_train.shape[1])[None, None, :],
+         y_train[order[:, :k, :]]),
+        1,
+    )  # fmt: skip
+    tied = np.zeros(0, dtype=np.int64)
+    if k < len(z_train):  # the k-th and (k+1)-th at one distance, and of different classes
+        ranked = np.take_along_axis(to_train, order[:, k - 1 : k + 1, :], axis=1)
+        at_boundary = to_train == ranked[:, :1, :]
+        labels = y_train[None, :, None]
+        mixed = np.where(at_boundary, labels, n_classes).min(axis=1) != np.where(
+            at_boundary, labels, -1
+        ).max(axis=1)
+        tied = np.flatnonzero(((ranked[:, 0] == ranked[:, 1]) & mixed).any(axis=0))
+    return nearest_class, votes.argmax(axis=2), tied
+
+
+def _tied_knn(
+    train: np.ndarray,
+    y_train: np.ndarray,
+    test: np.ndarray,
+    top: int,
+    columns: np.ndarray,
+    neighbours: int,
+) -> np.ndarray:
+    """k-NN predictions (n_test, len(columns)) by scikit-learn's own scaler, PCA and
+    classifier, for the k where a tie makes its search order matter."""
+    scaler = StandardScaler().fit(train)
+    pca = PCA(n_components=top, svd_solver="full").fit(scaler.transform(train))
+    z_train = pca.transform(scaler.transform(train))
+    z_test = pca.transform(scaler.transform(test))
+    k = min(neighbours, len(train))
+    return np.stack(
+        [
+            KNeighborsClassifier(n_neighbors=k)
+            .fit(z_train[:, : column + 1], y_train)
+            .predict(z_test[:, : column + 1])
+            for column in columns
+        ],
+        axis=1,
+    )
 
 
 def components_to_separate(
