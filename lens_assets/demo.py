@@ -28,6 +28,31 @@ EXAMPLE_QUERIES = (
         "ORDER BY cosine DESC, i.path LIMIT 3",
     ),
     (
+        "What the tutor learnt, beside its random twin tiny-llava, on one-object scenes it never "
+        "saw (clevr-single): answers with the real image and with a white one (the blind test)",
+        "SELECT concept, model, n_real AS questions, round(accuracy_real, 2) AS real_image, "
+        "round(accuracy_blank, 2) AS white_image, round(tv_real_blank, 2) AS tv_real_vs_white "
+        "FROM blind_test WHERE dataset = 'clevr-single' AND model IN ('tutor', 'tiny-llava') "
+        "ORDER BY concept, model DESC",
+    ),
+    (
+        "Which layers encode colour in clevr-single (linear probe, 5-fold CV, best pooling), "
+        "the tutor beside its random twin",
+        "SELECT layer, round(max(accuracy) FILTER (WHERE model = 'tutor'), 2) AS tutor, "
+        "round(max(accuracy) FILTER (WHERE model = 'tiny-llava'), 2) AS tiny_llava "
+        "FROM probe_results WHERE dataset = 'clevr-single' AND concept = 'colour' "
+        "AND probe = 'linear' GROUP BY layer ORDER BY layer",
+    ),
+    (
+        "The answers against what the layers encode (clevr-single): where the layers know more "
+        "than the model says",
+        "SELECT concept, model, round(answer_accuracy, 2) AS answers, "
+        "round(probe_accuracy, 2) AS best_probe, peak_layer, "
+        "round(competence_gap, 2) AS gap FROM behaviour_vs_competence "
+        "WHERE dataset = 'clevr-single' AND model IN ('tutor', 'tiny-llava') "
+        "AND probe_concept = concept ORDER BY concept, model DESC",
+    ),
+    (
         "The efficiency table",
         "SELECT model, dataset, n_images AS rows, batch_size, round(seconds, 3) AS seconds, "
         "round(per_image_seconds * 1000, 2) AS ms_per_row, "

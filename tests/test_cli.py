@@ -234,7 +234,7 @@ def test_demo_runs_end_to_end_from_a_fresh_warehouse(tmp_path: Path) -> None:
     command = [str(lens_bin)] if lens_bin.exists() else [sys.executable, "-m", "lens_assets.cli"]
     done = subprocess.run([*command, "demo"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    for step in ("images", "tiny-llava", "tiny-qwen2-vl", "tiny-clip"):
+    for step in ("images", "tiny-llava", "tiny-qwen2-vl", "tiny-clip", "tutor"):
         assert f"  {step}: materialized" in done.stdout
         # Progress as it goes: each partition when it starts, and what it materialized.
         assert f"... {step}: materializing " in done.stdout
@@ -250,7 +250,7 @@ def test_demo_runs_end_to_end_from_a_fresh_warehouse(tmp_path: Path) -> None:
     for asset in ("activations", "probe_results", "interpretability"):
         begun = done.stdout.index(f"    tiny-llava: {asset} ...")
         assert opened < begun < done.stdout.index(f"    tiny-llava: {asset} done in ") < closed
-    assert done.stdout.count('lens sql "') == 3
+    assert done.stdout.count('lens sql "') == 6
     # The UI command it prints is the README's, with the port named.
     assert f"LENS_WAREHOUSE={tmp_path / 'demo-wh'} dagster dev -p 3000" in done.stdout
     assert "dagster dev -p 3000" in (REPO / "README.md").read_text()
@@ -258,7 +258,8 @@ def test_demo_runs_end_to_end_from_a_fresh_warehouse(tmp_path: Path) -> None:
     datasets = lens("sql", "SELECT DISTINCT dataset FROM activations ORDER BY 1", "--format",
                     "csv", "--warehouse", str(tmp_path / "demo-wh"))  # fmt: skip
     assert datasets.stdout.splitlines()[1:] == [
-        "blank-clevr", "clevr-lite", "colours", "correspondence", "odd-one-out", "stroop",
+        "blank-clevr", "blank-clevr-single", "clevr-lite", "clevr-single", "colours",
+        "correspondence", "odd-one-out", "stroop",
     ]  # fmt: skip
     # rows, not images: the odd one out is one row of four images, asked in one prompt
     widest = lens("sql", "SELECT max(len(image_ids)) AS n FROM activations "
@@ -267,8 +268,14 @@ def test_demo_runs_end_to_end_from_a_fresh_warehouse(tmp_path: Path) -> None:
     assert widest.stdout.splitlines()[1] == "4"
     solved = lens("sql", "SELECT DISTINCT model FROM vision_vs_vlm ORDER BY 1", "--format", "csv",
                   "--warehouse", str(tmp_path / "demo-wh"))  # fmt: skip
-    # the three tiny models (the shipped tutor is off by default: it does not learn yet)
-    assert solved.stdout.splitlines()[1:] == ["tiny-clip", "tiny-llava", "tiny-qwen2-vl"]
+    # the three tiny models and the tutor, trained from tiny-llava by the demo itself
+    assert solved.stdout.splitlines()[1:] == ["tiny-clip", "tiny-llava", "tiny-qwen2-vl", "tutor"]
+    # The tutor has learnt colour (chance 1/8) on scenes it never saw; its random twin has not.
+    colour = lens("sql", "SELECT model, accuracy FROM answer_accuracy WHERE dataset = "
+                  "'clevr-single' AND concept = 'colour' ORDER BY model", "--format", "csv",
+                  "--warehouse", str(tmp_path / "demo-wh"))  # fmt: skip
+    accuracy = dict(line.split(",") for line in colour.stdout.splitlines()[1:])
+    assert float(accuracy["tutor"]) >= 0.6 > 0.3 >= float(accuracy["tiny-llava"])
     assert (tmp_path / "demo-wh" / "models" / "tiny-qwen2-vl" / "model.safetensors").is_file()
 
 

@@ -119,13 +119,16 @@ def test_a_disabled_config_gets_no_partition_but_still_parses(tmp_path: Path) ->
     assert load_model_config(models / "off.yaml").enabled is False
 
 
-def test_the_repo_enables_only_the_three_demo_models() -> None:
-    """Three plain models; the shipped tutor tuning config is there but off (`enabled: false`)."""
+def test_the_repo_enables_the_three_demo_models_and_the_tutor() -> None:
+    """Three plain models and the tutor, trained from tiny-llava; the tutor's six variants are
+    shipped off (`enabled: false`): the study's comparison is run on purpose, not by the demo."""
     from lens_assets.catalog import model_configs
 
-    assert sorted(model_configs()) == ["tiny-clip", "tiny-llava", "tiny-qwen2-vl"]
+    assert sorted(model_configs()) == ["tiny-clip", "tiny-llava", "tiny-qwen2-vl", "tutor"]
+    assert model_configs()["tutor"].kind == "tuning"
     everything = model_configs(include_disabled=True)
-    assert everything["tutor"].kind == "tuning"
+    variants = sorted(name for name in everything if name.startswith("tutor-"))
+    assert len(variants) == 6 and all(everything[v].kind == "tuning" for v in variants)
 
 
 def test_a_disabled_tuning_config_gets_no_partition(tmp_path: Path) -> None:
