@@ -19,6 +19,7 @@ BENCHMARKS = {
     "scale_out": "benchmarks.scale_out",
     "interpretability": "benchmarks.interpretability",
     "readback": "benchmarks.readback",
+    "demo": "benchmarks.demo",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
