@@ -6,7 +6,8 @@ second model's partition and three more layers of the same model, so a read must
 files and row groups. Then, in interleaved rounds (the median of each is reported):
 - the limit: `np.load` of the same matrix from a `.npy` file;
 - the fast path (`resources.reads`, what `load_vectors` and so every analysis uses) on the
-  process's open read-only handle;
+  process's open read-only handle: the layer read again; a layer not read before (the
+  lake's file list and footers known, its pages not); and with nothing kept but the handle;
 - the SQL route on the same handle (DuckDB reads the rows, Arrow makes the matrix);
 - the old route: `Warehouse.fetch_arrow` (a new connection, so an attach, per read), as
   `load_vectors` read before;
@@ -93,6 +94,20 @@ def sorted_by_key(vectors: np.ndarray) -> np.ndarray:
     return vectors[np.argsort(np.array(keys))]
 
 
+def first_read(warehouse: Warehouse, selection: reads.Selection) -> np.ndarray:
+    """The fast path on the open handle for a layer not read before: the lake's file list and
+    footers are known (another layer was read), its pages' layout and mapping are not."""
+    reads.clear_caches(pages_only=True)
+    return reads.read_vectors(warehouse, selection).matrix
+
+
+def cold_read(warehouse: Warehouse, selection: reads.Selection) -> np.ndarray:
+    """The fast path on the open handle with nothing kept from earlier reads: the file list
+    asked of the lake, every footer read, the pages parsed and mapped."""
+    reads.clear_caches()
+    return reads.read_vectors(warehouse, selection).matrix
+
+
 def old_route(warehouse: Warehouse, params: list[str]) -> np.ndarray:
     """As `load_vectors` read before: a new read-only connection (an attach) per read, the
     rows through DuckDB, the matrix through Arrow."""
@@ -157,6 +172,8 @@ def run(quick: bool = False, out_dir: Path | None = None) -> dict[str, Any]:
         routes: dict[str, Callable[[], np.ndarray]] = {
             "npy": lambda: np.load(root / "layer.npy"),
             "fast": lambda: reads.read_vectors(warehouse, selection).matrix,
+            "fast_first_read": lambda: first_read(warehouse, selection),
+            "fast_cold": lambda: cold_read(warehouse, selection),
             "sql_open_handle": lambda: reads.read_vectors(warehouse, selection, fast=False).matrix,
             "old_route": lambda: old_route(warehouse, params),
             "lens_sql_arrow": lambda: warehouse.fetch_arrow(PROJECTION, params),
@@ -208,6 +225,9 @@ def run(quick: bool = False, out_dir: Path | None = None) -> dict[str, Any]:
         "correct": correct,
         "targets": {
             "fast_mb_per_s_at_least_1000": megabytes / statistics.median(times["fast"]) >= 1000,
+            "fast_first_read_mb_per_s_at_least_1000": megabytes
+            / statistics.median(times["fast_first_read"])
+            >= 1000,
             "open_path_read_under_0_1_s": statistics.median(times["fast"]) < 0.1,
         },
     }
@@ -219,6 +239,7 @@ def run(quick: bool = False, out_dir: Path | None = None) -> dict[str, Any]:
         "fast_mb_per_s": round(report["routes"]["fast"]["mb_per_s"]),
         "npy_mb_per_s": round(report["routes"]["npy"]["mb_per_s"]),
         "fast_ratio_to_npy": round(report["routes"]["fast"]["ratio_to_npy"], 2),
+        "fast_first_read_mb_per_s": round(report["routes"]["fast_first_read"]["mb_per_s"]),
         "open_path_read_s": round(report["open_path_read_s"], 4),
         "correct": all(correct.values()),
     }
@@ -232,7 +253,9 @@ def _same(result: Any, expected: np.ndarray) -> bool:
 
 NAMES = {
     "npy": "`.npy` file (`np.load`): the limit",
-    "fast": "fast path (`load_vectors`, every analysis), open handle",
+    "fast": "fast path (`load_vectors`, every analysis), open handle, the layer read again",
+    "fast_first_read": "fast path, open handle, a layer not read before",
+    "fast_cold": "fast path, open handle, nothing kept (file list asked, footers read)",
     "sql_open_handle": "SQL route on the same open handle",
     "old_route": "old route (`fetch_arrow` per read: attach + SQL + Arrow)",
     "lens_sql_arrow": "`lens sql` route, plain projection, to Arrow",
@@ -266,7 +289,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"another commit (the file list asked again): {report['read_after_a_commit_s']:.4f} s.",
         "",
         f"Targets: fast path at 1 GB/s or more: "
-        f"{report['targets']['fast_mb_per_s_at_least_1000']}; a read on an open path under "
+        f"{report['targets']['fast_mb_per_s_at_least_1000']} (a layer read again), "
+        f"{report['targets']['fast_first_read_mb_per_s_at_least_1000']} (its first read); "
+        "a read on an open path under "
         f"0.1 s: {report['targets']['open_path_read_under_0_1_s']}.",
         "",
     ]

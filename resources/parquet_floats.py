@@ -97,10 +97,11 @@ class _Unsupported(Exception):
 
 
 def read_float_lists(
-    file: pa.NativeFile, column: pq.ColumnChunkMetaData, schema: pq.ColumnSchema
+    file: pa.NativeFile | pa.Buffer, column: pq.ColumnChunkMetaData, schema: pq.ColumnSchema
 ) -> FloatLists | None:
-    """The float lists of one column chunk (`column`, described by `schema`) of the open
-    Parquet `file`, or None where the chunk is laid out in a way this reader does not take."""
+    """The float lists of one column chunk (`column`, described by `schema`) of a Parquet
+    file (open, or all its bytes), or None where the chunk is laid out in a way this reader
+    does not take."""
     try:
         return _read(file, column, schema)
     except (_Unsupported, IndexError, ValueError):
@@ -108,7 +109,7 @@ def read_float_lists(
 
 
 def _read(
-    file: pa.NativeFile, column: pq.ColumnChunkMetaData, schema: pq.ColumnSchema
+    file: pa.NativeFile | pa.Buffer, column: pq.ColumnChunkMetaData, schema: pq.ColumnSchema
 ) -> FloatLists:
     if schema.physical_type != "FLOAT" or schema.max_repetition_level != 1:
         raise _Unsupported("not a list of float32")
@@ -119,8 +120,11 @@ def _read(
     start = column.data_page_offset
     if column.dictionary_page_offset is not None and column.has_dictionary_page:
         raise _Unsupported("dictionary-encoded")
-    file.seek(start)
-    chunk = file.read_buffer(column.total_compressed_size)  # a view where the file is mapped
+    if isinstance(file, pa.Buffer):
+        chunk = file.slice(start, column.total_compressed_size)
+    else:
+        file.seek(start)
+        chunk = file.read_buffer(column.total_compressed_size)  # a view where it is mapped
     view = memoryview(chunk)
     values: list[np.ndarray] = []
     starts: list[np.ndarray] = []

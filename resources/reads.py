@@ -33,7 +33,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import duckdb
@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from lens_assets.resources.connection import LAKE, WarehouseConnection
-from lens_assets.resources.parquet_floats import read_float_lists
+from lens_assets.resources.parquet_floats import FloatLists, read_float_lists
 from numpy.lib.stride_tricks import as_strided
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,17 @@ def list_column_to_matrix(column: pa.ChunkedArray | pa.Array, where: str) -> np.
     return matrix.reshape(len(column), dim)
 
 
+def clear_caches(pages_only: bool = False) -> None:
+    """Forget what earlier reads kept: the page layouts and mapped files (`pages_only`: a
+    layer not read before, in a process that knows the lake's files), or everything (file
+    lists, footers, delete files too: a process's first read). For benchmarks."""
+    global _FILES
+    if pages_only:
+        _FILES.forget_pages()
+    else:
+        _FILES = _FileReader()
+
+
 def close_readers() -> None:
     """Close the cached read-only handles (tests; a process that moves its warehouse)."""
     with _HANDLES_LOCK:
@@ -217,17 +228,13 @@ def _handle(source: WarehouseConnection) -> _Handle:
     return handle
 
 
-def _identity(warehouse: WarehouseConnection) -> tuple[int, int] | None:
-    """Which file an embedded catalog is (device, inode): a warehouse removed and made again
-    at the same path is another one, and a handle on the old file would read the old lake."""
-    catalog = warehouse.location.catalog
-    if not catalog.startswith("sqlite:"):
-        return None
+def _identity(warehouse: WarehouseConnection) -> tuple[int, str] | None:
+    """Which lake an embedded catalog holds: a warehouse removed and made again at the same
+    path is another one, and a handle attached to the old one would read the old lake."""
     try:
-        status = os.stat(catalog.removeprefix("sqlite:"))
-    except OSError:
+        return _catalog_state(warehouse.location.catalog).lake
+    except _Fallback:
         return None
-    return status.st_dev, status.st_ino
 
 
 # -- the fast path ------------------------------------------------------------------------------
@@ -271,12 +278,19 @@ class _FileReader:
         self._files = _LRU(8)
         self._footers = _LRU(4096)
         self._deleted = _LRU(1024)
+        self._layouts = _LRU(1024)
+        self._maps = _LRU(16)  # mapped data files: a layer read again finds its pages mapped
 
     def read(self, con: duckdb.DuckDBPyConnection, selection: Selection) -> Vectors:
         catalog = _catalog_of(con)
-        snapshot = _latest_snapshot(con, catalog)
+        state = _catalog_state(catalog)  # read straight from the SQLite file: ~0.2 ms
+        if state.inlined:
+            raise _Fallback("rows inlined in the catalog")
+        snapshot = state.latest
         with self._lock:
-            files = self._files.get_or((catalog, snapshot), lambda: _list_files(con, snapshot))
+            files = self._files.get_or(
+                (catalog, state.lake, snapshot), lambda: _list_files(con, snapshot)
+            )
         pieces: list[_Piece] = []
         try:
             for file in files:
@@ -288,6 +302,29 @@ class _FileReader:
     def _footer(self, path: str) -> _Footer:
         with self._lock:
             return self._footers.get_or(path, lambda: _read_footer(path))
+
+    def forget_pages(self) -> None:
+        with self._lock:
+            self._layouts.clear()
+            self._maps.clear()
+
+    def layout(self, file: _Opened, footer: _Footer, index: int) -> FloatLists | None:
+        """A row group's vector pages: where each list starts and where each page's floats
+        lie in the file. Kept per (file, row group) where the floats are the file's own bytes,
+        so a layer read again skips the page headers and levels; the floats are not kept."""
+        with self._lock:
+            known = self._layouts.get((file.path, index))
+        if known is not None:
+            return known
+        leaf = footer.columns["vector"]
+        group = footer.metadata.row_group(index)
+        lists = read_float_lists(
+            file.mapped, group.column(leaf), footer.metadata.schema.column(leaf)
+        )
+        if lists is not None and lists.page_bytes is not None:
+            with self._lock:
+                self._layouts[(file.path, index)] = replace(lists, pages=[])
+        return lists
 
     def _deleted_rows(self, path: str) -> np.ndarray:
         with self._lock:
@@ -308,7 +345,9 @@ class _FileReader:
         if not groups:
             return
         deleted = self._deleted_rows(file.delete_file) if file.delete_file else None
-        opened = _Opened(file.path, footer, list(equalities))
+        with self._lock:
+            mapped = self._maps.get_or(file.path, lambda: _mapped(file.path))
+        opened = _Opened(file.path, footer, list(equalities), mapped)
         try:
             for index in groups:
                 keys = opened.parquet.read_row_group(index, columns=[*equalities, "row_key"])
@@ -320,7 +359,8 @@ class _FileReader:
                 if not len(chosen):
                     continue
                 chosen_keys = keys.column("row_key").combine_chunks().take(pa.array(chosen))
-                yield _piece(opened, footer, index, chosen, chosen_keys, selection)
+                lists = self.layout(opened, footer, index)
+                yield _piece(opened, footer, index, chosen, chosen_keys, selection, lists)
         finally:
             opened.close()
 
@@ -346,25 +386,36 @@ def _catalog_of(con: duckdb.DuckDBPyConnection) -> str:
     return str(row[0])
 
 
-def _latest_snapshot(con: duckdb.DuckDBPyConnection, catalog: str) -> int:
-    """The id of the lake's latest snapshot: read straight from an embedded SQLite catalog,
-    where DuckLake would first read the catalog's tables and schema."""
-    if catalog.startswith("sqlite:"):
-        path = catalog.removeprefix("sqlite:")
-        try:
-            with contextlib.closing(
-                sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
-            ) as db:
-                snapshot = db.execute("SELECT max(snapshot_id) FROM ducklake_snapshot").fetchone()
-                inlined = db.execute("SELECT count(*) FROM ducklake_inlined_data_tables").fetchone()
-        except sqlite3.Error as error:
-            raise _Fallback(f"cannot read the catalog {path}: {error}") from None
-        if inlined and inlined[0]:
-            raise _Fallback("rows inlined in the catalog")
-        if snapshot and snapshot[0] is not None:
-            return int(snapshot[0])
+@dataclass(frozen=True)
+class _CatalogState:
+    """What an embedded catalog says now: which lake it is (its oldest snapshot's id and time:
+    a lake made again at the same path is another one, whatever its file), its latest
+    snapshot, and whether it holds rows inlined in the catalog rather than in files."""
+
+    lake: tuple[int, str]
+    latest: int
+    inlined: bool
+
+
+def _catalog_state(catalog: str) -> _CatalogState:
+    if not catalog.startswith("sqlite:"):
+        raise _Fallback("not an embedded catalog")
+    path = catalog.removeprefix("sqlite:")
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+        ) as db:
+            oldest = db.execute(
+                "SELECT snapshot_id, CAST(snapshot_time AS TEXT) FROM ducklake_snapshot "
+                "ORDER BY snapshot_id LIMIT 1"
+            ).fetchone()
+            latest = db.execute("SELECT max(snapshot_id) FROM ducklake_snapshot").fetchone()
+            inlined = db.execute("SELECT count(*) FROM ducklake_inlined_data_tables").fetchone()
+    except sqlite3.Error as error:
+        raise _Fallback(f"cannot read the catalog {path}: {error}") from None
+    if oldest is None or latest is None or latest[0] is None:
         raise _Fallback("no snapshot yet")
-    raise _Fallback("not an embedded catalog")
+    return _CatalogState((int(oldest[0]), str(oldest[1])), int(latest[0]), bool(inlined[0]))
 
 
 def _list_files(con: duckdb.DuckDBPyConnection, snapshot: int) -> list[_File]:
@@ -466,12 +517,11 @@ def _piece(
     chosen: np.ndarray,
     keys: pa.Array,
     selection: Selection,
+    lists: FloatLists | None,
 ) -> _Piece:
-    """The chosen rows' vectors of one row group: from its pages where the page reader takes
-    them, else through Arrow."""
-    leaf = footer.columns["vector"]
+    """The chosen rows' vectors of one row group: from its pages (`lists`) where the page
+    reader takes them, else through Arrow."""
     group = footer.metadata.row_group(index)
-    lists = read_float_lists(file.mapped, group.column(leaf), footer.metadata.schema.column(leaf))
     if lists is None or len(lists.offsets) - 1 != group.num_rows:
         column = file.parquet.read_row_group(index, columns=["vector"]).column("vector")
         matrix = list_column_to_matrix(column.take(pa.array(chosen)), str(selection))
@@ -487,6 +537,10 @@ def _piece(
         )
     dim = int(widths[0])
     offsets = lists.file_offsets(chosen, dim) if dim else None
+    if offsets is None and not lists.pages:  # a kept layout holds no floats: read them again
+        lists = _pages(file, footer, index)
+        if lists is None:
+            raise _Fallback("a row group read differently the second time")
     return _Piece(
         keys,
         dim,
@@ -497,29 +551,41 @@ def _piece(
     )
 
 
-class _Opened:
-    """A data file opened for one read: Arrow's reader for the keys, and its bytes mapped."""
+def _pages(file: _Opened, footer: _Footer, index: int) -> FloatLists | None:
+    leaf = footer.columns["vector"]
+    column = footer.metadata.row_group(index).column(leaf)
+    return read_float_lists(file.mapped, column, footer.metadata.schema.column(leaf))
 
-    def __init__(self, path: str, footer: _Footer, keys: Sequence[str]) -> None:
+
+class _Opened:
+    """A data file opened for one read: its bytes (mapped, and kept mapped for the next read
+    of the same file), Arrow's reader for the keys over them."""
+
+    def __init__(self, path: str, footer: _Footer, keys: Sequence[str], mapped: pa.Buffer) -> None:
         self.path = path
+        self.mapped = mapped
         self.parquet = pq.ParquetFile(
-            path, metadata=footer.metadata, memory_map=True, read_dictionary=list(keys)
+            pa.BufferReader(mapped), metadata=footer.metadata, read_dictionary=list(keys)
         )
-        self.mapped = pa.memory_map(path)  # views of it outlive the read: left to the GC
         self._bytes: np.ndarray | None = None
 
     def rows(self, dim: int) -> np.ndarray:
         """The file's bytes as overlapping rows of `dim` float32, one starting at each byte:
         `rows(dim)[offset]` is the vector whose first float lies at `offset`."""
         if self._bytes is None:
-            self.mapped.seek(0)
-            self._bytes = np.frombuffer(self.mapped.read_buffer(), dtype=np.uint8)
+            self._bytes = np.frombuffer(self.mapped, dtype=np.uint8)
         width = 4 * dim
         count = max(len(self._bytes) - width + 1, 0)
         return as_strided(self._bytes, shape=(count, width), strides=(1, 1)).view("<f4")
 
     def close(self) -> None:
         self.parquet.close()
+
+
+def _mapped(path: str) -> pa.Buffer:
+    """The whole file, memory-mapped (a view: nothing is read until touched)."""
+    with pa.memory_map(path) as file:
+        return file.read_buffer()
 
 
 def _assemble(pieces: Sequence[_Piece], selection: Selection) -> Vectors:
