@@ -123,6 +123,7 @@ def maintain_until(root: str, done: multiprocessing.Event) -> None:  # type: ign
         warehouse.maintain(orphans_older_than_hours=0)
 
 
+@pytest.mark.slow
 def test_maintain_racing_writers_in_a_loop_leaves_every_partition_readable(
     tmp_path: Path,
 ) -> None:

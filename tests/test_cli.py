@@ -227,6 +227,7 @@ def test_maintain_reports_what_it_removed(llava_config: Path, tmp_path: Path) ->
     assert removed >= 1
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_from_a_fresh_warehouse(tmp_path: Path) -> None:
     """The README's quick start: the installed `lens` entry point, in a fresh process."""
     env = {**os.environ, "LENS_WAREHOUSE": str(tmp_path / "demo-wh")}
@@ -317,6 +318,7 @@ def embedded_warehouse(root: Path, llava_config: Path, monkeypatch: pytest.Monke
     return root
 
 
+@pytest.mark.slow
 def test_copy_warehouse_moves_tables_and_images_and_keeps_the_source(
     llava_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

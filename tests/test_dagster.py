@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,14 +90,18 @@ def new_project(
     configs = tmp_path / "configs"
     (configs / "datasets").mkdir(parents=True)
     (configs / "datasets" / "shapes.yaml").write_text("kind: shapes\nsize: 4\nseed: 1\n")
-    monkeypatch.setenv("LENS_CONFIGS", str(configs))
-    monkeypatch.setenv("LENS_WAREHOUSE", str(tmp_path / "warehouse"))
-    return Project(
-        configs,
-        Warehouse.at(tmp_path / "warehouse"),
-        dg.DagsterInstance.ephemeral(),
-        tiny_dir or tmp_path / "no-models",
+    return project_at(
+        tmp_path, monkeypatch, tiny_dir or tmp_path / "no-models", dg.DagsterInstance.ephemeral()
     )
+
+
+def project_at(
+    root: Path, monkeypatch: pytest.MonkeyPatch, tiny_dir: Path, instance: dg.DagsterInstance
+) -> Project:
+    """The project whose configs and warehouse are in `root`."""
+    monkeypatch.setenv("LENS_CONFIGS", str(root / "configs"))
+    monkeypatch.setenv("LENS_WAREHOUSE", str(root / "warehouse"))
+    return Project(root / "configs", Warehouse.at(root / "warehouse"), instance, tiny_dir)
 
 
 @pytest.fixture
@@ -104,6 +110,36 @@ def project(tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> 
     project.add_model("tiny-llava", "llava")
     project.add_model("tiny-clip", "clip")
     return project
+
+
+@pytest.fixture(scope="module")
+def materialized_once(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Path:
+    """`project` with every asset materialized, built once for the module with its Dagster
+    instance in its folder (`dagster/`): the tests that start from there copy it."""
+    root = tmp_path_factory.mktemp("materialized")
+    (root / "dagster").mkdir()
+    (root / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        project = new_project(root, monkeypatch, tiny_dir)
+        project.instance = dg.DagsterInstance.from_config(str(root / "dagster"))
+        project.add_model("tiny-llava", "llava")
+        project.add_model("tiny-clip", "clip")
+        sync_configs(project.instance)
+        project.materialize()
+        project.instance.dispose()
+    return root
+
+
+@pytest.fixture
+def materialized(
+    materialized_once: Path, tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Project]:
+    """`project`, materialized: a copy of `materialized_once` of its own (configs, warehouse
+    and Dagster instance; a copied warehouse follows its folder)."""
+    root = shutil.copytree(materialized_once, tmp_path / "project")
+    instance = dg.DagsterInstance.from_config(str(root / "dagster"))
+    yield project_at(root, monkeypatch, tiny_dir, instance)
+    instance.dispose()
 
 
 @pytest.fixture
@@ -138,6 +174,7 @@ def test_definitions_load_as_one_code_location() -> None:
     assert defs.resolve_sensor_def("model_configs_sensor") is not None
 
 
+@pytest.mark.slow
 def test_adding_a_model_config_adds_one_partition_and_runs_only_that_model(
     project: Project,
 ) -> None:
@@ -160,9 +197,9 @@ def test_adding_a_model_config_adds_one_partition_and_runs_only_that_model(
     assert project.partition_files("tiny-qwen2-vl")
 
 
-def test_editing_a_config_makes_only_its_partition_stale(project: Project) -> None:
-    sync_configs(project.instance)
-    project.materialize()
+@pytest.mark.slow
+def test_editing_a_config_makes_only_its_partition_stale(materialized: Project) -> None:
+    project = materialized
     resolver = stale_resolver(project.instance)
     assert resolver.get_status(ACTIVATIONS, "tiny-clip") == StaleStatus.FRESH
 
@@ -175,12 +212,11 @@ def test_editing_a_config_makes_only_its_partition_stale(project: Project) -> No
 
 
 def test_a_new_model_config_is_requested_by_automation_without_a_click(
-    project: Project,
+    materialized: Project,
 ) -> None:
     from lens_assets import defs
 
-    sync_configs(project.instance)
-    project.materialize()
+    project = materialized
     first = dg.evaluate_automation_conditions(defs=defs, instance=project.instance)
     assert not first.get_requested_partitions(ACTIVATIONS)
 
@@ -192,6 +228,7 @@ def test_a_new_model_config_is_requested_by_automation_without_a_click(
     assert second.get_requested_partitions(ACTIVATIONS) == {"tiny-qwen2-vl"}
 
 
+@pytest.mark.slow
 def test_checks_pass_on_a_sound_partition_and_fail_on_a_corrupted_one(
     project: Project,
 ) -> None:
@@ -228,9 +265,8 @@ def test_checks_pass_on_a_sound_partition_and_fail_on_a_corrupted_one(
     assert found["one_dim_per_layer"].passed
 
 
-def test_materializations_report_what_the_ui_shows(project: Project) -> None:
-    sync_configs(project.instance)
-    project.materialize()
+def test_materializations_report_what_the_ui_shows(materialized: Project) -> None:
+    project = materialized
     event = project.instance.get_latest_materialization_event(ACTIVATIONS)
     assert event is not None and event.asset_materialization is not None
     metadata = event.asset_materialization.metadata
@@ -251,6 +287,7 @@ def _dagster(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_headless_cli_materializes_two_partitions_at_once(project: Project, tmp_path: Path) -> None:
     """Two `dagster asset materialize` runs (multiprocess executor) write the same warehouse
     at the same time: both land whole, no lock error reaches the user."""
@@ -278,6 +315,7 @@ def test_headless_cli_materializes_two_partitions_at_once(project: Project, tmp_
     assert plan(instance, {"activations"}).models == []
 
 
+@pytest.mark.slow
 def test_answers_probes_and_behaviour_against_competence_land(project: Project) -> None:
     (project.configs / "datasets" / "shapes.yaml").write_text("kind: shapes\nsize: 12\nseed: 1\n")
     (project.configs / "probing.yaml").write_text("kinds: [linear]\nfolds: 3\npermutations: 20\n")
@@ -361,6 +399,7 @@ def test_blind_test_sets_blank_answers_beside_real_ones(project: Project) -> Non
         assert 0 <= row[key] <= 1
 
 
+@pytest.mark.slow
 def test_concept_similarity_measures_the_stroop_cues_per_layer(project: Project) -> None:
     (project.configs / "datasets" / "stroop.yaml").write_text("kind: stroop\nsize: 24\n")
     sync_configs(project.instance)
@@ -452,6 +491,7 @@ def test_vision_vs_vlm_solves_the_visual_tasks_at_every_layer_beside_the_answers
     assert "accuracy_by_layer" in metadata and "vlm_not_asked" in metadata
 
 
+@pytest.mark.slow
 def test_interpretability_fills_its_five_tables_and_skips_a_dual_encoder(
     project: Project,
 ) -> None:

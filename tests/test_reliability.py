@@ -100,6 +100,7 @@ def wait_for_staging(warehouse: Path, process: subprocess.Popen[str]) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_extraction_keeps_the_previous_partition_and_a_rerun_completes_it(
     tmp_path: Path, tiny_dir: Path
 ) -> None:
@@ -137,6 +138,7 @@ def lens_sql_counts(root: Path) -> tuple[int, int]:
     return counts["n"], counts["images"]
 
 
+@pytest.mark.slow
 def test_readers_see_the_old_partition_or_the_new_one_never_a_mix(
     tmp_path: Path, tiny_dir: Path
 ) -> None:
@@ -199,6 +201,7 @@ def folder_ids(folder: Path) -> set[str]:
     return {content_id(path.read_bytes()) for path in folder.glob("*.png")}
 
 
+@pytest.mark.slow
 def test_two_lens_extract_processes_on_different_models_both_land(
     tmp_path: Path, tiny_dir: Path
 ) -> None:
@@ -229,6 +232,7 @@ def test_two_lens_extract_processes_on_different_models_both_land(
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_two_lens_extract_processes_on_the_same_model_leave_one_whole_result(
     tmp_path: Path, tiny_dir: Path
 ) -> None:

@@ -81,6 +81,7 @@ def vectors(warehouse: Warehouse, model: str) -> dict[tuple[str, str, str], np.n
     return {(r["layer"], r["pooling"], r["row_key"]): np.array(r["vector"]) for r in table}
 
 
+@pytest.mark.slow
 def test_a_tuned_model_trains_first_then_runs_like_any_model(project: Project) -> None:
     sync_configs(project.instance)
     assert sorted(project.instance.get_dynamic_partitions("models")) == [BASE, TUNED]

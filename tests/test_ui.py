@@ -72,6 +72,7 @@ def show_asset_nodes(driver: WebDriver, names: set[str], patience: float = 600) 
     return wait.until(shown)
 
 
+@pytest.mark.slow
 def test_asset_graph_shows_the_assets(tmp_path: Path) -> None:
     env = {"LENS_WAREHOUSE": str(tmp_path / "warehouse")}
     with (

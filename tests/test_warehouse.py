@@ -184,6 +184,7 @@ def test_other_errors_are_not_retried() -> None:
     assert len(attempts) == 1
 
 
+@pytest.mark.slow
 def test_concurrent_writers_each_land_whole(tmp_path: Path) -> None:
     root = tmp_path / "warehouse"
     with Warehouse.at(root).connect():
