@@ -1,25 +1,26 @@
 """Reading one layer's vectors at memory speed: the lake's files, not its SQL engine.
 
-DuckDB reads a `FLOAT[]` column at about 200 MB/s (it builds a list per row), and every query
+DuckDB reads a `FLOAT[]` column at 25-200 MB/s (it builds a list per row), and every query
 on a DuckLake first reads its catalog (5-40 ms). The vectors are immutable Parquet files, so
 the fast path asks the lake only which files make up its latest snapshot, and reads them
 itself:
 
-1. the latest snapshot id, straight from an embedded SQLite catalog (a fraction of a
-   millisecond; DuckLake's `ducklake_current_snapshot` elsewhere);
-2. that snapshot's data files and their delete files (`ducklake_list_files`), kept per
-   snapshot: when nothing was committed since the last read, nothing is asked again;
+1. which lake and which latest snapshot, straight from the embedded SQLite catalog (a
+   fraction of a millisecond);
+2. that snapshot's data files and their delete files (`ducklake_list_files`), kept per lake
+   and snapshot: when nothing was committed since the last read, nothing is asked again;
 3. each file's footer (kept per path: a data file never changes), whose row-group statistics
    on model, dataset, layer and pooling skip every row group that cannot hold the layer;
-4. the small key columns of the row groups left, minus the rows their delete file removes,
-   then the vectors of the rows chosen, straight from the Parquet pages
-   (`parquet_floats`), into one float32 matrix.
+4. the small key columns of the row groups left, minus the rows their delete file removes;
+5. the chosen rows' vectors, found in the pages of the `vector` column (`parquet_floats`;
+   each row group's page layout is kept, and the file stays mapped) and copied once, from
+   where they lie in the file to their place in the matrix.
 
 Rows come back sorted by `row_key`, as the SQL route (`sql_vectors`) returns them, and a
 reader sees every snapshot committed before its read. Where the fast path cannot vouch for
-its answer (data on object storage, encrypted files, data inlined in the catalog, a layout
-the page reader does not take, a file removed by maintenance while it was read), it falls
-back to that SQL route, which gives the same rows.
+its answer (a catalog in PostgreSQL, data on object storage, encrypted files, rows inlined in
+the catalog, a file removed by maintenance while it was read), it takes that SQL route, which
+gives the same rows; a page layout the page reader does not take is read through Arrow.
 """
 
 from __future__ import annotations
