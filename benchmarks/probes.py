@@ -33,9 +33,11 @@ from lens_assets.resources.warehouse import Warehouse
 
 from lens_assets.analyses.probing import ProbeSettings, probe_layers
 from lens_assets.analyses.reading import load_vectors
+from lens_assets.data.rows import row_key
 
 MODEL = "synthetic-vlm"
 DATASET = "synthetic-clevr"
+PROMPT = "Describe the image."
 POOLINGS = ("mean_image", "last")
 # concept -> (classes, depth at which it is most strongly encoded, peak strength); the last one
 # is never encoded.
@@ -126,18 +128,21 @@ def build_warehouse(
     directions = {
         name: _unit_rows(rng.normal(size=(k, scale.dim))) for name, (k, _, _) in concepts.items()
     }
+    # one row per image, keyed as extraction keys it; probes read the rows' labels
+    row_keys = [row_key([image_id], PROMPT) for image_id in image_ids]
     labels = pa.table(
         {
-            "image_id": image_ids * len(concepts),
             "dataset": [DATASET] * (scale.images * len(concepts)),
+            "row_key": row_keys * len(concepts),
             "concept": [name for name in concepts for _ in image_ids],
             "value": [f"{name}-{v}" for name in concepts for v in values[name]],
+            "role": ["concept"] * (scale.images * len(concepts)),
         }
     )
     stored = 0
     with warehouse.connect() as con:
         con.execute("BEGIN")
-        _insert(con, "image_labels", labels)
+        _insert(con, "row_labels", labels)
         for depth, layer in enumerate(_layer_names(scale)):
             position = depth / max(scale.layers - 1, 1)
             for pooling_index, pooling in enumerate(POOLINGS[: scale.poolings]):
@@ -146,7 +151,7 @@ def build_warehouse(
                     weight = strength * np.exp(-(((position - peak) / 0.25) ** 2))
                     weight *= 0.6 if pooling_index else 1.0  # `last` sees the concept less
                     vectors += (weight * directions[name][values[name]]).astype(np.float32)
-                _insert_activations(con, image_ids, layer, pooling, vectors)
+                _insert_activations(con, image_ids, row_keys, layer, pooling, vectors)
                 stored += vectors.nbytes
         con.execute("COMMIT")
     return stored
@@ -165,6 +170,7 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
 def _insert_activations(
     con: duckdb.DuckDBPyConnection,
     image_ids: list[str],
+    row_keys: list[str],
     layer: str,
     pooling: str,
     vectors: np.ndarray,
@@ -174,6 +180,7 @@ def _insert_activations(
     rows = pa.table(
         {
             "image_id": image_ids,
+            "row_key": row_keys,
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
         }
     )
@@ -181,12 +188,12 @@ def _insert_activations(
     con.execute(
         """
         INSERT INTO activations BY NAME  -- token_index, token_role, tile: NULL
-        SELECT ? AS model, 'synthetic' AS architecture, ? AS dataset, image_id,
-               'Describe the image.' AS prompt, ? AS layer, ? AS pooling, ? AS dim,
+        SELECT ? AS model, 'synthetic' AS architecture, ? AS dataset, image_id, row_key,
+               [image_id] AS image_ids, ? AS prompt, ? AS layer, ? AS pooling, ? AS dim,
                vector::FLOAT[] AS vector
         FROM incoming
         """,
-        [MODEL, DATASET, layer, pooling, dim],
+        [MODEL, DATASET, PROMPT, layer, pooling, dim],
     )
     con.unregister("incoming")
 
