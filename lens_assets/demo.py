@@ -41,7 +41,7 @@ EXAMPLE_QUERIES = (
         "SELECT layer, round(max(accuracy) FILTER (WHERE model = 'tutor'), 2) AS tutor, "
         "round(max(accuracy) FILTER (WHERE model = 'tiny-llava'), 2) AS tiny_llava "
         "FROM probe_results WHERE dataset = 'clevr-single' AND concept = 'colour' "
-        "AND probe = 'linear' GROUP BY layer ORDER BY layer",
+        "AND probe = 'linear' AND model IN ('tutor', 'tiny-llava') GROUP BY layer ORDER BY layer",
     ),
     (
         "The answers against what the layers encode (clevr-single): where the layers know more "

@@ -276,7 +276,7 @@ def test_demo_runs_end_to_end_from_a_fresh_warehouse(tmp_path: Path) -> None:
                   "'clevr-single' AND concept = 'colour' ORDER BY model", "--format", "csv",
                   "--warehouse", str(tmp_path / "demo-wh"))  # fmt: skip
     accuracy = dict(line.split(",") for line in colour.stdout.splitlines()[1:])
-    assert float(accuracy["tutor"]) >= 0.6 > 0.3 >= float(accuracy["tiny-llava"])
+    assert float(accuracy["tutor"]) >= 0.4 > 0.2 >= float(accuracy["tiny-llava"])
     assert (tmp_path / "demo-wh" / "models" / "tiny-qwen2-vl" / "model.safetensors").is_file()
 
 
