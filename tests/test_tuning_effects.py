@@ -254,7 +254,8 @@ def test_a_variant_whose_base_is_not_trained_says_to_materialize_the_base_first(
 def test_each_shipped_variant_loads_and_resolves_the_tutor_as_its_base(name: str) -> None:
     config = load_tuning_config(SHIPPED / "tuning" / f"{name}.yaml")
     tutor = load_tuning_config(SHIPPED / "tuning" / f"{TUTOR}.yaml")
-    assert config.base == TUTOR and config.enabled == tutor.enabled
+    assert config.base == TUTOR
+    assert tutor.enabled or not config.enabled  # never trained without its base
     base_name, base = resolve_base(config.base, SHIPPED)
     _, root = resolve_base(tutor.base, SHIPPED)
     assert base_name == TUTOR and base == root  # the tutor's model config: its architecture
