@@ -100,6 +100,7 @@ def compared(
         yield project, {row["model"]: row for row in rows}
 
 
+@pytest.mark.slow  # trains and compares the four partitions
 def test_each_tuned_model_has_one_row_beside_its_base_with_every_measure(
     compared: tuple[Project, dict[str, dict[str, Any]]],
 ) -> None:
@@ -234,6 +235,7 @@ def test_editing_the_base_tuning_config_restales_the_models_tuned_from_it(
         sync_configs(project.instance)
 
 
+@pytest.mark.slow
 def test_a_variant_whose_base_is_not_trained_says_to_materialize_the_base_first(
     tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
