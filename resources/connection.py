@@ -391,11 +391,6 @@ class WarehouseConnection:
         warehouse's tables), then run on a locked-down read-only connection, interrupted after
         `timeout` seconds and held to `memory_limit` (e.g. "4GiB") when they are given."""
         statement = checked_statement(sql)  # also inside a step's read-write session
-        from lens_assets.resources.reads import fetch_projection  # reads imports this module
-
-        projected = fetch_projection(self, statement, params)
-        if projected is not None:  # one layer's rows, plainly projected: read from its files
-            return projected
         with self.connect(read_only=True, memory_limit=memory_limit) as con:
             timer = threading.Timer(timeout, con.interrupt) if timeout else None
             if timer is not None:
