@@ -55,6 +55,12 @@ def new_database(extensions: Sequence[str]) -> duckdb.DuckDBPyConnection:
     return duckdb.connect()
 
 
+def read_catalog(path: str) -> contextlib.closing[sqlite3.Connection]:
+    """The embedded catalog's SQLite file, opened read-only (closed when the block ends): its
+    own metadata rows, read without attaching the lake."""
+    return contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60))
+
+
 def _is_retryable(error: Exception) -> bool:
     text = str(error).lower()
     return any(marker in text for marker in RETRYABLE)
@@ -199,9 +205,7 @@ class WarehouseConnection:
             return None
         catalog = self.location.catalog.removeprefix("sqlite:")
         try:
-            with contextlib.closing(
-                sqlite3.connect(f"file:{catalog}?mode=ro", uri=True, timeout=60)
-            ) as db:
+            with read_catalog(catalog) as db:
                 row = db.execute(
                     "SELECT value FROM ducklake_metadata WHERE key = 'data_path'"
                 ).fetchone()

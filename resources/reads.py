@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from lens_assets.resources.connection import LAKE, WarehouseConnection
+from lens_assets.resources.connection import LAKE, WarehouseConnection, read_catalog
 from lens_assets.resources.parquet_floats import FloatLists, read_float_lists
 from numpy.lib.stride_tricks import as_strided
 
@@ -403,9 +403,7 @@ def _catalog_state(catalog: str) -> _CatalogState:
         raise _Fallback("not an embedded catalog")
     path = catalog.removeprefix("sqlite:")
     try:
-        with contextlib.closing(
-            sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
-        ) as db:
+        with read_catalog(path) as db:
             oldest = db.execute(
                 "SELECT snapshot_id, CAST(snapshot_time AS TEXT) FROM ducklake_snapshot "
                 "ORDER BY snapshot_id LIMIT 1"
