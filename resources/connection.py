@@ -343,43 +343,13 @@ class WarehouseConnection:
         if not pending:
             return
 
-        def apply_all() -> None:
-            con.execute("BEGIN")
-            try:
-                done = {r[0] for r in con.execute("SELECT name FROM lens_migrations").fetchall()}
-                for script in pending:
-                    if script.name not in done:  # another process may have applied it
-                        con.execute(script.read_text())
-                        con.execute("INSERT INTO lens_migrations VALUES (?, now())", [script.name])
-                con.execute("COMMIT")
-            except duckdb.Error:
-                rollback_quietly(con)
-                raise
-
         try:
-            retry_transaction(apply_all)
+            retry_transaction(lambda: _apply(con, pending))
             return
         except duckdb.Error as error:
             log.info("migrating in one transaction failed (%s); one by one", _first_line(error))
         for script in pending:
-
-            def apply(script: Path = script) -> None:
-                con.execute("BEGIN")
-                try:
-                    done = con.execute(
-                        "SELECT count(*) FROM lens_migrations WHERE name = ?", [script.name]
-                    ).fetchone()
-                    if done and done[0]:
-                        con.execute("ROLLBACK")
-                        return
-                    con.execute(script.read_text())
-                    con.execute("INSERT INTO lens_migrations VALUES (?, now())", [script.name])
-                    con.execute("COMMIT")
-                except duckdb.Error:
-                    rollback_quietly(con)
-                    raise
-
-            retry_transaction(apply)
+            retry_transaction(lambda script=script: _apply(con, [script]))
 
     def fetch_arrow(
         self,
@@ -424,6 +394,22 @@ class WarehouseConnection:
             finally:
                 if timer is not None:
                     timer.cancel()
+
+
+def _apply(con: duckdb.DuckDBPyConnection, scripts: Sequence[Path]) -> None:
+    """Run `scripts` and record each in lens_migrations, in one transaction (rolled back
+    whole on an error), skipping any that another process recorded since they were listed."""
+    con.execute("BEGIN")
+    try:
+        done = {row[0] for row in con.execute("SELECT name FROM lens_migrations").fetchall()}
+        for script in scripts:
+            if script.name not in done:
+                con.execute(script.read_text())
+                con.execute("INSERT INTO lens_migrations VALUES (?, now())", [script.name])
+        con.execute("COMMIT")
+    except duckdb.Error:
+        rollback_quietly(con)
+        raise
 
 
 class _Moved(Exception):
