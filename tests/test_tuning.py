@@ -35,7 +35,13 @@ from lens_assets.tuning import (
     tuned_model_config,
 )
 from lens_assets.tuning.methods import VIRTUAL_TOKEN
-from lens_assets.tuning.training import IGNORE, answer_ids, training_batch
+from lens_assets.tuning.training import (
+    IGNORE,
+    answer_ids,
+    collate,
+    encode_rows,
+    training_batch,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 COLOURS = {"red": (220, 30, 30), "blue": (30, 40, 220)}
@@ -190,6 +196,32 @@ def test_answer_tokens_carry_the_loss(llava_base, colour_rows, tmp_path):
     assert (labels[0, :n] == IGNORE).all() and labels[0, n : n + len(answer)].tolist() == answer
     assert (labels[0, n + len(answer) :] == IGNORE).all()
     assert int(inputs["attention_mask"][0].sum()) == n + len(answer)
+
+
+@pytest.mark.parametrize("architecture", ["llava", "qwen2-vl"])
+def test_rows_encoded_once_collate_to_the_processors_batch(
+    architecture, tiny_dir, colour_rows, tmp_path
+):
+    """Training encodes each row once and joins encodings per step: the batch must be the one
+    the processor builds for those rows, padding and pixels included."""
+    base_path = write_base(
+        tmp_path, tiny_dir / architecture, f"tiny-{architecture}-collate", architecture
+    )
+    loaded = load_base(config(base_path), tmp_path).loaded
+    rows = [
+        colour_rows[0],
+        TrainingRow(colour_rows[1].images, "Name the colour of the square, please.", "blue"),
+        TrainingRow(colour_rows[2].images, PROMPT, "a rather dark shade of red"),
+    ]
+    expected_inputs, expected_labels = training_batch(loaded, rows)
+    joined = collate(loaded, encode_rows(loaded, rows))
+    assert joined is not None
+    inputs, labels = joined
+    assert len({int(mask.sum()) for mask in expected_inputs["attention_mask"]}) == 3
+    assert sorted(inputs) == sorted(expected_inputs)
+    for key, value in expected_inputs.items():
+        assert torch.equal(inputs[key], value), key
+    assert torch.equal(labels, expected_labels)
 
 
 def test_loss_falls_and_the_model_answers(llava_base, colour_rows, tmp_path):

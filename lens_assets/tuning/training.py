@@ -24,9 +24,12 @@ from lens_assets.tuning.rows import TrainingRow
 
 __all__ = [
     "IGNORE",
+    "EncodedRow",
     "Progress",
     "answer_ids",
     "answer_loss",
+    "collate",
+    "encode_rows",
     "train_steps",
     "training_batch",
 ]
@@ -130,6 +133,72 @@ def training_batch(
     return inputs, labels
 
 
+@dataclass(frozen=True)
+class EncodedRow:
+    """One row's training inputs, prompt and answer, unpadded (batch of one): the processor
+    and tokenizer run once per row, not once per step."""
+
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor  # (1, length)
+    per_token: frozenset[str]  # the keys with one entry per token
+
+    @property
+    def length(self) -> int:
+        return int(self.labels.shape[1])
+
+
+def encode_rows(loaded: LoadedModel, rows: Sequence[TrainingRow]) -> list[EncodedRow]:
+    """Each row through `training_batch` alone; `collate` joins any of them into a batch."""
+    encoded = []
+    for row in rows:
+        inputs, labels = training_batch(loaded, [row])
+        per_token = frozenset(
+            key
+            for key, value in inputs.items()
+            if isinstance(value, torch.Tensor) and value.shape[:2] == labels.shape
+        )
+        encoded.append(EncodedRow(dict(inputs), labels, per_token))
+    return encoded
+
+
+def collate(
+    loaded: LoadedModel, encoded: Sequence[EncodedRow]
+) -> tuple[BatchFeature, torch.Tensor] | None:
+    """The batch `training_batch` builds for these rows, from their encodings: per-token
+    inputs right-padded as it pads them, the rest (pixels, grids, sizes) joined along the
+    first axis. None where the rows' other inputs do not join that way (images of different
+    counts or sizes, whose batching the processor pads): build that batch from the rows."""
+    first = encoded[0]
+    keys = first.inputs.keys()
+    if any(row.inputs.keys() != keys or row.per_token != first.per_token for row in encoded):
+        return None
+    total = max(row.length for row in encoded)
+    pad_id = getattr(_tokenizer(loaded.processor), "pad_token_id", None)
+    pad_id = 0 if pad_id is None else int(pad_id)
+    batch: dict[str, torch.Tensor] = {}
+    for key in keys:
+        values = [row.inputs[key] for row in encoded]
+        if not all(isinstance(value, torch.Tensor) for value in values):
+            return None
+        if key in first.per_token:
+            pad = pad_id if key == "input_ids" else 0
+            batch[key] = torch.stack([_right_pad(value[0], total, pad) for value in values])
+        elif values[0].dim() == 0 or any(
+            value.shape[1:] != values[0].shape[1:] for value in values
+        ):
+            return None
+        else:
+            batch[key] = torch.cat(values)
+    labels = torch.stack([_right_pad(row.labels[0], total, IGNORE) for row in encoded])
+    return BatchFeature(batch), labels
+
+
+def _right_pad(value: torch.Tensor, total: int, fill: int) -> torch.Tensor:
+    out = torch.full((total, *value.shape[1:]), fill, dtype=value.dtype, device=value.device)
+    out[: value.shape[0]] = value
+    return out
+
+
 def answer_loss(model: nn.Module, inputs: BatchFeature, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of the next-token predictions at the answer's positions."""
     logits = model(**inputs).logits
@@ -195,11 +264,13 @@ def train_steps(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _schedule(config))
     batches = Order(len(rows), config.seed).batches(config.batch_size, config.steps)
+    encoded = encode_rows(loaded, rows)
     losses: list[float] = []
     model.train()
     try:
         for step, batch in enumerate(batches, start=1):
-            inputs, labels = training_batch(loaded, [rows[i] for i in batch])
+            joined = collate(loaded, [encoded[i] for i in batch])
+            inputs, labels = joined or training_batch(loaded, [rows[i] for i in batch])
             loss = answer_loss(model, inputs, labels)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
