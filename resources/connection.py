@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import duckdb
 from duckdb_extensions import import_extension
@@ -28,6 +28,9 @@ from lens_assets.resources.schemas import LENS_MIGRATIONS, create_table
 from lens_assets.resources.sql_guard import checked_statement
 
 from lens_assets.data import files
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,20 @@ def retry_transaction(work: Callable[[], T], attempts: int = 30, base_delay: flo
     raise AssertionError("unreachable")
 
 
+class CheckedStatement(str):
+    """A statement `sql_guard` let through, as DuckDB will run it. Made only by checking (a
+    CheckedStatement given again comes back as it is), and any change to its text gives a plain
+    str again: so a statement is checked once on its way, and a guarded connection runs this
+    one without checking it a second time."""
+
+    __slots__ = ()
+
+    def __new__(cls, sql: str) -> Self:
+        if isinstance(sql, cls):
+            return sql
+        return super().__new__(cls, checked_statement(sql))
+
+
 _TRANSACTION_START = ("BEGIN", "START")
 _TRANSACTION_END = ("COMMIT", "ROLLBACK", "ABORT", "END")
 
@@ -94,7 +111,8 @@ class PatientConnection:
     since it is its own transaction; inside an explicit BEGIN ... COMMIT nothing is retried
     here, because the caller's `retry_transaction` starts the whole transaction again.
     A `guarded` connection (every read-only one, once set up) runs only statements that
-    `sql_guard` lets through, whoever sends them: `lens sql`, an analysis or the UI.
+    `sql_guard` lets through, whoever sends them: `lens sql`, an analysis or the UI (each
+    checked once: a `CheckedStatement` already was).
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -102,9 +120,11 @@ class PatientConnection:
         self._in_transaction = False
         self.guarded = False
 
+    def _checked(self, sql: str) -> str:
+        return CheckedStatement(sql) if self.guarded else sql
+
     def execute(self, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:
-        if self.guarded:
-            sql = checked_statement(sql)
+        sql = self._checked(sql)
         word = sql.lstrip().split(None, 1)[0].upper().rstrip(";") if sql.strip() else ""
         if word in _TRANSACTION_START:
             self._in_transaction = True
@@ -115,14 +135,12 @@ class PatientConnection:
         return retry_transaction(lambda: self._con.execute(sql, params))
 
     def sql(self, query: str, *args: Any, **kwargs: Any) -> duckdb.DuckDBPyRelation:
-        return self._con.sql(checked_statement(query) if self.guarded else query, *args, **kwargs)
+        return self._con.sql(self._checked(query), *args, **kwargs)
 
     query = sql
 
     def executemany(self, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:
-        if self.guarded:
-            sql = checked_statement(sql)
-        return self._con.executemany(sql, params)
+        return self._con.executemany(self._checked(sql), params)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._con, name)
@@ -358,13 +376,17 @@ class WarehouseConnection:
         *,
         timeout: float | None = None,
         memory_limit: str | None = None,
-    ):
+    ) -> pa.Table:
         """Run one reading statement and return a pyarrow Table.
 
         The statement is checked first (`sql_guard`: one SELECT-like statement over the
-        warehouse's tables), then run on a locked-down read-only connection, interrupted after
-        `timeout` seconds and held to `memory_limit` (e.g. "4GiB") when they are given."""
-        statement = checked_statement(sql)  # also inside a step's read-write session
+        warehouse's tables), once: then read by `_fast_read` where that serves it, else run on
+        a locked-down read-only connection, interrupted after `timeout` seconds and held to
+        `memory_limit` (e.g. "4GiB") when they are given."""
+        statement = CheckedStatement(sql)  # also inside a step's read-write session
+        fast = self._fast_read(statement, params)
+        if fast is not None:
+            return fast
         with self.connect(read_only=True, memory_limit=memory_limit) as con:
             timer = threading.Timer(timeout, con.interrupt) if timeout else None
             if timer is not None:
@@ -394,6 +416,13 @@ class WarehouseConnection:
             finally:
                 if timer is not None:
                     timer.cancel()
+
+    def _fast_read(
+        self, statement: CheckedStatement, params: Sequence[Any] | None
+    ) -> pa.Table | None:
+        """The statement's rows read without DuckDB, or None to run it there: here always None
+        (`Warehouse` reads one layer's plain projection from the lake's files)."""
+        return None
 
 
 def _apply(con: duckdb.DuckDBPyConnection, scripts: Sequence[Path]) -> None:

@@ -42,7 +42,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from lens_assets.resources.connection import LAKE, WarehouseConnection, read_catalog
+from lens_assets.resources.connection import (
+    LAKE,
+    CheckedStatement,
+    WarehouseConnection,
+    read_catalog,
+)
 from lens_assets.resources.parquet_floats import FloatLists, read_float_lists
 from numpy.lib.stride_tricks import as_strided
 
@@ -657,7 +662,9 @@ def fetch_projection(
 ) -> pa.Table | None:
     """The rows of a plain projection (see `Projection`) read by the fast path, sorted by row
     key; None for any other statement, or where the fast path cannot serve it (several rows
-    per row key, a layout it does not take): the caller runs the statement as it is."""
+    per row key, a layout it does not take): the caller runs the statement as it is. A
+    `CheckedStatement` (as `fetch_arrow` passes it) is not checked again; plain text is."""
+    statement = CheckedStatement(statement)
     if "activations" not in statement.lower():
         return None
     projection = plain_projection(statement, params)

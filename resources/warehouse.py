@@ -18,6 +18,7 @@ from lens_assets.resources.connection import (
     LAKE,
     RETRYABLE,
     SQL_DIR,
+    CheckedStatement,
     PatientConnection,
     WarehouseConnection,
     retry_transaction,
@@ -25,7 +26,6 @@ from lens_assets.resources.connection import (
 from lens_assets.resources.errors import QueryLimitError, ReadOnlyError, WarehouseError
 from lens_assets.resources.location import DEFAULT_ROOT, WarehouseLocation, s3_secret
 from lens_assets.resources.reads import fetch_projection
-from lens_assets.resources.sql_guard import checked_statement
 from lens_assets.resources.writes import WarehouseWrites
 
 __all__ = [
@@ -49,20 +49,12 @@ class Warehouse(WarehouseWrites):
     """Opens DuckDB connections on the DuckLake, applying `sql/*.sql` on first write access,
     and replaces its rows whole (see `connection` and `writes`)."""
 
-    def fetch_arrow(
-        self,
-        sql: str,
-        params: Sequence[Any] | None = None,
-        *,
-        timeout: float | None = None,
-        memory_limit: str | None = None,
-    ) -> pa.Table:
-        """`WarehouseConnection.fetch_arrow`, but one layer's rows, plainly projected, are read
-        from the lake's files (`reads.fetch_projection`), at the speed every analysis reads."""
-        projected = fetch_projection(self, checked_statement(sql), params)
-        if projected is not None:
-            return projected
-        return super().fetch_arrow(sql, params, timeout=timeout, memory_limit=memory_limit)
+    def _fast_read(
+        self, statement: CheckedStatement, params: Sequence[Any] | None
+    ) -> pa.Table | None:
+        """In `fetch_arrow`, one layer's rows, plainly projected, are read from the lake's files
+        (`reads.fetch_projection`), at the speed every analysis reads."""
+        return fetch_projection(self, statement, params)
 
     @property
     def sql_dir(self) -> Path:
