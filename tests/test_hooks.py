@@ -160,6 +160,59 @@ def test_capture_records_each_hooked_module_once() -> None:
     assert torch.equal(store.outputs["second"], result)
 
 
+class SharedLayer(nn.Module):
+    """One module called twice per pass (shared weights), then another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Linear(3, 3)
+        self.head = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.shared(self.shared(x)))
+
+
+def test_a_reduced_capture_frees_each_output_at_its_last_call() -> None:
+    """Extraction pools in the hook: once `first` has run its last call, the store no longer
+    holds its output while `second` runs, and what remains is the reduction."""
+    model = TwoLayers()
+    held_while_second_ran: list[set[str]] = []
+    with capture(
+        model, ["first", "second"], reduce=lambda _, t: t.sum(1), last_calls={"first": 1}
+    ) as store, torch.inference_mode():  # fmt: skip
+        model.second.register_forward_pre_hook(
+            lambda *_: held_while_second_ran.append(set(store.outputs))
+        )
+        result = model(torch.ones(2, 3))
+        reduced = store.finish()
+    assert held_while_second_ran == [set()]
+    assert torch.equal(reduced["second"], result.sum(1))  # not learnt: reduced after the pass
+    assert set(reduced) == {"first", "second"} and not store.outputs
+
+
+@pytest.mark.parametrize("last_calls", [{"shared": 2}, {}])
+def test_a_module_called_twice_is_reduced_once_at_its_last_call(last_calls) -> None:
+    """In the hook where the calls per pass are known, after the pass where they are not:
+    either way the last call's output, reduced once."""
+    model = SharedLayer()
+    seen: list[torch.Tensor] = []
+
+    def reduce(_: str, output: torch.Tensor) -> torch.Tensor:
+        seen.append(output)
+        return output.sum(1)
+
+    x = torch.ones(2, 3)
+    with capture(model, ["shared"], reduce=reduce, last_calls=last_calls) as store:
+        with torch.inference_mode():
+            model(x)
+        reduced = store.finish()
+    with torch.inference_mode():
+        last = model.shared(model.shared(x))
+    assert len(seen) == 1 and torch.equal(seen[0], last)
+    assert torch.equal(reduced["shared"], last.sum(1))
+    assert store.calls == {"shared": 2}
+
+
 def test_hooks_are_removed_after_the_block() -> None:
     model = TwoLayers()
     with capture(model, ["first"]):

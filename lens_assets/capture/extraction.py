@@ -79,24 +79,29 @@ def capture_batch(
     # call it once per image), so it is learned per number of images in the batch.
     key = (tuple(modules), sum(counts))
     stop_at = loaded.stop_points.get(key) if stop_early else None
-    with capture(loaded.model, modules, stop_at) as store, torch.inference_mode():
+
+    def reduce(name: str, output: torch.Tensor) -> list[Pooled]:
+        """A module's pooled vectors, made in its hook: its full output is freed at once."""
+        seq = adapter.sequences(name, output, inputs, loaded.layout, batch_size)
+        if seq.roles is None:
+            samples = torch.arange(batch_size, device=output.device)
+            return [Pooled(VECTOR_POOLING, samples, seq.hidden)]
+        return pool(seq.hidden, seq.roles, poolings, seq.tiles, seq.image_index)
+
+    last_calls = loaded.call_counts.get(key)
+    with (
+        capture(loaded.model, modules, stop_at, reduce=reduce, last_calls=last_calls) as store,
+        torch.inference_mode(),
+    ):
         with suppress(StopForward):  # the pass ended after the last hooked module
             adapter.forward(loaded.model, inputs, extra)
         if key not in loaded.stop_points and len(needed) == len(modules):
             loaded.stop_points[key] = store.last_call
+            loaded.call_counts[key] = dict(store.calls)
         loaded.capture_bytes[tuple(modules)] = store.output_bytes / max(batch_size, 1)
         store.require(needed, NOT_RUN_FIX)
-        pieces: list[tuple[str, Pooled]] = []
-        for name in needed:
-            output = store.outputs[name]
-            seq = adapter.sequences(name, output, inputs, loaded.layout, batch_size)
-            if seq.roles is None:
-                samples = torch.arange(batch_size, device=output.device)
-                pieces.append((name, Pooled(VECTOR_POOLING, samples, seq.hidden)))
-            else:
-                pooled = pool(seq.hidden, seq.roles, poolings, seq.tiles, seq.image_index)
-                pieces.extend((name, p) for p in pooled)
-    return pieces
+        pooled = store.finish()
+    return [(name, p) for name in needed for p in pooled[name]]
 
 
 def pieces_to_table(

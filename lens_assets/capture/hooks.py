@@ -12,8 +12,10 @@ the forward pass, or after it inside the block, never leaves a model hooked:
 - `replace_outputs`: a hook whose return value replaces a module's output (patching);
 - `input_hooks`: pre-hooks that read or replace a module's positional inputs (head ablation).
 
-Hooks only keep references (detached under `torch.inference_mode`); pooling and the move off
-the device happen once per batch, after the forward pass, never inside a hook.
+Hooks keep references (detached under `torch.inference_mode`), or, given a `reduce`, hand a
+module's output to it as soon as its last call returns (extraction pools there, so a batch never
+holds thirty full outputs at once); the move off the device happens once per batch, after the
+forward pass, never inside a hook.
 """
 
 from __future__ import annotations
@@ -136,15 +138,31 @@ class StopPoint:
     calls: int
 
 
-class ActivationCapture:
-    """What the hooks saw in one forward pass: module name -> output tensor."""
+Reduce = Callable[[str, torch.Tensor], Any]
 
-    def __init__(self, stop_at: StopPoint | None = None, detach: bool = True) -> None:
+
+class ActivationCapture:
+    """What the hooks saw in one forward pass: module name -> output tensor, or, for a module
+    reduced in its hook, module name -> what `reduce` made of it (`reduced`)."""
+
+    def __init__(
+        self,
+        stop_at: StopPoint | None = None,
+        detach: bool = True,
+        reduce: Reduce | None = None,
+        last_calls: Mapping[str, int] | None = None,
+    ) -> None:
         self.outputs: dict[str, torch.Tensor] = {}
+        self.reduced: dict[str, Any] = {}
         self.calls: dict[str, int] = {}
         self.order: list[str] = []  # hooked modules in the order they ran (one entry per call)
         self.stop_at = stop_at
         self.detach = detach
+        # `reduce` runs in the hook at a module's last call (a module called several times per
+        # pass keeps its last call); where that is not known, the output is kept instead.
+        self.reduce = reduce
+        self.last_calls = dict(last_calls or {})
+        self._reduced_bytes: dict[str, int] = {}
 
     @property
     def last_call(self) -> StopPoint | None:
@@ -156,12 +174,22 @@ class ActivationCapture:
 
     @property
     def output_bytes(self) -> int:
-        """Bytes the hooks hold: what the forward pass adds to memory for capture."""
-        return sum(t.numel() * t.element_size() for t in self.outputs.values())
+        """Bytes of the captured outputs (reduced ones counted at full size): what capture
+        may add to memory in a pass, the bound batch sizing works with."""
+        held = {name: t.numel() * t.element_size() for name, t in self.outputs.items()}
+        return sum((self._reduced_bytes | held).values())
 
     def require(self, names: Iterable[str], fix: str = NOT_RUN_FIX) -> None:
         """A HookPointError for the first of `names` that produced no output in the pass."""
-        require_ran(names, self.outputs, fix)
+        require_ran(names, self.calls, fix)
+
+    def finish(self) -> dict[str, Any]:
+        """After the pass: `reduce` of every module's last output, reduced in its hook or
+        now (a module whose last call was not known, or that ran more often than expected)."""
+        assert self.reduce is not None, "finish() is for a capture with a reduce"
+        for name in list(self.outputs):
+            self.reduced[name] = self.reduce(name, self.outputs.pop(name))
+        return self.reduced
 
     def hook_for(self, name: str) -> OutputHook:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -172,9 +200,15 @@ class ActivationCapture:
                     "choose a module whose output is a tensor (see `lens modules CONFIG`)"
                 )
             # A module called twice per forward (shared weights) keeps its last call.
-            self.outputs[name] = tensor.detach() if self.detach else tensor
+            tensor = tensor.detach() if self.detach else tensor
             self.calls[name] = self.calls.get(name, 0) + 1
             self.order.append(name)
+            if self.reduce is not None and self.calls[name] == self.last_calls.get(name):
+                self.reduced[name] = self.reduce(name, tensor)
+                self._reduced_bytes[name] = tensor.numel() * tensor.element_size()
+                self.outputs.pop(name, None)
+            else:
+                self.outputs[name] = tensor
             stop = self.stop_at
             if stop is not None and name == stop.name and self.calls[name] == stop.calls:
                 raise StopForward
@@ -183,21 +217,29 @@ class ActivationCapture:
 
     def clear(self) -> None:
         self.outputs.clear()
+        self.reduced.clear()
         self.calls.clear()
 
 
 @contextmanager
 def capture(
-    model: nn.Module, names: Sequence[str], stop_at: StopPoint | None = None, detach: bool = True
+    model: nn.Module,
+    names: Sequence[str],
+    stop_at: StopPoint | None = None,
+    detach: bool = True,
+    reduce: Reduce | None = None,
+    last_calls: Mapping[str, int] | None = None,
 ) -> Iterator[ActivationCapture]:
     """Hook the named modules for the duration of the block; hooks are always removed.
 
     With `stop_at`, the pass ends (StopForward) right after that module's last needed call,
     so layers past the deepest hooked one cost nothing (baukit's StopForward idea); the
     caller catches StopForward around the forward call. `detach=False` keeps the outputs in
-    the autograd graph (see `keep_outputs`).
+    the autograd graph (see `keep_outputs`). With `reduce`, a module's output is reduced in
+    its hook at its last call (`last_calls`: calls per pass, learnt from an earlier pass) and
+    dropped, so its memory is free for the layers after it; `finish()` reduces the rest.
     """
-    store = ActivationCapture(stop_at, detach)
+    store = ActivationCapture(stop_at, detach, reduce, last_calls)
     hooks = [(name, store.hook_for(name)) for name in dict.fromkeys(names)]
     with _hooked(model, hooks, nn.Module.register_forward_hook):
         yield store

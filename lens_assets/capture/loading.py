@@ -194,6 +194,9 @@ class LoadedModel:
     # (hooked modules, images in the batch) -> where the pass may stop
     stop_points: dict[tuple[tuple[str, ...], int], Any] = field(default_factory=dict)
     capture_bytes: dict[tuple[str, ...], float] = field(default_factory=dict)
+    # (hooked modules, images in the batch) -> calls per module in a pass: a module's output
+    # is pooled in its hook at its last call
+    call_counts: dict[tuple[tuple[str, ...], int], dict[str, int]] = field(default_factory=dict)
 
     @property
     def module_names(self) -> list[str]:
