@@ -29,12 +29,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
+from lens_assets.resources.runtime import _status_kib
 from lens_assets.resources.staging import ActivationStage
 from lens_assets.resources.warehouse import Warehouse
 from PIL import Image
@@ -42,7 +44,7 @@ from PIL import Image
 from benchmarks.probes import _load_average, _machine
 from lens_assets.analyses.patches import stack_layers
 from lens_assets.capture.adapters.base import to_device
-from lens_assets.capture.extraction import capture_batch, extract_loaded
+from lens_assets.capture.extraction import capture_batch, extract_loaded, pieces_to_table
 from lens_assets.capture.loading import LoadedModel, load_model, release
 from lens_assets.capture.modules import select_modules
 from lens_assets.capture.tiny import build_tiny
@@ -430,6 +432,143 @@ def commit_child(root: Path, images: int, commit: bool) -> int:
     return staged[0]
 
 
+def where_time_goes(root: Path, images: int, rounds: int) -> dict[str, Any]:
+    """The 30-module extraction on `small` taken apart, each piece timed on its own in the
+    same process, median of interleaved rounds: decoding, the processor, the bare forward,
+    the hooks' own dispatch (hooks that keep nothing), hooks plus pooling (`capture_batch`),
+    the move off the device into Arrow, the stage and writer thread, and the run's fixed
+    costs (attach and commit). Each is the step from the one before it."""
+    from lens_assets.capture.hooks import watch_outputs
+
+    folder = build_tiny(ARCHITECTURE, root / f"{ARCHITECTURE}-small", preset="small")
+    paths = write_images(root / f"images-{images}", images)
+    loaded = load_model(config_for(folder, ["**"], 8), "profile", root, DEVICE, DTYPE)
+    modules = thirty_modules(loaded)
+    config = config_for(folder, modules, 8)
+    adapter = loaded.architecture.adapter
+    warehouse = Warehouse.at(root / "warehouse-profile")
+    starts = range(0, images, 8)
+    pictures = [load_image(p).image for p in paths]
+    prompts = [PROMPT] * 8
+    inputs = [adapter.prepare_on(loaded.processor, pictures[i : i + 8], prompts,
+                                 loaded.device, loaded.dtype) for i in starts]  # fmt: skip
+    keys = [row_key([p.stem], PROMPT) for p in paths]
+
+    def decode() -> None:
+        for path in paths:
+            load_image(path)
+
+    def prepare() -> None:
+        for i in starts:
+            adapter.prepare_on(loaded.processor, pictures[i : i + 8], prompts, loaded.device,
+                               loaded.dtype)  # fmt: skip
+
+    def forward(hooked: bool) -> Callable[[], None]:
+        def run() -> None:
+            with torch.inference_mode():
+                for batch in inputs:
+                    if hooked:
+                        with watch_outputs(loaded.model, {m: _keep_nothing for m in modules}):
+                            adapter.forward(loaded.model, batch, {})
+                    else:
+                        adapter.forward(loaded.model, batch, {})
+
+        return run
+
+    def pooled(to_arrow: bool) -> Callable[[], None]:
+        def run() -> None:
+            for i in starts:
+                pieces = capture_batch(loaded, pictures[i : i + 8], prompts, modules, POOLINGS)
+                if to_arrow:
+                    rows = [_Row(keys[j]) for j in range(i, min(i + 8, images))]
+                    pieces_to_table(pieces, rows, prompts)
+
+        return run
+
+    steps: dict[str, Callable[[], Any]] = {
+        "decode": decode,
+        "prepare": prepare,
+        "forward": forward(False),
+        "hooks": forward(True),
+        "pooling": pooled(False),
+        "to_arrow": pooled(True),
+        "extraction": lambda: timed_extraction(loaded, config, paths, warehouse),
+    }
+    for step in steps.values():  # warm-up: learns the stop point and the calls per pass
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            started = time.perf_counter()
+            result = step()
+            if name == "extraction":
+                times.setdefault("staged", []).append(result[1])
+            times[name].append(time.perf_counter() - started)
+    median = {name: float(np.median(values)) for name, values in times.items()}
+    release(loaded)
+    bare = median["decode"] + median["prepare"] + median["forward"]
+    pieces = {
+        "decode": median["decode"],
+        "processor": median["prepare"],
+        "bare forward": median["forward"],
+        "hook dispatch (30 hooks keeping nothing)": median["hooks"] - median["forward"],
+        "pooling in the hooks": median["pooling"] - median["prepare"] - median["hooks"],
+        "off the device into Arrow rows": median["to_arrow"] - median["pooling"],
+        "stage and writer thread": median["staged"] - median["decode"] - median["to_arrow"],
+        "attach and commit (per run)": median["extraction"] - median["staged"],
+    }
+    return {"preset": "small", "modules": len(modules), "images": images, "rounds": rounds,
+            "bare_s": bare, "end_to_end_s": median["extraction"], "pieces_s": pieces,
+            "medians_s": median}  # fmt: skip
+
+
+def _keep_nothing(_output: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class _Row:
+    """What `pieces_to_table` reads of a row."""
+
+    row_key: str
+    image_ids: tuple[str, ...] = ("image",)
+
+
+def capture_memory(root: Path, images: int) -> dict[str, Any]:
+    """Peak memory above the resting level, in this process (Linux: VmHWM reset through
+    /proc/self/clear_refs), of a bare forward pass against a `capture_batch` with 30 hooked
+    modules on the `base` preset: what capturing adds to the pass's own peak."""
+    folder = build_tiny(ARCHITECTURE, root / f"{ARCHITECTURE}-base", preset="base")
+    loaded = load_model(config_for(folder, ["**"], images), "memory", root, DEVICE, DTYPE)
+    pictures = [load_image(p).image for p in write_images(root / "images-256", 256)[:images]]
+    modules = thirty_modules(loaded)
+    adapter = loaded.architecture.adapter
+    prompts = [PROMPT] * images
+
+    def bare() -> None:
+        batch = adapter.prepare_on(loaded.processor, pictures, prompts, loaded.device,
+                                   loaded.dtype)  # fmt: skip
+        with torch.inference_mode():
+            adapter.forward(loaded.model, batch, {})
+
+    def captured() -> None:
+        capture_batch(loaded, pictures, prompts, modules, POOLINGS)
+
+    bare(), captured()  # warm-up, and the pass that learns the calls per module
+
+    def peak_above_rest(run: Callable[[], None]) -> int:
+        Path("/proc/self/clear_refs").write_text("5")
+        resting = _status_kib("VmRSS")
+        run()
+        return ((_status_kib("VmHWM") or 0) - (resting or 0)) * 1024
+
+    found = {"preset": "base", "modules": len(modules), "images": images,
+             "bare_peak_bytes": peak_above_rest(bare),
+             "capture_peak_bytes": peak_above_rest(captured)}  # fmt: skip
+    release(loaded)
+    return found
+
+
 def run(quick: bool = False, out_dir: Path | None = None) -> dict[str, Any]:
     load_before = _load_average()
     with tempfile.TemporaryDirectory(prefix="lens-bench-extraction-") as folder:
@@ -450,6 +589,8 @@ def run(quick: bool = False, out_dir: Path | None = None) -> dict[str, Any]:
             "storage": storage(root, 200 if quick else 1_000),
             "fixed_costs": fixed_costs(root, 1 if quick else 3),
             "commit_memory": commit_memory(root, 32 if quick else 256),
+            "where_time_goes": where_time_goes(root, 32 if quick else 128, 3 if quick else 5),
+            "capture_memory": capture_memory(root, 2 if quick else 4),
         }
     memory = report["peak_memory"]
     report["peak_memory_growth"] = memory[1]["peak_rss_bytes"] / memory[0]["peak_rss_bytes"] - 1
@@ -460,7 +601,8 @@ def run(quick: bool = False, out_dir: Path | None = None) -> dict[str, Any]:
         (out_dir / f"{stem}.md").write_text(markdown(report))
     return {key: report[key] for key in ("forward_vs_extraction", "early_stop",
                                          "peak_memory_growth", "fixed_costs",
-                                         "commit_memory", "storage")}  # fmt: skip
+                                         "commit_memory", "storage", "where_time_goes",
+                                         "capture_memory")}  # fmt: skip
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -514,6 +656,7 @@ def markdown(report: dict[str, Any]) -> str:
               f"peak RSS {memory['loop_peak_rss_bytes'] / 2**20:.0f} MiB for the loop alone, "
               f"{memory['commit_peak_rss_bytes'] / 2**20:.0f} MiB with its commit "
               f"({memory['commit_adds']:+.1%}; target within 10%).", "",
+              *_profile_lines(report), "",
               "## The efficiency view (tiny and base presets, CPU)", "",
               "| model | device | dtype | images | img/s | ms/image | peak MiB |",
               "|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -525,3 +668,24 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{e['images_per_second']:.2f} | {e['ms_per_image']:.1f} | "
                      f"{e['peak_memory_bytes'] / 2**20:.0f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _profile_lines(report: dict[str, Any]) -> list[str]:
+    profile, memory = report["where_time_goes"], report["capture_memory"]
+    gap = profile["end_to_end_s"] - profile["bare_s"]
+    lines = [f"## Where the time goes ({profile['preset']} preset, {profile['modules']} modules, "
+             f"{profile['images']} images, batch 8, median of {profile['rounds']} interleaved "
+             "rounds)", "",
+             f"Bare pass {profile['bare_s']:.2f} s, extraction end to end "
+             f"{profile['end_to_end_s']:.2f} s ({profile['bare_s'] / profile['end_to_end_s']:.2f}x"
+             f"); each piece is timed on its own, so the pieces need not sum exactly.", "",
+             "| piece | seconds | share of the extra time |", "|---|---|---|"]  # fmt: skip
+    for name, seconds in profile["pieces_s"].items():
+        extra = name not in ("decode", "processor", "bare forward")
+        share = f"{seconds / gap:.0%}" if extra and gap > 0 else ""
+        lines.append(f"| {name} | {seconds:.3f} | {share} |")
+    lines += ["", "## What capturing adds to a pass's peak memory (base preset, in-process)", "",
+              f"{memory['images']} images, {memory['modules']} modules: bare pass "
+              f"{memory['bare_peak_bytes'] / 2**20:.0f} MiB above resting memory, the same pass "
+              f"capturing and pooling {memory['capture_peak_bytes'] / 2**20:.0f} MiB."]  # fmt: skip
+    return lines
