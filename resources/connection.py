@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -342,6 +343,28 @@ class WarehouseConnection:
                 yield self
             finally:
                 self._session = None
+
+    @contextmanager
+    def session_ahead(self) -> Iterator[Callable[[], None]]:
+        """`session`, opened on a thread while the caller computes, so a commit at the end
+        finds the lake attached (an attach costs 0.1-0.3 s). Yields `ready`, which waits for
+        it and raises its error; until then, calls open their own connections. Inside an open
+        session there is nothing to open."""
+        if self._session is not None:
+            yield lambda: None
+            return
+        stack = contextlib.ExitStack()
+        with ThreadPoolExecutor(1, thread_name_prefix="lens-attach") as pool:
+            opened = pool.submit(stack.enter_context, self.session())
+
+            def ready() -> None:
+                opened.result()
+
+            try:
+                yield ready
+            finally:
+                if opened.exception() is None:  # waits for it; a failed attach holds nothing
+                    stack.close()
 
     def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
         """Apply every `sql/NNN_*.sql` not yet recorded: all in one transaction (each

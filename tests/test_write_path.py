@@ -116,6 +116,43 @@ def test_an_error_on_the_writer_thread_fails_the_run_and_keeps_the_previous_rows
     assert not list(warehouse.location.staging_dir.glob("run-*"))
 
 
+def test_the_commit_uses_the_connection_attached_while_the_batches_computed(
+    warehouse: Warehouse, tiny_dir: Path, image_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attach (0.1-0.3 s) runs on its own thread beside the batches: the run attaches
+    the lake once for its commit, there, and the rows land."""
+    extract(warehouse, tiny_dir, image_dir)  # the name is claimed; the rows exist
+    attach = type(warehouse)._attach
+    threads: list[str] = []
+
+    def recorded(self: Warehouse, *args: object, **kwargs: object) -> None:
+        threads.append(threading.current_thread().name)
+        attach(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(warehouse), "_attach", recorded)
+    extract(warehouse, tiny_dir, image_dir)
+    assert [name.startswith("lens-attach") for name in threads].count(True) == 1
+    assert len(threads) == 1, "the commit opens no connection of its own"
+    assert stored(warehouse)
+
+
+def test_a_failed_attach_fails_the_run_with_its_error_and_stores_nothing(
+    warehouse: Warehouse, tiny_dir: Path, image_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extract(warehouse, tiny_dir, image_dir)
+    before = stored(warehouse)
+
+    def refused(self: Warehouse, *args: object, **kwargs: object) -> None:
+        raise WarehouseError("the catalog is unreachable")
+
+    monkeypatch.setattr(type(warehouse), "_attach", refused)
+    with pytest.raises(WarehouseError, match="catalog is unreachable"):
+        extract(warehouse, tiny_dir, image_dir)
+    monkeypatch.undo()
+    assert stored(warehouse) == before
+    assert not list(warehouse.location.staging_dir.glob("run-*"))
+
+
 def test_the_batch_writer_keeps_the_order_it_was_given() -> None:
     done: list[int] = []
     with BatchWriter(depth=1) as writer:

@@ -467,6 +467,7 @@ def extract_loaded(
     size = batch_size or config.batch_size
     started_at = datetime.now(UTC)
     with (
+        warehouse.session_ahead() as attached,  # the commit's attach overlaps the batches
         ActivationStage(warehouse.location.staging_dir, loaded.name, loaded.architecture.name)
         as stage,
         BatchWriter() as writer,
@@ -488,6 +489,7 @@ def extract_loaded(
             for dataset, paths in sources.items()
         ]
         stage.close()
+        attached()
         rows = warehouse.replace_partition(
             stage.path,
             loaded.name,
