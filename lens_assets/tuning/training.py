@@ -47,6 +47,12 @@ def _tokenizer(processor: object) -> object:
     return getattr(processor, "tokenizer", processor)
 
 
+def _pad_id(processor: object) -> int:
+    """The tokenizer's padding id (0 where it has none): what fills a row past its end."""
+    pad_id = getattr(_tokenizer(processor), "pad_token_id", None)
+    return 0 if pad_id is None else int(pad_id)
+
+
 def _eos_id(loaded: LoadedModel) -> int:
     eos = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
     if isinstance(eos, list | tuple):
@@ -107,8 +113,7 @@ def training_batch(
         len(positions) + len(answer) for positions, answer in zip(real, answers, strict=True)
     ]
     total = max(lengths)
-    pad_id = getattr(_tokenizer(processor), "pad_token_id", None)
-    pad_id = 0 if pad_id is None else int(pad_id)
+    pad_id = _pad_id(processor)
     fills = ANSWER_TOKEN_TYPES.get(loaded.architecture.name, {})
     labels = torch.full((batch, total), IGNORE, dtype=torch.long, device=ids.device)
     for key, value in list(inputs.items()):
@@ -173,8 +178,7 @@ def collate(
     if any(row.inputs.keys() != keys or row.per_token != first.per_token for row in encoded):
         return None
     total = max(row.length for row in encoded)
-    pad_id = getattr(_tokenizer(loaded.processor), "pad_token_id", None)
-    pad_id = 0 if pad_id is None else int(pad_id)
+    pad_id = _pad_id(loaded.processor)
     batch: dict[str, torch.Tensor] = {}
     for key in keys:
         values = [row.inputs[key] for row in encoded]
