@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +42,18 @@ from PIL import Image
 from benchmarks.probes import _load_average, _machine
 from lens_assets.analyses.patches import stack_layers
 from lens_assets.capture.adapters.base import to_device
-from lens_assets.capture.extraction import capture_batch, extract_loaded, pieces_to_table
+from lens_assets.capture.extraction import (
+    capture_batch,
+    extract_loaded,
+    pieces_to_table,
+    pooler,
+)
 from lens_assets.capture.loading import LoadedModel, load_model, release
 from lens_assets.capture.modules import select_modules
 from lens_assets.capture.tiny import build_tiny
 from lens_assets.config import ModelConfig
 from lens_assets.data.images import load_image
-from lens_assets.data.rows import row_key
+from lens_assets.data.rows import RowInput, row_key
 
 ARCHITECTURE = "llava"
 POOLINGS = ["mean_image", "mean_text", "last", "cls"]
@@ -451,7 +455,7 @@ def where_time_goes(root: Path, images: int, rounds: int) -> dict[str, Any]:
     prompts = [PROMPT] * 8
     inputs = [adapter.prepare_on(loaded.processor, pictures[i : i + 8], prompts,
                                  loaded.device, loaded.dtype) for i in starts]  # fmt: skip
-    keys = [row_key([p.stem], PROMPT) for p in paths]
+    rows = [RowInput(row_key([p.stem], PROMPT), (p.stem,), (str(p),), PROMPT) for p in paths]
 
     def decode() -> None:
         for path in paths:
@@ -479,8 +483,7 @@ def where_time_goes(root: Path, images: int, rounds: int) -> dict[str, Any]:
             for i in starts:
                 pieces = capture_batch(loaded, pictures[i : i + 8], prompts, modules, POOLINGS)
                 if to_arrow:
-                    rows = [_Row(keys[j]) for j in range(i, min(i + 8, images))]
-                    pieces_to_table(pieces, rows, prompts)
+                    pieces_to_table(pieces, rows[i : i + 8], prompts)
 
         return run
 
@@ -525,14 +528,6 @@ def _keep_nothing(_output: Any) -> None:
     return None
 
 
-@dataclass(frozen=True)
-class _Row:
-    """What `pieces_to_table` reads of a row."""
-
-    row_key: str
-    image_ids: tuple[str, ...] = ("image",)
-
-
 def capture_memory(root: Path, images: int) -> dict[str, Any]:
     """What the hooks hold when a 30-module pass on the `base` preset returns: every full
     output, where they pool after the pass (a pass whose calls per module are not learnt yet,
@@ -540,7 +535,6 @@ def capture_memory(root: Path, images: int) -> dict[str, Any]:
     where each module is pooled in its hook at its last call. Counted from the tensors, not
     from RSS, which the allocator's reuse makes unreadable within one process."""
     from lens_assets.capture.hooks import capture
-    from lens_assets.capture.pooling import pool
 
     folder = build_tiny(ARCHITECTURE, root / f"{ARCHITECTURE}-base", preset="base")
     loaded = load_model(config_for(folder, ["**"], images), "memory", root, DEVICE, DTYPE)
@@ -550,20 +544,15 @@ def capture_memory(root: Path, images: int) -> dict[str, Any]:
     inputs = adapter.prepare_on(loaded.processor, pictures, [PROMPT] * images, loaded.device,
                                 loaded.dtype)  # fmt: skip
 
-    def reduce(name: str, output: torch.Tensor) -> list[Any]:
-        seq = adapter.sequences(name, output, inputs, loaded.layout, images)
-        if seq.roles is None:
-            return [seq.hidden]
-        return [p.vectors for p in pool(seq.hidden, seq.roles, POOLINGS, seq.tiles,
-                                        seq.image_index)]  # fmt: skip
+    reduce = pooler(loaded, inputs, POOLINGS, images)  # what capture_batch's hooks run
 
     def held(last_calls: dict[str, int] | None) -> tuple[int, dict[str, int]]:
         with capture(loaded.model, modules, reduce=reduce, last_calls=last_calls) as store:
             with torch.inference_mode():
                 adapter.forward(loaded.model, inputs, {})
             outputs = sum(t.numel() * t.element_size() for t in store.outputs.values())
-            pooled = sum(v.numel() * v.element_size() for vs in store.reduced.values()
-                         for v in vs)  # fmt: skip
+            pooled = sum(p.vectors.numel() * p.vectors.element_size()
+                         for pieces in store.reduced.values() for p in pieces)  # fmt: skip
             return outputs + pooled, dict(store.calls)
 
     after_pass, calls = held(None)

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 from tqdm import tqdm
+from transformers import BatchFeature
 
 from lens_assets.capture.adapters.base import image_counts
 from lens_assets.capture.adapters.forward import forward_kwargs as usable_forward_kwargs
@@ -80,14 +81,7 @@ def capture_batch(
     key = (tuple(modules), sum(counts))
     stop_at = loaded.stop_points.get(key) if stop_early else None
 
-    def reduce(name: str, output: torch.Tensor) -> list[Pooled]:
-        """A module's pooled vectors, made in its hook: its full output is freed at once."""
-        seq = adapter.sequences(name, output, inputs, loaded.layout, batch_size)
-        if seq.roles is None:
-            samples = torch.arange(batch_size, device=output.device)
-            return [Pooled(VECTOR_POOLING, samples, seq.hidden)]
-        return pool(seq.hidden, seq.roles, poolings, seq.tiles, seq.image_index)
-
+    reduce = pooler(loaded, inputs, poolings, batch_size)
     last_calls = loaded.call_counts.get(key)
     with (
         capture(loaded.model, modules, stop_at, reduce=reduce, last_calls=last_calls) as store,
@@ -102,6 +96,23 @@ def capture_batch(
         store.require(needed, NOT_RUN_FIX)
         pooled = store.finish()
     return [(name, p) for name in needed for p in pooled[name]]
+
+
+def pooler(
+    loaded: LoadedModel, inputs: BatchFeature, poolings: Sequence[str], batch_size: int
+) -> Callable[[str, torch.Tensor], list[Pooled]]:
+    """What `capture_batch`'s hooks make of a module's output: its pooled vectors for this
+    batch, so the full output can be freed as soon as the module has run."""
+    adapter = loaded.architecture.adapter
+
+    def reduce(name: str, output: torch.Tensor) -> list[Pooled]:
+        seq = adapter.sequences(name, output, inputs, loaded.layout, batch_size)
+        if seq.roles is None:
+            samples = torch.arange(batch_size, device=output.device)
+            return [Pooled(VECTOR_POOLING, samples, seq.hidden)]
+        return pool(seq.hidden, seq.roles, poolings, seq.tiles, seq.image_index)
+
+    return reduce
 
 
 def pieces_to_table(

@@ -215,11 +215,6 @@ class ActivationCapture:
 
         return hook
 
-    def clear(self) -> None:
-        self.outputs.clear()
-        self.reduced.clear()
-        self.calls.clear()
-
 
 @contextmanager
 def capture(
