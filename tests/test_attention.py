@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import torch
 from PIL import Image
@@ -97,7 +98,7 @@ def test_map_peaks_on_the_patch_the_answer_position_is_forced_to_attend(
     with planted_attention(loaded, LAYER_1, targets):
         table = attention_maps(loaded, pair(images), PROMPTS, [LAYERS], image_ids=["a", "b"])
     for image_id, cell in zip(["a", "b"], PLANTED[architecture], strict=True):
-        rows = table.filter(pa.compute.equal(table["image_id"], image_id)).to_pylist()
+        rows = table.filter(pc.equal(table["image_id"], image_id)).to_pylist()
         assert {row["layer"] for row in rows} == {LAYER_0, LAYER_1}  # both layers, every head
         for row in rows:
             grid = np.asarray(row["weights"]).reshape(row["grid_rows"], row["grid_cols"])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -62,7 +63,7 @@ def test_manifest_resolves_paths_against_its_folder(photos: Path, suffix: str) -
     manifest = photos / f"manifest{suffix}"
     table = pa.Table.from_pylist(rows)
     if suffix == ".csv":
-        pa.csv.write_csv(table, manifest)
+        pa_csv.write_csv(table, manifest)
     elif suffix == ".parquet":
         pq.write_table(table, manifest)
     else:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
@@ -396,7 +397,7 @@ def assert_pages_read_as_arrow(path: Path) -> None:
         assert lists is not None
         expected = arrow.slice(row, group.num_rows).combine_chunks()
         np.testing.assert_array_equal(
-            np.diff(lists.offsets), pa.compute.list_value_length(expected).to_numpy()
+            np.diff(lists.offsets), pc.list_value_length(expected).to_numpy()
         )
         dim = int(np.diff(lists.offsets).max())
         out = np.zeros((group.num_rows, dim), dtype=np.float32)
