@@ -444,7 +444,7 @@ def materialize(
     assets = {a.strip() for a in (selected or "").split(",") if a.strip()} or None
     todo, results = _run(
         lambda: materialize_missing(
-            warehouse_root, assets, set(models), device, batch_size, progress=click.echo
+            warehouse_root, assets, set(models) or None, device, batch_size, progress=click.echo
         )
     )
     if todo.empty:

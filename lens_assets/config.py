@@ -206,6 +206,11 @@ class ModelConfig(BaseModel):
         description="false keeps the model out of the asset graph (no partition); `lens "
         "extract` still runs it. Real-model example configs ship disabled.",
     )
+    demo: bool = Field(
+        default=True,
+        strict=True,
+        description="false: `lens demo` leaves the model out; `lens materialize` still runs it.",
+    )
     datasets: NameList = Field(default_factory=list)
     input_dir: str | None = None
     # VLM-Lens keys, accepted so its files load unchanged.

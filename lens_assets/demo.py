@@ -62,13 +62,21 @@ EXAMPLE_QUERIES = (
 
 
 def run_demo(warehouse_root: str | Path | None = None, echo: Callable[[str], None] = print) -> None:
+    from lens_assets.catalog import demo_models, model_configs
     from lens_assets.orchestration.materialize import materialize_missing, ui_command
     from lens_assets.resources.warehouse import Warehouse
     from lens_assets.tables import format_table
 
     warehouse = Warehouse.at(warehouse_root)
+    shown = demo_models()
+    left_out = sorted(set(model_configs()) - set(shown))
     echo(f"materializing the asset graph into {warehouse.root} ...")
-    todo, results = materialize_missing(warehouse.root, progress=echo)
+    if left_out:
+        echo(
+            f"  left out of the demo (`demo: false`; `lens materialize` makes them): "
+            f"{', '.join(left_out)}"
+        )
+    todo, results = materialize_missing(warehouse.root, models=set(shown), progress=echo)
     if todo.empty:
         echo("everything is already up to date")
     for name, result in results:

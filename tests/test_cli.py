@@ -240,6 +240,9 @@ def test_demo_runs_end_to_end_from_a_fresh_warehouse(tmp_path: Path) -> None:
         # Progress as it goes: each partition when it starts, and what it materialized.
         assert f"... {step}: materializing " in done.stdout
         assert f"... {step}: done in " in done.stdout
+    # the tutor's study variants are partitions `lens materialize` makes, not the demo
+    assert "left out of the demo (`demo: false`; `lens materialize` makes them): " in done.stdout
+    assert "tutor-lora-llm" in done.stdout and "tutor-lora-llm: materializing" not in done.stdout
     (llava,) = [line for line in done.stdout.splitlines() if "tiny-llava: materializing" in line]
     named = set(llava.split(": materializing ")[1].split(", "))
     assert {"activations", "answers", "probe_results", "vision_vs_vlm", "logit_lens"} <= named

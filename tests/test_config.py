@@ -119,16 +119,30 @@ def test_a_disabled_config_gets_no_partition_but_still_parses(tmp_path: Path) ->
     assert load_model_config(models / "off.yaml").enabled is False
 
 
-def test_the_repo_enables_the_three_demo_models_and_the_tutor() -> None:
-    """Three plain models and the tutor, trained from tiny-llava; the tutor's six variants are
-    shipped off (`enabled: false`): the study's comparison is run on purpose, not by the demo."""
-    from lens_assets.catalog import model_configs
+def test_the_repo_enables_three_models_the_tutor_and_its_variants_outside_the_demo() -> None:
+    """Three plain models and the tutor, trained from tiny-llava, are the demo; the tutor's six
+    variants are partitions too (`lens materialize` makes them) but say `demo: false`: the
+    study's comparison would triple the demo's time."""
+    from lens_assets.catalog import demo_models, model_configs
 
-    assert sorted(model_configs()) == ["tiny-clip", "tiny-llava", "tiny-qwen2-vl", "tutor"]
-    assert model_configs()["tutor"].kind == "tuning"
-    everything = model_configs(include_disabled=True)
+    assert demo_models() == ["tiny-clip", "tiny-llava", "tiny-qwen2-vl", "tutor"]
+    everything = model_configs()
+    assert everything["tutor"].kind == "tuning"
     variants = sorted(name for name in everything if name.startswith("tutor-"))
     assert len(variants) == 6 and all(everything[v].kind == "tuning" for v in variants)
+
+
+def test_a_model_that_says_demo_false_is_a_partition_the_demo_leaves_out(tmp_path: Path) -> None:
+    from lens_assets.catalog import demo_models, model_configs
+
+    models = tmp_path / "models" / "llava"
+    models.mkdir(parents=True)
+    body = "architecture: llava\nmodel_path: x\nmodules: [a]\n"
+    (models / "shown.yaml").write_text(body)
+    (models / "study.yaml").write_text("demo: false\n" + body)
+    assert sorted(model_configs(tmp_path)) == ["shown", "study"]
+    assert demo_models(tmp_path) == ["shown"]
+    assert load_model_config(models / "study.yaml").demo is False
 
 
 def test_a_disabled_tuning_config_gets_no_partition(tmp_path: Path) -> None:

@@ -327,6 +327,20 @@ def test_config_hash_follows_settings_not_layout(llava_base):
     assert config_hash(first) != config_hash(config(llava_base, learning_rate=0.02))
 
 
+def test_where_a_tuned_model_runs_does_not_change_what_it_is(llava_base):
+    first = config(llava_base)
+    assert config_hash(first) == config_hash(config(llava_base, demo=False))
+    assert config_hash(first) == config_hash(config(llava_base, datasets=["colours"]))
+
+
+def test_config_hashes_stay_those_that_checkpoints_already_recorded():
+    """A new optional key must not restale every tuned model a warehouse holds: this hash was
+    recorded by checkpoints before `demo` and `datasets` existed."""
+    written = {"base": "llava/tiny-llava", "method": "full", "train": {"dataset": "clevr-lite"},
+               "steps": 10, "learning_rate": 0.01}  # fmt: skip
+    assert config_hash(parse_tuning_config(written)) == "6a6a09dbe68824ad"
+
+
 def test_shipped_tuning_configs_are_valid():
     shipped = sorted((REPO / "configs" / "tuning").glob("*.yaml"))
     assert any(path.stem == "tutor" for path in shipped)

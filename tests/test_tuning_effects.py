@@ -24,7 +24,7 @@ from lens_assets.resources.schemas import TUNING_ANSWERS
 from lens_assets.resources.warehouse import Warehouse
 
 from lens_assets.capture.loading import LoadedModel
-from lens_assets.catalog import bases_first, model_configs, tuning_configs
+from lens_assets.catalog import bases_first, demo_models, model_configs, tuning_configs
 from lens_assets.orchestration.materialize import EVERY_ASSET, plan, resources_for, stale_resolver
 from lens_assets.orchestration.sensors import sync_configs
 from lens_assets.orchestration.tuning import TUNED_MODEL
@@ -77,6 +77,9 @@ def compared_project(root: Path, tiny_dir: Path, patch: pytest.MonkeyPatch) -> P
     (project.configs / "datasets" / "shapes.yaml").unlink()
     (project.configs / "datasets" / "correspondence.yaml").write_text(
         "kind: correspondence\nsize: 4\nseed: 0\nimage_size: 96\n"
+    )  # and one dataset the variants skip: their configs name `datasets: [correspondence]`
+    (project.configs / "datasets" / "colours.yaml").write_text(
+        "kind: colour_patches\nsize: 2\nseed: 0\n"
     )
     project.add_model(ROOT, "llava")
     tutor = shrunk(TUTOR, base=ROOT, held_out={"dataset": "correspondence"})
@@ -95,7 +98,7 @@ def compared(
     """The four partitions trained and compared once, and the view's rows by model."""
     with pytest.MonkeyPatch.context() as patch:
         project = compared_project(tmp_path_factory.mktemp("effects"), tiny_dir, patch)
-        project.materialize(assets={"images", "vision_vs_vlm", "tuning_effects"})
+        project.materialize(assets={"images", "activations", "vision_vs_vlm", "tuning_effects"})
         rows = project.warehouse.fetch_arrow("SELECT * FROM tuning_effects").to_pylist()
         yield project, {row["model"]: row for row in rows}
 
@@ -121,6 +124,20 @@ def test_each_tuned_model_has_one_row_beside_its_base_with_every_measure(
                 assert 0.0 <= value <= 1.0, (row["model"], measure, value)
         # the answer position reads both text and image tokens
         assert 0.0 < row["image_share"] < 1.0 and 0.0 < row["base_image_share"] < 1.0
+
+
+def test_a_variant_runs_only_on_the_datasets_its_tuning_config_names(
+    compared: tuple[Project, dict[str, dict[str, Any]]],
+) -> None:
+    project, _ = compared
+    ran = project.warehouse.fetch_arrow(
+        "SELECT DISTINCT model, dataset FROM activations ORDER BY ALL"
+    ).to_pylist()
+    assert {(r["model"], r["dataset"]) for r in ran} == {
+        (ROOT, "colours"), (ROOT, "correspondence"),  # the base's list: every dataset
+        (TUTOR, "colours"), (TUTOR, "correspondence"),
+        (LORA, "correspondence"), (SOFT, "correspondence"),
+    }  # fmt: skip
 
 
 def test_the_bases_numbers_are_the_bases_own(
@@ -258,6 +275,9 @@ def test_each_shipped_variant_loads_and_resolves_the_tutor_as_its_base(name: str
     tutor = load_tuning_config(SHIPPED / "tuning" / f"{TUTOR}.yaml")
     assert config.base == TUTOR
     assert tutor.enabled or not config.enabled  # never trained without its base
+    # `lens materialize` makes it, on its held-out dataset only; `lens demo` leaves it out
+    assert config.enabled and not config.demo and config.datasets == ["correspondence"]
+    assert tutor.demo and name not in demo_models(SHIPPED) and TUTOR in demo_models(SHIPPED)
     base_name, base = resolve_base(config.base, SHIPPED)
     _, root = resolve_base(tutor.base, SHIPPED)
     assert base_name == TUTOR and base == root  # the tutor's model config: its architecture

@@ -164,7 +164,7 @@ def plan(
     )
     per_model: dict[str, list[str]] = {}
     for name in bases_first(instance.get_dynamic_partitions(MODELS.name)):  # bases train first
-        if models and name not in models:
+        if models is not None and name not in models:
             continue
         stale = {
             a for a in PER_MODEL if a in wanted and _needs(instance, resolver, PER_MODEL[a], name)

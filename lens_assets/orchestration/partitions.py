@@ -190,7 +190,7 @@ def tuned_config_of(file: ConfigFile, models_dir: Path) -> ModelConfig:
             f"not exist yet: materialize `tuned_model` for partition {file.name!r} first "
             f"(lens materialize --select tuned_model --model {file.name}, or in the UI)"
         )
-    return tuned_model_config(base, checkpoint)
+    return tuned_model_config(base, checkpoint, config.datasets)
 
 
 def datasets_of(requested: list[str], model: str) -> list[str]:

@@ -184,7 +184,7 @@ def tune(
     return TuneResult(
         name,
         checkpoint,
-        tuned_model_config(base.config, checkpoint),
+        tuned_model_config(base.config, checkpoint, config.datasets),
         metadata,
         losses,
         time.perf_counter() - started,

@@ -68,7 +68,13 @@ def read_metadata(folder: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def tuned_model_config(base: ModelConfig, checkpoint: str | Path) -> ModelConfig:
+def tuned_model_config(
+    base: ModelConfig, checkpoint: str | Path, datasets: list[str] | None = None
+) -> ModelConfig:
     """The tuned model's config: the base's (architecture, prompt, modules, pooling) with its
-    weights from `checkpoint`, so extraction and every analysis run on it unchanged."""
-    return base.model_copy(update={"model_path": str(Path(checkpoint).resolve())})
+    weights from `checkpoint`, so extraction and every analysis run on it unchanged; `datasets`
+    (the tuning config's) replaces the base's list where given."""
+    update: dict[str, object] = {"model_path": str(Path(checkpoint).resolve())}
+    if datasets is not None:
+        update["datasets"] = list(datasets)
+    return base.model_copy(update=update)

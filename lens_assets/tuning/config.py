@@ -126,6 +126,18 @@ class TuningConfig(BaseModel):
         strict=True,
         description="false: shipped but not a model partition (as for model configs).",
     )
+    demo: bool = Field(
+        default=True,
+        strict=True,
+        description="false: `lens demo` leaves this model out to stay quick; `lens "
+        "materialize` and the UI still make it.",
+    )
+    datasets: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="The datasets the tuned model's partition runs on (default: its base's): "
+        "a variant measured on one dataset need not pay for every other.",
+    )
 
     @model_validator(mode="after")
     def _method_settings(self) -> TuningConfig:
@@ -214,9 +226,12 @@ def tuning_name(path: str | Path) -> str:
 
 
 def config_hash(config: TuningConfig) -> str:
-    """A hash of what the config says (not how the file is laid out): comments, key order,
-    spacing, `description` and `enabled` do not change it; any setting does."""
-    settings = config.model_dump(mode="json", exclude={"description", "enabled"})
+    """A hash of what the config says about training (not how the file is laid out): comments,
+    key order, spacing, `description`, `enabled`, `demo` and `datasets` (where the tuned model
+    runs, not what it is) do not change it; any training setting does."""
+    settings = config.model_dump(
+        mode="json", exclude={"description", "enabled", "demo", "datasets"}
+    )
     text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
