@@ -115,3 +115,19 @@ def test_vision_tower_marks_its_class_token(
         loaded, images[:2], PROMPTS[:2], ["model.multi_modal_projector"], ["tokens"]
     )
     assert bool((projected.token_role == TokenRole.IMAGE).all())
+
+
+def test_a_batchs_text_positions_are_computed_once_and_never_reused_for_another_batch(
+    load_tiny: Callable[[str], LoadedModel], images: list[Image.Image]
+) -> None:
+    """Every LLM layer of a batch reads the same roles; the next batch gets its own."""
+    loaded = load_tiny("llava")
+    adapter, layout = loaded.architecture.adapter, loaded.layout
+    first = adapter.prepare_on(loaded.processor, images[:2], PROMPTS[:2], "cpu", torch.float32)
+    roles, index = adapter.text_positions(first, layout)
+    assert adapter.text_positions(first, layout)[0] is roles  # the memo, not a recount
+    second = adapter.prepare_on(loaded.processor, images[:1], ["a longer question here?"],
+                                "cpu", torch.float32)  # fmt: skip
+    other, _ = adapter.text_positions(second, layout)
+    assert other is not roles and torch.equal(other, adapter.text_roles(second, layout))
+    assert torch.equal(index, adapter.text_image_index(first, adapter.text_roles(first, layout)))

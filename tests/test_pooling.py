@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from lens_assets.capture.pooling import pool
+from lens_assets.capture.pooling import plan_pooling, pool
 from lens_assets.capture.token_roles import TokenRole
 
 C, IMG, T, P = TokenRole.CLS, TokenRole.IMAGE, TokenRole.TEXT, TokenRole.PAD
@@ -72,3 +73,31 @@ def test_every_pooling_name_a_config_accepts_is_one_pooling_computes() -> None:
     assert set(MEAN_SELECTORS) == set(MEAN_POOLINGS)
     assert set(POSITION_SELECTORS) == set(POSITION_POOLINGS)
     assert {*MEAN_POOLINGS, *POSITION_POOLINGS, MAX, PER_IMAGE, UNPOOLED} == set(POOLINGS)
+
+
+def test_one_plan_pools_every_module_with_the_same_roles_as_pooling_each_would() -> None:
+    """A batch's LLM layers share their token roles: the plan made once from them gives each
+    layer what pooling that layer alone gives, for every pooling at once."""
+    _, roles = batch()
+    names = ["mean_image", "mean_text", "mean", "last", "max", "tokens", "mean_per_image"]
+    plan = plan_pooling(roles, names)
+    for seed in range(3):  # three modules' outputs over the same positions
+        hidden = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(seed))
+        alone, planned = pool(hidden, roles, names), plan.apply(hidden)
+        assert [p.pooling for p in planned] == [p.pooling for p in alone]
+        for a, b in zip(alone, planned, strict=True):
+            assert torch.equal(a.samples, b.samples) and torch.equal(a.vectors, b.vectors)
+            assert torch.equal(a.positions(), b.positions())
+
+
+def test_a_plan_fits_only_the_positions_it_was_made_for() -> None:
+    _, roles = batch()
+    plan = plan_pooling(roles, ["mean_image", "last"])
+    assert plan.fits(roles.clone(), None, None)
+    other = roles.clone()
+    other[1, 4] = T  # one pad fewer: another `last` and another mean
+    assert not plan.fits(other, None, None)
+    assert not plan.fits(roles, torch.zeros_like(roles), None)  # tiled: another plan
+    assert not plan.fits(roles, None, torch.zeros_like(roles))
+    with pytest.raises(ValueError, match="matching roles"):
+        plan.apply(torch.ones(2, 4, 3))  # a module whose positions are not these

@@ -31,7 +31,7 @@ from lens_assets.capture.batching import BatchSizer, fitting_rows
 from lens_assets.capture.hooks import StopForward, capture
 from lens_assets.capture.loading import LoadedModel, load_model, release
 from lens_assets.capture.modules import resolve_modules
-from lens_assets.capture.pooling import Pooled, pool
+from lens_assets.capture.pooling import Pooled, PoolingPlan, plan_pooling
 from lens_assets.capture.token_roles import ROLE_NAMES
 from lens_assets.config import ModelConfig
 from lens_assets.data.images import ImageReadError, LoadedImage, duplicate_of, load_image
@@ -104,13 +104,18 @@ def pooler(
     """What `capture_batch`'s hooks make of a module's output: its pooled vectors for this
     batch, so the full output can be freed as soon as the module has run."""
     adapter = loaded.architecture.adapter
+    plans: list[PoolingPlan] = []  # one per distinct token layout the batch's modules have
 
     def reduce(name: str, output: torch.Tensor) -> list[Pooled]:
         seq = adapter.sequences(name, output, inputs, loaded.layout, batch_size)
         if seq.roles is None:
             samples = torch.arange(batch_size, device=output.device)
             return [Pooled(VECTOR_POOLING, samples, seq.hidden)]
-        return pool(seq.hidden, seq.roles, poolings, seq.tiles, seq.image_index)
+        plan = next((p for p in plans if p.fits(seq.roles, seq.tiles, seq.image_index)), None)
+        if plan is None:
+            plan = plan_pooling(seq.roles, poolings, seq.tiles, seq.image_index)
+            plans.append(plan)
+        return plan.apply(seq.hidden)
 
     return reduce
 

@@ -43,12 +43,11 @@ def _masked_mean(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return hidden.masked_fill(~weights.unsqueeze(-1), 0).sum(dim=1) / total
 
 
-def _means(hidden: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def _means(hidden: torch.Tensor, masks: torch.Tensor, totals: torch.Tensor) -> torch.Tensor:
     """(batch, k, dim): the mean over each of `masks` (batch, k, positions) in one matrix
     product, a single pass over `hidden` for every mean pooling (masked_fill copies it once per
     pooling). A pad's non-finite value would leak in as 0 * inf, so a non-finite result is
     computed again the masked way."""
-    totals = masks.sum(dim=-1, keepdim=True).clamp_min(1)
     if hidden.is_floating_point():
         means = torch.bmm(masks.to(hidden.dtype), hidden) / totals.to(hidden.dtype)
         if bool(torch.isfinite(means).all()):
@@ -72,9 +71,104 @@ def _cls_position(roles: torch.Tensor) -> torch.Tensor:
     return torch.where(is_cls.any(dim=1), is_cls.long().argmax(dim=1), -1)
 
 
-def _per_image_means(
-    hidden: torch.Tensor, roles: torch.Tensor, image_index: torch.Tensor
-) -> list[Pooled]:
+MEAN_SELECTORS = {
+    "mean": lambda roles: roles != TokenRole.PAD,
+    "mean_image": lambda roles: roles == TokenRole.IMAGE,
+    "mean_text": lambda roles: roles == TokenRole.TEXT,
+}
+POSITION_SELECTORS = {"last": _last_real_position, "cls": _cls_position}
+
+
+@dataclass
+class _Gather:
+    """A pooling that reads positions: `hidden[samples, positions]`, with what a row records."""
+
+    pooling: str
+    samples: torch.Tensor
+    positions: torch.Tensor
+    token_index: torch.Tensor | None = None
+    token_role: torch.Tensor | None = None
+    tile: torch.Tensor | None = None
+    image_index: torch.Tensor | None = None
+
+
+@dataclass
+class _Masked:
+    """A pooling over a mask of positions (`max`, or one image's mean): per selected sample."""
+
+    pooling: str
+    samples: torch.Tensor
+    weights: torch.Tensor  # (n, positions) bool
+    image_index: torch.Tensor | None = None
+
+
+@dataclass
+class PoolingPlan:
+    """What a batch's token roles decide for every pooling: the means' masks, which samples
+    get a vector, which position `last` and `cls` read. Every LLM layer of a batch has the same
+    roles, and so has every block of its vision tower, so one plan serves them all and each
+    module pays only for the arithmetic on its own output."""
+
+    roles: torch.Tensor
+    tiles: torch.Tensor | None
+    image_index: torch.Tensor | None
+    steps: list[tuple[str, object]]  # in the order of the poolings asked for
+    mean_names: list[str]
+    mean_masks: torch.Tensor | None  # (batch, k, positions) bool
+    mean_totals: torch.Tensor | None  # (batch, k, 1)
+
+    def fits(
+        self, roles: torch.Tensor, tiles: torch.Tensor | None, image_index: torch.Tensor | None
+    ) -> bool:
+        """Whether this plan is the one `plan_pooling` would make for these positions."""
+        return (
+            _same(self.roles, roles)
+            and _same(self.tiles, tiles)
+            and _same(self.image_index, image_index)
+        )
+
+    def apply(self, hidden: torch.Tensor) -> list[Pooled]:
+        """Each pooling of `hidden` (batch, positions, dim), whose positions this plan is for."""
+        if hidden.dim() != 3 or self.roles.shape != hidden.shape[:2]:
+            raise ValueError(
+                "expected (batch, positions, dim) with matching roles, got "
+                f"{tuple(hidden.shape)} and {tuple(self.roles.shape)}"
+            )
+        means = None
+        if self.mean_masks is not None and self.mean_totals is not None:
+            means = _means(hidden, self.mean_masks, self.mean_totals)
+        results: list[Pooled] = []
+        for kind, step in self.steps:
+            if isinstance(step, _Gather):
+                vectors = hidden[step.samples, step.positions]
+                results.append(
+                    Pooled(step.pooling, step.samples, vectors, step.token_index,
+                           step.token_role, step.tile, step.image_index)
+                )  # fmt: skip
+            elif isinstance(step, _Masked):
+                rows = hidden[step.samples]
+                vectors = (
+                    _masked_max(rows, step.weights) if kind == MAX
+                    else _masked_mean(rows, step.weights)
+                )  # fmt: skip
+                results.append(
+                    Pooled(step.pooling, step.samples, vectors, image_index=step.image_index)
+                )
+            else:  # a mean: (name, samples)
+                assert means is not None
+                name, samples = step  # type: ignore[misc]
+                vectors = means[samples, self.mean_names.index(name)]
+                results.append(Pooled(name, samples, vectors))
+        return results
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a is b or (a.shape == b.shape and a.device == b.device and torch.equal(a, b))
+
+
+def _per_image_steps(roles: torch.Tensor, image_index: torch.Tensor) -> list[_Masked]:
     """One mean per (sample, image) over the image's own positions, as `mean_image` is over
     all of the row's image positions."""
     found = []
@@ -83,18 +177,56 @@ def _per_image_means(
         weights = (image_index == image) & (roles == TokenRole.IMAGE)
         samples = weights.any(dim=1).nonzero(as_tuple=True)[0]
         if len(samples):
-            vectors = _masked_mean(hidden[samples], weights[samples])
             index = torch.full_like(samples, image)
-            found.append(Pooled(PER_IMAGE, samples, vectors, image_index=index))
+            found.append(_Masked(PER_IMAGE, samples, weights[samples], index))
     return found
 
 
-MEAN_SELECTORS = {
-    "mean": lambda roles: roles != TokenRole.PAD,
-    "mean_image": lambda roles: roles == TokenRole.IMAGE,
-    "mean_text": lambda roles: roles == TokenRole.TEXT,
-}
-POSITION_SELECTORS = {"last": _last_real_position, "cls": _cls_position}
+def plan_pooling(
+    roles: torch.Tensor,
+    poolings: Sequence[str],
+    tiles: torch.Tensor | None = None,
+    image_index: torch.Tensor | None = None,
+) -> PoolingPlan:
+    """The plan for `poolings` over positions with `roles` (batch, positions); see `pool`."""
+    given = image_index
+    if image_index is None:
+        shows_image = (roles == TokenRole.IMAGE) | (roles == TokenRole.CLS)  # a tower's CLS too
+        image_index = torch.where(shows_image, 0, -1)
+    masks = {p: MEAN_SELECTORS[p](roles) for p in dict.fromkeys(poolings) if p in MEAN_SELECTORS}
+    means = {p: m for p, m in masks.items() if bool(m.any())}  # an empty mean pools nothing
+    steps: list[tuple[str, object]] = []
+    for pooling in poolings:
+        if pooling == UNPOOLED:
+            real = roles != TokenRole.PAD
+            samples, positions = real.nonzero(as_tuple=True)
+            token_index = real.long().cumsum(dim=1)[samples, positions] - 1
+            tile = None if tiles is None else tiles[samples, positions]
+            steps.append((pooling, _Gather(
+                pooling, samples, positions, token_index, roles[samples, positions], tile,
+                image_index[samples, positions],
+            )))  # fmt: skip
+        elif pooling == PER_IMAGE:
+            steps.extend((pooling, step) for step in _per_image_steps(roles, image_index))
+        elif pooling in POSITION_SELECTORS:
+            position = POSITION_SELECTORS[pooling](roles)
+            samples = (position >= 0).nonzero(as_tuple=True)[0]
+            if len(samples):
+                steps.append((pooling, _Gather(pooling, samples, position[samples])))
+        elif pooling == MAX:
+            real = roles != TokenRole.PAD
+            samples = real.any(dim=1).nonzero(as_tuple=True)[0]
+            if len(samples):
+                steps.append((pooling, _Masked(pooling, samples, real[samples])))
+        elif pooling in MEAN_SELECTORS:
+            if pooling in means:
+                samples = means[pooling].any(dim=1).nonzero(as_tuple=True)[0]
+                steps.append((pooling, (pooling, samples)))
+        else:
+            raise ValueError(f"unknown pooling {pooling!r}")
+    stacked = torch.stack(list(means.values()), 1) if means else None
+    totals = None if stacked is None else stacked.sum(dim=-1, keepdim=True).clamp_min(1)
+    return PoolingPlan(roles, tiles, given, steps, list(means), stacked, totals)
 
 
 def pool(
@@ -119,46 +251,4 @@ def pool(
             "expected (batch, positions, dim) with matching roles, got "
             f"{tuple(hidden.shape)} and {tuple(roles.shape)}"
         )
-    if image_index is None:
-        shows_image = (roles == TokenRole.IMAGE) | (roles == TokenRole.CLS)  # a tower's CLS too
-        image_index = torch.where(shows_image, 0, -1)
-    results: list[Pooled] = []
-    wanted = [p for p in dict.fromkeys(poolings) if p in MEAN_SELECTORS]
-    masks = {p: MEAN_SELECTORS[p](roles) for p in wanted}
-    means = _means(hidden, torch.stack(list(masks.values()), 1)) if wanted else None
-    for pooling in poolings:
-        if pooling == UNPOOLED:
-            real = roles != TokenRole.PAD
-            samples, positions = real.nonzero(as_tuple=True)
-            token_index = real.long().cumsum(dim=1)[samples, positions] - 1
-            vectors = hidden[samples, positions]
-            tile = None if tiles is None else tiles[samples, positions]
-            results.append(
-                Pooled(
-                    pooling, samples, vectors, token_index, roles[samples, positions], tile,
-                    image_index[samples, positions],
-                )
-            )  # fmt: skip
-        elif pooling == PER_IMAGE:
-            results.extend(_per_image_means(hidden, roles, image_index))
-        elif pooling in POSITION_SELECTORS:
-            position = POSITION_SELECTORS[pooling](roles)
-            samples = (position >= 0).nonzero(as_tuple=True)[0]
-            if len(samples):
-                results.append(Pooled(pooling, samples, hidden[samples, position[samples]]))
-        elif pooling == MAX:
-            real = roles != TokenRole.PAD
-            samples = real.any(dim=1).nonzero(as_tuple=True)[0]
-            if len(samples):
-                results.append(
-                    Pooled(pooling, samples, _masked_max(hidden[samples], real[samples]))
-                )
-        elif pooling in MEAN_SELECTORS:
-            assert means is not None
-            samples = masks[pooling].any(dim=1).nonzero(as_tuple=True)[0]
-            if len(samples):
-                vectors = means[samples, wanted.index(pooling)]
-                results.append(Pooled(pooling, samples, vectors))
-        else:
-            raise ValueError(f"unknown pooling {pooling!r}")
-    return results
+    return plan_pooling(roles, poolings, tiles, image_index).apply(hidden)

@@ -7,6 +7,7 @@ vision outputs are split per image, how its prompt is built.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +99,7 @@ class Adapter:
 
     model_class: str = "AutoModelForImageTextToText"
     vision_segments: frozenset[str] = field(default=VISION_SEGMENTS)
+    _text_memo: tuple[Any, ...] | None = field(default=None, init=False, repr=False, compare=False)
     # The most images one prompt may hold (None: no limit); 1 for a family whose processor
     # or adapter takes a single image per prompt.
     max_images: int | None = None
@@ -245,7 +247,7 @@ class Adapter:
     ) -> Sequences:
         if output.dim() == 2 and output.shape[0] == batch_size:
             return Sequences(output)
-        roles = self.text_roles(inputs, layout)
+        roles, image_index = self.text_positions(inputs, layout)
         if output.dim() == 3 and output.shape[0] == 1 and output.shape[1] == roles.shape[1]:
             # One value for every sample, broadcast over the batch (a rotary embedding's
             # cos): each sample's rows are that value, as a batch of one would store.
@@ -256,7 +258,21 @@ class Adapter:
                 f"with the token sequence {tuple(roles.shape)}; hook a module that outputs "
                 "(batch, tokens, dim) or (batch, dim)"
             )
-        return Sequences(output, roles, image_index=self.text_image_index(inputs, roles))
+        return Sequences(output, roles, image_index=image_index)
+
+    def text_positions(
+        self, inputs: BatchFeature, layout: ModelLayout
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The roles and image index of a batch's token sequence. Every LLM module of a batch
+        has the same ones, so they are computed once per batch: the last batch's are kept,
+        its inputs held by weak reference."""
+        memo = self._text_memo
+        if memo is not None and memo[0]() is inputs and memo[1] is layout:
+            return memo[2], memo[3]
+        roles = self.text_roles(inputs, layout)
+        image_index = self.text_image_index(inputs, roles)
+        self._text_memo = (weakref.ref(inputs), layout, roles, image_index)
+        return roles, image_index
 
     def text_image_index(self, inputs: BatchFeature, roles: torch.Tensor) -> torch.Tensor:
         """Which of its sample's images each image position of the token sequence shows."""
