@@ -103,6 +103,15 @@ class _Masked:
 
 
 @dataclass
+class _Mean:
+    """A mean pooling: column `column` of the plan's one matrix product, for `samples`."""
+
+    pooling: str
+    samples: torch.Tensor
+    column: int
+
+
+@dataclass
 class PoolingPlan:
     """What a batch's token roles decide for every pooling: the means' masks, which samples
     get a vector, which position `last` and `cls` read. Every LLM layer of a batch has the same
@@ -112,13 +121,15 @@ class PoolingPlan:
     roles: torch.Tensor
     tiles: torch.Tensor | None
     image_index: torch.Tensor | None
-    steps: list[tuple[str, object]]  # in the order of the poolings asked for
-    mean_names: list[str]
+    steps: list[_Gather | _Masked | _Mean]  # in the order of the poolings asked for
     mean_masks: torch.Tensor | None  # (batch, k, positions) bool
     mean_totals: torch.Tensor | None  # (batch, k, 1)
 
     def fits(
-        self, roles: torch.Tensor, tiles: torch.Tensor | None, image_index: torch.Tensor | None
+        self,
+        roles: torch.Tensor,
+        tiles: torch.Tensor | None,
+        image_index: torch.Tensor | None,
     ) -> bool:
         """Whether this plan is the one `plan_pooling` would make for these positions."""
         return (
@@ -129,16 +140,12 @@ class PoolingPlan:
 
     def apply(self, hidden: torch.Tensor) -> list[Pooled]:
         """Each pooling of `hidden` (batch, positions, dim), whose positions this plan is for."""
-        if hidden.dim() != 3 or self.roles.shape != hidden.shape[:2]:
-            raise ValueError(
-                "expected (batch, positions, dim) with matching roles, got "
-                f"{tuple(hidden.shape)} and {tuple(self.roles.shape)}"
-            )
+        _check_shapes(hidden, self.roles)
         means = None
         if self.mean_masks is not None and self.mean_totals is not None:
             means = _means(hidden, self.mean_masks, self.mean_totals)
         results: list[Pooled] = []
-        for kind, step in self.steps:
+        for step in self.steps:
             if isinstance(step, _Gather):
                 vectors = hidden[step.samples, step.positions]
                 results.append(
@@ -146,20 +153,28 @@ class PoolingPlan:
                            step.token_role, step.tile, step.image_index)
                 )  # fmt: skip
             elif isinstance(step, _Masked):
-                rows = hidden[step.samples]
-                vectors = (
-                    _masked_max(rows, step.weights) if kind == MAX
-                    else _masked_mean(rows, step.weights)
-                )  # fmt: skip
+                reduce = _masked_max if step.pooling == MAX else _masked_mean
+                vectors = reduce(hidden[step.samples], step.weights)
                 results.append(
-                    Pooled(step.pooling, step.samples, vectors, image_index=step.image_index)
+                    Pooled(
+                        step.pooling,
+                        step.samples,
+                        vectors,
+                        image_index=step.image_index,
+                    )
                 )
-            else:  # a mean: (name, samples)
+            else:
                 assert means is not None
-                name, samples = step  # type: ignore[misc]
-                vectors = means[samples, self.mean_names.index(name)]
-                results.append(Pooled(name, samples, vectors))
+                results.append(Pooled(step.pooling, step.samples, means[step.samples, step.column]))
         return results
+
+
+def _check_shapes(hidden: torch.Tensor, roles: torch.Tensor) -> None:
+    if hidden.dim() != 3 or roles.shape != hidden.shape[:2]:
+        raise ValueError(
+            "expected (batch, positions, dim) with matching roles, got "
+            f"{tuple(hidden.shape)} and {tuple(roles.shape)}"
+        )
 
 
 def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
@@ -195,38 +210,39 @@ def plan_pooling(
         image_index = torch.where(shows_image, 0, -1)
     masks = {p: MEAN_SELECTORS[p](roles) for p in dict.fromkeys(poolings) if p in MEAN_SELECTORS}
     means = {p: m for p, m in masks.items() if bool(m.any())}  # an empty mean pools nothing
-    steps: list[tuple[str, object]] = []
+    columns = {p: k for k, p in enumerate(means)}
+    steps: list[_Gather | _Masked | _Mean] = []
     for pooling in poolings:
         if pooling == UNPOOLED:
             real = roles != TokenRole.PAD
             samples, positions = real.nonzero(as_tuple=True)
             token_index = real.long().cumsum(dim=1)[samples, positions] - 1
             tile = None if tiles is None else tiles[samples, positions]
-            steps.append((pooling, _Gather(
+            steps.append(_Gather(
                 pooling, samples, positions, token_index, roles[samples, positions], tile,
                 image_index[samples, positions],
-            )))  # fmt: skip
+            ))  # fmt: skip
         elif pooling == PER_IMAGE:
-            steps.extend((pooling, step) for step in _per_image_steps(roles, image_index))
+            steps.extend(_per_image_steps(roles, image_index))
         elif pooling in POSITION_SELECTORS:
             position = POSITION_SELECTORS[pooling](roles)
             samples = (position >= 0).nonzero(as_tuple=True)[0]
             if len(samples):
-                steps.append((pooling, _Gather(pooling, samples, position[samples])))
+                steps.append(_Gather(pooling, samples, position[samples]))
         elif pooling == MAX:
             real = roles != TokenRole.PAD
             samples = real.any(dim=1).nonzero(as_tuple=True)[0]
             if len(samples):
-                steps.append((pooling, _Masked(pooling, samples, real[samples])))
+                steps.append(_Masked(pooling, samples, real[samples]))
         elif pooling in MEAN_SELECTORS:
             if pooling in means:
                 samples = means[pooling].any(dim=1).nonzero(as_tuple=True)[0]
-                steps.append((pooling, (pooling, samples)))
+                steps.append(_Mean(pooling, samples, columns[pooling]))
         else:
             raise ValueError(f"unknown pooling {pooling!r}")
     stacked = torch.stack(list(means.values()), 1) if means else None
     totals = None if stacked is None else stacked.sum(dim=-1, keepdim=True).clamp_min(1)
-    return PoolingPlan(roles, tiles, given, steps, list(means), stacked, totals)
+    return PoolingPlan(roles, tiles, given, steps, stacked, totals)
 
 
 def pool(
@@ -246,9 +262,5 @@ def pool(
     A pooling that has nothing to pool for a sample (no image tokens for `mean_image`, no class
     token for `cls`) yields no vector for that sample rather than a made-up one.
     """
-    if hidden.dim() != 3 or roles.shape != hidden.shape[:2]:
-        raise ValueError(
-            "expected (batch, positions, dim) with matching roles, got "
-            f"{tuple(hidden.shape)} and {tuple(roles.shape)}"
-        )
+    _check_shapes(hidden, roles)
     return plan_pooling(roles, poolings, tiles, image_index).apply(hidden)
