@@ -459,7 +459,8 @@ def materialize(
 @main.command()
 @WAREHOUSE_OPTION
 def demo(warehouse_root: str | None) -> None:
-    """Materialize the whole graph on tiny models and synthetic images, then show the data."""
+    """Materialize the graph on tiny models and synthetic images (every model partition but
+    those whose config says `demo: false`), then show the data."""
     from lens_assets.demo import run_demo
 
     _run(lambda: run_demo(warehouse_root, echo=click.echo))

@@ -1,5 +1,6 @@
-"""`lens demo`: the whole asset graph on the embedded default (tiny offline checkpoints and
-synthetic datasets), then what the warehouse holds and how to look at it."""
+"""`lens demo`: the asset graph on the embedded default (tiny offline checkpoints and
+synthetic datasets; models that say `demo: false` are left to `lens materialize`), then what
+the warehouse holds and how to look at it."""
 
 from __future__ import annotations
 
