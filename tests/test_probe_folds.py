@@ -4,6 +4,7 @@ two pairs with a common picture) never sit in both train and test."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from lens_assets.analyses.probe_maths import ProbeSettings, probe_in_context
 from lens_assets.analyses.probing import concept_task, picture_groups
@@ -51,3 +52,32 @@ def test_a_concept_task_carries_each_rows_group_and_input_through_its_filters() 
     assert kept_types == ["img-a", "img-a", "img-b", "img-c", "img-e"]  # inputs, not labels
     untyped = concept_task(X, keys, labels, "colour", ProbeSettings(), groups)
     assert untyped is not None and untyped[2] == ["r0", "r1", "r2", "r3", "r5"]  # each its own
+
+
+def test_the_folds_of_one_labelling_are_split_once_for_every_layer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every layer of a dataset probes a concept on the same rows: the same labels and groups
+    are split once, and the remembered folds are the ones a fresh split gives."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from lens_assets.analyses import probe_maths
+
+    _, y, images = memorisable()
+    codes = np.unique(y, return_inverse=True)[1]
+    groups = picture_groups(images)
+    settings = ProbeSettings(seed=11)
+    fresh = probe_maths._folds(codes, settings, groups)
+    calls = []
+    real_split = StratifiedGroupKFold.split
+    monkeypatch.setattr(StratifiedGroupKFold, "split",
+                        lambda *a, **k: calls.append(1) or real_split(*a, **k))  # fmt: skip
+    layers = [probe_maths._splits(codes.copy(), settings, groups.copy()) for _ in range(3)]
+    assert len(calls) == 1
+    for folds in layers:
+        assert [(list(tr), list(te)) for tr, te in folds] == [
+            (list(tr), list(te)) for tr, te in fresh
+        ]
+        assert not folds[0][0].flags.writeable  # shared between threads: nobody writes them
+    other = probe_maths._splits(codes, ProbeSettings(seed=12), groups)  # another seed
+    assert len(calls) == 2 and other is not layers[0]

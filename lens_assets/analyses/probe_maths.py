@@ -18,7 +18,9 @@ layers from the warehouse is `probing.probe_layers`.
 
 from __future__ import annotations
 
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -238,7 +240,37 @@ class _CrossValidation:
     correct: int  # examples predicted right, each example tested exactly once
 
 
+_FOLDS: OrderedDict[tuple[Any, ...], list[tuple[np.ndarray, np.ndarray]]] = OrderedDict()
+_FOLDS_KEPT = 256
+_FOLDS_LOCK = threading.Lock()
+
+
 def _splits(
+    codes: np.ndarray, settings: ProbeSettings, groups: np.ndarray | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`_folds`, remembered: every layer and pooling of a dataset probes a concept on the same
+    rows, so the same labels and groups come back once per layer, and scikit-learn's
+    stratified group split costs more than some of the probes it serves. The folds are
+    read-only, as shared arrays must be."""
+    key = (
+        codes.dtype.str, codes.tobytes(), None if groups is None else (groups.dtype.str,
+        groups.tobytes()), settings.folds, settings.seed,
+    )  # fmt: skip
+    with _FOLDS_LOCK:
+        if key in _FOLDS:
+            _FOLDS.move_to_end(key)
+            return _FOLDS[key]
+    folds = _folds(codes, settings, groups)
+    for train, test in folds:
+        train.flags.writeable = test.flags.writeable = False
+    with _FOLDS_LOCK:
+        _FOLDS[key] = folds
+        while len(_FOLDS) > _FOLDS_KEPT:
+            _FOLDS.popitem(last=False)
+    return folds
+
+
+def _folds(
     codes: np.ndarray, settings: ProbeSettings, groups: np.ndarray | None = None
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified folds; fewer folds when the smallest class cannot fill one per fold. With
