@@ -105,14 +105,22 @@ def test_shipped_tiny_configs_validate() -> None:
         assert load_model_config(path).modules
 
 
+def llava_configs(root: Path, **extra_keys: str) -> Path:
+    """One minimal LLaVA model config per name under `root/models/llava`, each beginning with
+    its own extra keys; returns the folder."""
+    models = root / "models" / "llava"
+    models.mkdir(parents=True)
+    for name, keys in extra_keys.items():
+        (models / f"{name}.yaml").write_text(
+            keys + "architecture: llava\nmodel_path: x\nmodules: [a]\n"
+        )
+    return models
+
+
 def test_a_disabled_config_gets_no_partition_but_still_parses(tmp_path: Path) -> None:
     from lens_assets.catalog import model_configs
 
-    models = tmp_path / "models" / "llava"
-    models.mkdir(parents=True)
-    body = "architecture: llava\nmodel_path: x\nmodules: [a]\n"
-    (models / "on.yaml").write_text(body)
-    (models / "off.yaml").write_text("enabled: false\n" + body)
+    models = llava_configs(tmp_path, on="", off="enabled: false\n")
     (models / "broken.yaml").write_text("enabled: [\n")  # shows its error where it is used
     assert sorted(model_configs(tmp_path)) == ["broken", "on"]
     assert sorted(model_configs(tmp_path, include_disabled=True)) == ["broken", "off", "on"]
@@ -135,11 +143,7 @@ def test_the_repo_enables_three_models_the_tutor_and_its_variants_outside_the_de
 def test_a_model_that_says_demo_false_is_a_partition_the_demo_leaves_out(tmp_path: Path) -> None:
     from lens_assets.catalog import demo_models, model_configs
 
-    models = tmp_path / "models" / "llava"
-    models.mkdir(parents=True)
-    body = "architecture: llava\nmodel_path: x\nmodules: [a]\n"
-    (models / "shown.yaml").write_text(body)
-    (models / "study.yaml").write_text("demo: false\n" + body)
+    models = llava_configs(tmp_path, shown="", study="demo: false\n")
     assert sorted(model_configs(tmp_path)) == ["shown", "study"]
     assert demo_models(tmp_path) == ["shown"]
     assert load_model_config(models / "study.yaml").demo is False
