@@ -252,10 +252,8 @@ def _splits(
     rows, so the same labels and groups come back once per layer, and scikit-learn's
     stratified group split costs more than some of the probes it serves. The folds are
     read-only, as shared arrays must be."""
-    key = (
-        codes.dtype.str, codes.tobytes(), None if groups is None else (groups.dtype.str,
-        groups.tobytes()), settings.folds, settings.seed,
-    )  # fmt: skip
+    group_key = None if groups is None else (groups.dtype.str, groups.tobytes())
+    key = (codes.dtype.str, codes.tobytes(), group_key, settings.folds, settings.seed)
     with _FOLDS_LOCK:
         if key in _FOLDS:
             _FOLDS.move_to_end(key)
