@@ -178,13 +178,34 @@ def test_readers_see_the_old_partition_or_the_new_one_never_a_mix(
     assert by_cli[-1][0] == 40 * ROWS_PER_IMAGE
 
 
-def stages_overlap(root: Path, writers: list[subprocess.Popen[str]]) -> bool:
-    """Watch two runs until both end; True when both spooled rows at the same moment."""
-    seen = False
-    while any(writer.poll() is None for writer in writers):
-        seen = seen or len(list((root / "staging").glob("run-*/activations.parquet"))) == 2
-        time.sleep(0.01)
-    return seen
+def has_stage(root: Path, writer: subprocess.Popen[str]) -> bool:
+    return any((root / "staging").glob(f"run-{writer.pid}-*/activations.parquet"))
+
+
+def run_overlapping(root: Path, runs: list[tuple[Path, Path]]) -> None:
+    """Start `lens extract` for each (config, images), one after another: each run is paused
+    (SIGSTOP) once it has opened its stage, until the last has opened its own; then all go on
+    together to their ends. So the runs hold open stages at the same moment and their commits
+    race, on a machine however fast or slow (an event, not a timing)."""
+    writers: list[subprocess.Popen[str]] = []
+    try:
+        for config, images in runs:
+            writers.append(writer := extract(config, root, images))
+            while not has_stage(root, writer):
+                if writer.poll() is not None:
+                    pytest.fail(f"extraction ended before it staged rows: {writer.stderr.read()}")
+                time.sleep(0.01)
+            writer.send_signal(signal.SIGSTOP)
+        assert all(has_stage(root, writer) for writer in writers)  # all staging at once
+    except BaseException:
+        for writer in writers:
+            writer.kill()
+        raise
+    for writer in writers:
+        writer.send_signal(signal.SIGCONT)
+    for writer in writers:
+        _, err = writer.communicate()
+        assert writer.returncode == 0, err
 
 
 def image_ids(warehouse: Warehouse, model: str) -> set[str]:
@@ -216,10 +237,7 @@ def test_two_lens_extract_processes_on_different_models_both_land(
     write_images(tmp_path / "seed", 1)  # the warehouse exists before the race starts
     extract_to_end(llava, root, tmp_path / "seed")
 
-    writers = [extract(llava, root, images), extract(qwen, root, images)]
-    assert stages_overlap(root, writers), "the two runs never wrote at the same time"
-    for writer in writers:
-        assert writer.returncode == 0, writer.stderr.read()
+    run_overlapping(root, [(llava, images), (qwen, images)])
 
     warehouse = Warehouse.at(root)
     counts = warehouse.fetch_arrow("SELECT model, count(*) FROM activations GROUP BY ALL")
@@ -243,10 +261,7 @@ def test_two_lens_extract_processes_on_the_same_model_leave_one_whole_result(
     write_images(tmp_path / "seed", 1, height=24)
     extract_to_end(config, root, tmp_path / "seed")
 
-    writers = [extract(config, root, first), extract(config, root, second)]
-    assert stages_overlap(root, writers), "the two runs never wrote at the same time"
-    for writer in writers:
-        assert writer.returncode == 0, writer.stderr.read()
+    run_overlapping(root, [(config, first), (config, second)])
 
     warehouse = Warehouse.at(root)
     stored = image_ids(warehouse, "tiny-llava")
