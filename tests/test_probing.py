@@ -8,7 +8,6 @@ margins to each threshold are wide (stated where it matters), not so that a luck
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -164,15 +163,14 @@ def test_settings_are_validated() -> None:
 
 
 def test_list_columns_become_a_matrix_without_a_python_loop() -> None:
-    # 7.7 million floats: a loop over rows (or to_pylist) takes seconds, the flat buffer
-    # reshape takes milliseconds.
+    # 7.7 million floats: the matrix is Arrow's own float buffer reshaped (no copy, so no loop
+    # over rows and no to_pylist), whatever the machine's speed.
     matrix = np.random.default_rng(0).standard_normal((10_000, 768), dtype=np.float32)
     column = pa.chunked_array([pa.ListArray.from_arrays(
         pa.array(np.arange(0, matrix.size + 1, 768, dtype=np.int32)), pa.array(matrix.ravel())
     )])  # fmt: skip
-    started = time.perf_counter()
     loaded = list_column_to_matrix(column, "test")
-    assert time.perf_counter() - started < 0.5
+    assert loaded.ctypes.data == column.chunk(0).values.buffers()[1].address  # a view
     assert loaded.dtype == np.float32
     np.testing.assert_array_equal(loaded, matrix)
     sliced = pa.chunked_array([column.chunk(0).slice(3, 5)])  # offsets not starting at 0
