@@ -472,3 +472,28 @@ def test_extract_runs_each_dataset_row_with_its_own_question_and_label(
     vectors = lens("sql", "SELECT count(DISTINCT tensor) AS n, count(DISTINCT image_path) AS m "
                    "FROM tensors", "--format", "csv", "--warehouse", str(warehouse))  # fmt: skip
     assert vectors.stdout.splitlines()[1] == "2,1"
+
+
+@pytest.mark.parametrize(
+    ("command", "runner"),
+    [("materialize", "lens_assets.orchestration.materialize.materialize_missing"),
+     ("demo", "lens_assets.demo.run_demo")],
+)  # fmt: skip
+def test_graph_runs_leave_what_existed_before_out_of_later_garbage_collections(
+    command: str, runner: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each model a run releases costs a full collection; it must not walk the imports."""
+    import gc
+
+    existing = ["made before the command"]
+    tracked_at_start: list[bool] = []
+
+    def run(*_: object, **__: object) -> object:
+        tracked_at_start.append(any(thing is existing for thing in gc.get_objects()))
+        raise ValueError("stop here")
+
+    assert any(thing is existing for thing in gc.get_objects())  # the collector's, until...
+    monkeypatch.setattr(runner, run)
+    result = lens(command, "--warehouse", str(tmp_path / "warehouse"))
+    assert "stop here" in result.output
+    assert tracked_at_start == [False]  # ...frozen before the run began
