@@ -10,7 +10,9 @@ every token's vector is stored (`tokens`), not LensFlow's pooled defaults.
 
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -151,11 +153,19 @@ def read_yaml(path: Path, what: str) -> Any:
             "save it as UTF-8"
         ) from None
     try:
-        return yaml.load(text, Loader=ConfigLoader)  # a SafeLoader: tags are never calls
+        return copy.deepcopy(_parsed(text))  # a copy: callers may change what they get
     except (DuplicateKeyError, NestingError) as error:
         raise ConfigError(f"{what} {path}: {error}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{what} {path} is not valid YAML: {error}") from None
+
+
+@functools.lru_cache(maxsize=128)  # every shipped config with room to spare
+def _parsed(text: str) -> Any:
+    """A config's text parsed once: a run reads every model config at each step (which are
+    enabled, which tuned models they feed), ~3 s of the demo when each read parsed again. Keyed
+    by the text itself, so an edit is always seen."""
+    return yaml.load(text, Loader=ConfigLoader)  # a SafeLoader: tags are never calls
 
 
 def _merge_one_key_maps(value: Any) -> Any:

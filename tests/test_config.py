@@ -12,6 +12,7 @@ from lens_assets.config import (
     ConfigError,
     load_model_config,
     parse_model_config,
+    read_yaml,
 )
 
 VLM_LENS_FILE = """\
@@ -236,3 +237,19 @@ def test_an_empty_model_path_is_refused(path: str) -> None:
 def test_the_meta_device_is_refused_in_the_config(device: str) -> None:
     with pytest.raises(ConfigError, match=r"device: .*holds no data.*auto, cpu or cuda"):
         parse_model_config({**MINIMAL, "device": device})
+
+
+def test_a_config_read_again_is_the_file_as_it_is_now_and_not_what_a_caller_changed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("pooling: [mean_image]\nmodel: {torch_dtype: float32}\n")
+    first = read_yaml(path, "model config")
+    first["model"]["torch_dtype"] = "float16"
+    first["pooling"].append("last")
+    assert read_yaml(path, "model config") == {
+        "pooling": ["mean_image"],
+        "model": {"torch_dtype": "float32"},
+    }
+    path.write_text("pooling: [last]\nmodel: {torch_dtype: float32}\n")
+    assert read_yaml(path, "model config")["pooling"] == ["last"]
