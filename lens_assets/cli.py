@@ -186,6 +186,7 @@ def extract(
         lambda: _extract_images(config, config_path, input_dir, dataset, warehouse)
     )
     rows = rows[:limit] if limit else rows
+    _freeze_imported()
     result = _run(
         lambda: extract_to_warehouse(
             config,
@@ -470,12 +471,12 @@ def demo(warehouse_root: str | None) -> None:
 
 
 def _freeze_imported() -> None:
-    """Leave what the imports made (Dagster's definitions bring torch, transformers and
-    matplotlib: ~650k objects) out of every later garbage collection. A run releases each model
+    """Leave what the imports made (torch and transformers; with Dagster's definitions and
+    matplotlib ~650k objects) out of every later garbage collection. A run releases each model
     it loads with a full collection (the model's reference cycles must go before the next one
     loads), and each would otherwise walk all of them: 0.3-0.5 s a release, ~9 s of the demo.
-    For the commands that run the graph only: a process that lives on (a notebook, the UI's
-    code server) keeps its collector as it is."""
+    For the commands that load models only: a process that lives on (a notebook, the UI's code
+    server) keeps its collector as it is."""
     import gc
 
     gc.collect()

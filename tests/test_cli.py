@@ -477,10 +477,15 @@ def test_extract_runs_each_dataset_row_with_its_own_question_and_label(
 @pytest.mark.parametrize(
     ("command", "runner"),
     [("materialize", "lens_assets.orchestration.materialize.materialize_missing"),
-     ("demo", "lens_assets.demo.run_demo")],
+     ("demo", "lens_assets.demo.run_demo"),
+     ("extract", "lens_assets.capture.extraction.extract_to_warehouse")],
 )  # fmt: skip
-def test_graph_runs_leave_what_existed_before_out_of_later_garbage_collections(
-    command: str, runner: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_model_runs_leave_what_existed_before_out_of_later_garbage_collections(
+    command: str,
+    runner: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    llava_config: Path,
 ) -> None:
     """Each model a run releases costs a full collection; it must not walk the imports."""
     import gc
@@ -494,6 +499,7 @@ def test_graph_runs_leave_what_existed_before_out_of_later_garbage_collections(
 
     assert any(thing is existing for thing in gc.get_objects())  # the collector's, until...
     monkeypatch.setattr(runner, run)
-    result = lens(command, "--warehouse", str(tmp_path / "warehouse"))
+    config = [str(llava_config)] if command == "extract" else []
+    result = lens(command, *config, "--warehouse", str(tmp_path / "warehouse"))
     assert "stop here" in result.output
     assert tracked_at_start == [False]  # ...frozen before the run began
